@@ -1,0 +1,12 @@
+"""draco: Byzantine-robust synchronous data-parallel SGD through redundant gradients.
+
+DRACO (Chen, Wang, Charles, Papailiopoulos, ICML 2018): every gradient partition is computed by
+r = 2s+1 workers, and the parameter server decodes the exact sum of the partition gradients
+despite up to s adversarial workers.
+
+Layout: ``draco.core`` (codes, decoders, aggregators, attacks; numpy only), ``draco.net``
+(asyncio parameter server and workers), ``draco.train`` (the torch training task),
+``draco.cli`` (the console commands). See docs/architecture.md.
+"""
+
+__version__ = "0.1.0"
