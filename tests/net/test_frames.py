@@ -1,0 +1,494 @@
+"""Frame encoder/decoder: round trips under every split, zero-copy path, hostile bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import tracemalloc
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from draco.errors import (
+    ConfigError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    VersionMismatchError,
+)
+from draco.net.frames import (
+    MAGIC,
+    PREFIX,
+    PREFIX_SIZE,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    Limits,
+    encode_frame,
+)
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def join(chunks: list[bytes | memoryview]) -> bytes:
+    return b"".join(bytes(c) for c in chunks)
+
+
+def raw_frame(
+    header: Any,
+    body: bytes = b"",
+    *,
+    version: int = PROTOCOL_VERSION,
+    flags: int = 0,
+    n_tensors: int | None = None,
+    tensor_bytes: int | None = None,
+    packed: bytes | None = None,
+) -> bytes:
+    """A frame built by hand, so every field can be wrong."""
+    if packed is None:
+        packed = msgpack.packb(header, use_bin_type=True)
+    if n_tensors is None:
+        tensors = header.get("tensors") if isinstance(header, dict) else None
+        n_tensors = len(tensors) if isinstance(tensors, list) else 0
+    if tensor_bytes is None:
+        tensor_bytes = len(body)
+    return PREFIX.pack(MAGIC, version, flags, len(packed), tensor_bytes, n_tensors) + packed + body
+
+
+def desc(dtype: str, shape: Any, nbytes: Any = None) -> dict[str, Any]:
+    if nbytes is None:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return {"dtype": dtype, "shape": shape, "nbytes": nbytes}
+
+
+def decode_all(data: bytes, limits: Limits | None = None, splits: list[int] | None = None):
+    """Feed ``data`` in pieces (receive_data path), then EOF; return all frames."""
+    dec = FrameDecoder(limits or Limits())
+    frames: list[Frame] = []
+    pos = 0
+    for size in splits or [len(data)]:
+        if pos >= len(data):
+            break
+        dec.receive_data(data[pos : pos + size])
+        pos += size
+        while (f := dec.next_frame()) is not None:
+            frames.append(f)
+    if pos < len(data):
+        dec.receive_data(data[pos:])
+    dec.receive_data(b"")
+    while (f := dec.next_frame()) is not None:
+        frames.append(f)
+    return frames
+
+
+def decode_buffered(data: bytes, read_sizes: list[int], limits: Limits | None = None):
+    """Feed ``data`` through get_buffer/buffer_updated like a BufferedProtocol + recv_into."""
+    dec = FrameDecoder(limits or Limits())
+    frames: list[Frame] = []
+    pos, i = 0, 0
+    while pos < len(data):
+        buf = dec.get_buffer(-1)
+        n = min(len(buf), len(data) - pos, read_sizes[i % len(read_sizes)])
+        i += 1
+        buf[:n] = data[pos : pos + n]
+        pos += n
+        dec.buffer_updated(n)
+        while (f := dec.next_frame()) is not None:
+            frames.append(f)
+    dec.receive_data(b"")
+    assert dec.next_frame() is None
+    return frames
+
+
+def expect_remote(data: bytes, limits: Limits | None = None, match: str | None = None) -> None:
+    dec = FrameDecoder(limits or Limits())
+    dec.receive_data(data)
+    with pytest.raises(RemoteProtocolError, match=match):
+        while dec.next_frame() is not None:
+            pass
+        dec.receive_data(b"")
+        dec.next_frame()
+
+
+def sample_tensors(rng: np.random.Generator) -> list[np.ndarray]:
+    return [
+        rng.standard_normal(37).astype(np.float32),
+        (rng.standard_normal((3, 4)) + 1j * rng.standard_normal((3, 4))).astype(np.complex64),
+        rng.standard_normal((2, 2, 2)).astype(np.complex128),
+        rng.integers(0, 255, size=5, dtype=np.uint8),
+    ]
+
+
+# -- limits --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_header_bytes": 0},
+        {"max_header_bytes": 2**32},
+        {"max_tensor_bytes": -1},
+        {"max_tensors": -1},
+        {"max_ndim": 0},
+        {"max_ndim": 33},
+        {"max_tensors": 1.5},
+        {"max_tensors": True},
+    ],
+)
+def test_limits_are_validated(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
+        Limits(**kwargs)
+
+
+def test_pre_auth_limits_allow_no_tensors() -> None:
+    pre = Limits(max_header_bytes=100).pre_auth()
+    assert (pre.max_tensor_bytes, pre.max_tensors, pre.max_header_bytes) == (0, 0, 100)
+
+
+# -- encoder -------------------------------------------------------------------------------
+
+
+def test_prefix_layout_is_as_documented() -> None:
+    arr = np.arange(3, dtype=np.float32)
+    chunks = encode_frame({"type": "x"}, [arr])
+    head = bytes(chunks[0])
+    assert head[0:4] == b"DRCO"
+    assert int.from_bytes(head[4:6], "big") == PROTOCOL_VERSION
+    assert int.from_bytes(head[6:8], "big") == 0
+    header_len = int.from_bytes(head[8:12], "big")
+    assert int.from_bytes(head[12:20], "big") == 12
+    assert int.from_bytes(head[20:24], "big") == 1
+    assert len(head) == PREFIX_SIZE + header_len
+    header = msgpack.unpackb(head[24:], raw=False)
+    assert header == {"type": "x", "tensors": [{"dtype": "<f4", "shape": [3], "nbytes": 12}]}
+
+
+def test_encoder_does_not_copy_contiguous_tensors() -> None:
+    arr = np.arange(1000, dtype=np.float32)
+    chunks = encode_frame({"type": "x"}, [arr])
+    assert isinstance(chunks[1], memoryview)
+    assert np.shares_memory(np.frombuffer(chunks[1], dtype=np.uint8), arr)
+
+
+def test_encoder_handles_strided_and_big_endian_tensors() -> None:
+    base = np.arange(20, dtype=np.float64)
+    strided = base[::2]
+    big = np.arange(4, dtype=">f4")
+    (frame,) = decode_all(join(encode_frame({"type": "x"}, [strided, big])))
+    np.testing.assert_array_equal(frame.tensors[0], strided)
+    np.testing.assert_array_equal(frame.tensors[1], big.astype("<f4"))
+    assert frame.tensors[1].dtype.str == "<f4"
+
+
+@pytest.mark.parametrize(
+    ("header", "tensors", "match"),
+    [
+        ({"tensors": 1}, [], "reserved"),
+        ({"type": object()}, [], "msgpack"),
+        ([1, 2], [], "mapping"),
+        ({"type": "x"}, [np.zeros(2, dtype=np.float16)], "dtype"),
+        ({"type": "x"}, [np.zeros(2, dtype=object)], "dtype"),
+        ({"type": "x"}, [[1.0, 2.0]], "ndarray"),
+    ],
+)
+def test_encoder_refuses_bad_input(header: Any, tensors: list[Any], match: str) -> None:
+    with pytest.raises(LocalProtocolError, match=match):
+        encode_frame(header, tensors)
+
+
+# -- decoder: round trips ------------------------------------------------------------------
+
+
+def test_round_trip_whole_and_byte_by_byte() -> None:
+    rng = np.random.default_rng(0)
+    tensors = sample_tensors(rng)
+    data = join(encode_frame({"type": "x", "k": [1, "a", b"\x00"]}, tensors))
+    data += join(encode_frame({"type": "y"}))
+    for splits in (None, [1] * len(data)):
+        frames = decode_all(data, splits=splits)
+        assert [f.header for f in frames] == [{"type": "x", "k": [1, "a", b"\x00"]}, {"type": "y"}]
+        for got, want in zip(frames[0].tensors, tensors, strict=True):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+            assert got.flags.writeable and got.flags.c_contiguous
+        assert frames[1].tensors == ()
+        assert frames[0].wire_bytes + frames[1].wire_bytes == len(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_round_trip_random_splits(data: st.DataObject) -> None:
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    tensors = sample_tensors(np.random.default_rng(seed))
+    stream = join(encode_frame({"type": "a"}, tensors[:2])) + join(
+        encode_frame({"type": "b", "n": seed}, tensors[2:])
+    )
+    splits = data.draw(st.lists(st.integers(1, 200), min_size=1, max_size=60))
+    frames = decode_all(stream, splits=splits)
+    assert [f.header["type"] for f in frames] == ["a", "b"]
+    for got, want in zip(frames[0].tensors + frames[1].tensors, tensors, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_round_trip_buffered_protocol_path(data: st.DataObject) -> None:
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    tensors = sample_tensors(np.random.default_rng(seed))
+    stream = join(encode_frame({"type": "a"}, tensors)) * 2 + join(encode_frame({"type": "b"}))
+    reads = data.draw(st.lists(st.integers(1, 300), min_size=1, max_size=20))
+    frames = decode_buffered(stream, reads)
+    assert [f.header["type"] for f in frames] == ["a", "a", "b"]
+    for frame in frames[:2]:
+        for got, want in zip(frame.tensors, tensors, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_get_buffer_lends_the_final_array_during_a_body() -> None:
+    arr = np.arange(10_000, dtype=np.float32)
+    head, body = encode_frame({"type": "x"}, [arr])
+    dec = FrameDecoder(Limits())
+    # Outside a body the scratch buffer is sized to the bytes still needed.
+    assert len(dec.get_buffer(65536)) == PREFIX_SIZE
+    dec.buffer_updated(0)
+    dec.receive_data(bytes(head))
+    view = dec.get_buffer(65536)
+    assert len(view) == arr.nbytes
+    view[:] = bytes(body)
+    lent = np.frombuffer(view, dtype=np.uint8)
+    dec.buffer_updated(arr.nbytes)
+    frame = dec.next_frame()
+    assert frame is not None
+    assert np.shares_memory(frame.tensors[0], lent)
+    np.testing.assert_array_equal(frame.tensors[0], arr)
+
+
+def test_get_buffer_header_read_stops_at_the_header() -> None:
+    head = bytes(encode_frame({"type": "x", "pad": "y" * 100}, [np.zeros(4, np.float32)])[0])
+    dec = FrameDecoder(Limits())
+    buf = dec.get_buffer(-1)
+    buf[:PREFIX_SIZE] = head[:PREFIX_SIZE]
+    dec.buffer_updated(PREFIX_SIZE)
+    assert len(dec.get_buffer(-1)) == len(head) - PREFIX_SIZE
+
+
+def test_limits_apply_to_the_frame_after_the_one_taken() -> None:
+    """Two frames arrive in one read; raising the limits in between admits the second."""
+    first = join(encode_frame({"type": "a"}))
+    second = join(encode_frame({"type": "b"}, [np.ones(3, np.float32)]))
+    dec = FrameDecoder(Limits().pre_auth())
+    dec.receive_data(first + second)
+    frame = dec.next_frame()
+    assert frame is not None and frame.header == {"type": "a"}
+    dec.limits = Limits()
+    frame = dec.next_frame()
+    assert frame is not None and frame.header == {"type": "b"}
+
+
+def test_zero_size_tensor_round_trips() -> None:
+    (frame,) = decode_all(join(encode_frame({"type": "x"}, [np.zeros((0, 3), np.float32)])))
+    assert frame.tensors[0].shape == (0, 3)
+
+
+# -- decoder: hostile bytes ----------------------------------------------------------------
+
+
+def test_bad_magic_fails_on_the_first_byte() -> None:
+    dec = FrameDecoder(Limits())
+    dec.receive_data(b"X")
+    with pytest.raises(RemoteProtocolError, match="magic"):
+        dec.next_frame()
+
+
+def test_tls_bytes_get_a_hint() -> None:
+    expect_remote(b"\x16\x03\x01\x02\x00", match="TLS")
+
+
+def test_version_mismatch_names_both_versions() -> None:
+    data = raw_frame({"type": "hello", "tensors": []}, version=PROTOCOL_VERSION + 1)
+    dec = FrameDecoder(Limits())
+    dec.receive_data(data[:6])  # magic + version suffice
+    with pytest.raises(VersionMismatchError) as info:
+        dec.next_frame()
+    assert f"version {PROTOCOL_VERSION + 1}" in str(info.value)
+    assert f"version {PROTOCOL_VERSION}" in str(info.value)
+    assert isinstance(info.value, RemoteProtocolError)
+
+
+def test_huge_declared_tensor_fails_on_the_prefix_alone() -> None:
+    prefix = PREFIX.pack(MAGIC, PROTOCOL_VERSION, 0, 10, 2**60, 1)
+    dec = FrameDecoder(Limits())
+    dec.receive_data(prefix)
+    with pytest.raises(RemoteProtocolError, match="tensor bytes"):
+        dec.next_frame()
+
+
+def test_over_limit_declaration_allocates_nothing() -> None:
+    limits = Limits(max_tensor_bytes=1024)
+    header = {"type": "x", "tensors": [desc("|u1", [64 * 2**20])]}
+    data = raw_frame(header, tensor_bytes=64 * 2**20)
+    tracemalloc.start()
+    try:
+        dec = FrameDecoder(limits)
+        dec.receive_data(data)
+        with pytest.raises(RemoteProtocolError, match="limit"):
+            dec.next_frame()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
+def test_descriptor_lying_about_a_huge_shape_allocates_nothing() -> None:
+    """Prefix within limits, descriptor shape enormous: refused before np.empty."""
+    header = {"type": "x", "tensors": [desc("<f8", [2**40, 2**20], 8)]}
+    expect_remote(raw_frame(header, b"\x00" * 8), match="shape")
+
+
+@pytest.mark.parametrize(
+    ("data", "limits", "match"),
+    [
+        (raw_frame({"type": "x", "tensors": []}, flags=1), None, "flags"),
+        (raw_frame({}, packed=b""), None, "empty header"),
+        (raw_frame({"type": "x" * 200, "tensors": []}), Limits(max_header_bytes=64), "header"),
+        (
+            raw_frame({"type": "x", "tensors": [desc("<f4", [1])] * 5}, b"\x00" * 20),
+            None,
+            "5 tensors",
+        ),
+        (
+            raw_frame({"type": "x", "tensors": [desc("<f4", [2])]}, b"\x00" * 8),
+            Limits().pre_auth(),
+            "authentication",
+        ),
+        (raw_frame({"type": "x", "tensors": []}, n_tensors=0, tensor_bytes=8), None, "0 tensors"),
+    ],
+)
+def test_bad_prefix(data: bytes, limits: Limits | None, match: str) -> None:
+    expect_remote(data, limits, match)
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "match", "kwargs"),
+    [
+        (None, b"", "msgpack", {"packed": b"\xc1"}),  # never-used msgpack byte
+        (None, b"", "msgpack", {"packed": b"\x92\x01"}),  # truncated array
+        (None, b"", "msgpack", {"packed": msgpack.packb({"tensors": []}) + b"\x01"}),  # extra
+        (None, b"", "msgpack", {"packed": msgpack.packb({1: 2, "tensors": []})}),  # int key
+        (None, b"", "msgpack", {"packed": msgpack.packb(msgpack.ExtType(1, b"x"))}),
+        (None, b"", "msgpack", {"packed": b"\x91" * 5000 + b"\xc0"}),  # deep nesting
+        ([1, 2], b"", "map", {}),
+        ({"type": "x"}, b"", "tensors", {}),
+        ({"type": "x", "tensors": 3}, b"", "tensors", {}),
+        ({"type": "x", "tensors": [desc("<f4", [1])]}, b"\x00" * 4, "describes", {"n_tensors": 2}),
+        ({"type": "x", "tensors": [[1, 2]]}, b"\x00" * 4, "descriptor 0", {"n_tensors": 1}),
+        ({"type": "x", "tensors": [{**desc("<f4", [1]), "x": 1}]}, b"\x00" * 4, "keys", {}),
+        ({"type": "x", "tensors": [desc("<f2", [2], 4)]}, b"\x00" * 4, "dtype", {}),
+        ({"type": "x", "tensors": [desc(">f4", [1], 4)]}, b"\x00" * 4, "dtype", {}),
+        ({"type": "x", "tensors": [desc("|O", [1], 8)]}, b"\x00" * 8, "dtype", {}),
+        ({"type": "x", "tensors": [desc("<f4", [1] * 5, 4)]}, b"\x00" * 4, "shape", {}),
+        ({"type": "x", "tensors": [desc("<f4", [-1], 4)]}, b"\x00" * 4, "shape", {}),
+        ({"type": "x", "tensors": [desc("<f4", [True], 4)]}, b"\x00" * 4, "shape", {}),
+        ({"type": "x", "tensors": [desc("<f4", [1.0], 4)]}, b"\x00" * 4, "shape", {}),
+        ({"type": "x", "tensors": [desc("<f4", 4, 4)]}, b"\x00" * 4, "shape", {}),
+        ({"type": "x", "tensors": [desc("<f4", [2], 4)]}, b"\x00" * 4, "nbytes|descriptor", {}),
+        ({"type": "x", "tensors": [desc("<f4", [1], "4")]}, b"\x00" * 4, "nbytes", {}),
+        ({"type": "x", "tensors": [desc("<f4", [1])]}, b"\x00" * 8, "sum", {}),
+    ],
+)
+def test_bad_header(header: Any, body: bytes, match: str, kwargs: dict[str, Any]) -> None:
+    expect_remote(raw_frame(header, body, **kwargs), None, match)
+
+
+@pytest.mark.parametrize("cut", [3, 10, PREFIX_SIZE + 2, -1])
+def test_eof_mid_frame_is_a_remote_error(cut: int) -> None:
+    data = join(encode_frame({"type": "x"}, [np.ones(4, np.float32)]))
+    dec = FrameDecoder(Limits())
+    dec.receive_data(data[:cut])
+    assert dec.next_frame() is None
+    dec.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="middle of a frame"):
+        dec.next_frame()
+
+
+def test_clean_eof_between_frames() -> None:
+    dec = FrameDecoder(Limits())
+    dec.receive_data(join(encode_frame({"type": "x"})))
+    dec.receive_data(b"")
+    assert dec.next_frame() is not None
+    assert dec.next_frame() is None
+    assert dec.eof and dec.idle
+
+
+def test_decoder_stays_dead_after_an_error() -> None:
+    good = join(encode_frame({"type": "ok"}))
+    dec = FrameDecoder(Limits())
+    dec.receive_data(good + b"garbage" + good)
+    frame = dec.next_frame()
+    assert frame is not None and frame.header == {"type": "ok"}  # frames before it survive
+    with pytest.raises(RemoteProtocolError):
+        dec.next_frame()
+    dec.receive_data(good)  # discarded, no exception from feeding
+    with pytest.raises(RemoteProtocolError, match="already failed"):
+        dec.next_frame()
+
+
+def test_caller_misuse_is_a_local_error() -> None:
+    dec = FrameDecoder(Limits())
+    with pytest.raises(LocalProtocolError):
+        dec.buffer_updated(1)
+    dec.get_buffer(-1)
+    with pytest.raises(LocalProtocolError):
+        dec.buffer_updated(PREFIX_SIZE + 1)
+    dec.receive_data(b"")
+    dec.receive_data(b"")  # EOF twice is harmless
+    with pytest.raises(LocalProtocolError):
+        dec.receive_data(b"x")
+
+
+# -- fuzz ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.sampled_from([1, 7, 64, 1000]))
+def test_random_bytes_only_raise_remote_errors(data: bytes, step: int) -> None:
+    dec = FrameDecoder(Limits(max_tensor_bytes=4096))
+    try:
+        for i in range(0, len(data), step):
+            dec.receive_data(data[i : i + step])
+            while dec.next_frame() is not None:
+                pass
+        dec.receive_data(b"")
+        while dec.next_frame() is not None:
+            pass
+    except RemoteProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_frames_only_raise_remote_errors(data: st.DataObject) -> None:
+    """A valid frame with random bytes overwritten: a frame, NEED_DATA or a remote error."""
+    frame = bytearray(
+        join(encode_frame({"type": "g", "r": 3}, [np.arange(6, dtype=np.complex64).reshape(2, 3)]))
+    )
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(frame) - 1))
+        frame[pos] = data.draw(st.integers(0, 255))
+    reads = data.draw(st.lists(st.integers(1, 50), min_size=1, max_size=5))
+    with contextlib.suppress(RemoteProtocolError):
+        decode_buffered(bytes(frame), reads, Limits(max_tensor_bytes=10_000))
+
+
+def test_golden_bytes_of_the_documented_example() -> None:
+    """The example frame in docs/protocol.md, byte for byte."""
+    chunks = encode_frame(
+        {"type": "gradient", "round_index": 7, "compute_seconds": 0.5},
+        [np.array([1 + 2j, 3 - 4j], dtype=np.complex64)],
+    )
+    head = bytes(chunks[0])
+    assert head[:24].hex() == "4452434f0001000000000059000000000000001000000001"
+    assert head[24:].startswith(b"\x84\xa4type\xa8gradient\xabround_index\x07\xafcompute_seconds")
+    assert bytes(chunks[1]) == np.array([1, 2, 3, -4], dtype="<f4").tobytes()

@@ -1,0 +1,337 @@
+"""Connection state machines: the full flow, byte by byte, illegal transitions, pre-auth limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from draco.errors import LocalProtocolError, RemoteProtocolError, VersionMismatchError
+from draco.net.frames import MAGIC, PREFIX, PROTOCOL_VERSION, Limits, encode_frame
+from draco.net.messages import (
+    Auth,
+    Bye,
+    Challenge,
+    Error,
+    Gradient,
+    Hello,
+    Message,
+    RoundStart,
+    Welcome,
+    to_wire,
+)
+from draco.net.protocol import CLOSED, NEED_DATA, Closed, Connection, NeedData, Role, State
+
+NONCE = bytes(range(32))
+MAC = b"\x07" * 32
+PARAMS = np.linspace(-1, 1, 50, dtype=np.float32)
+PAYLOAD = (PARAMS + 1j).astype(np.complex64)
+
+
+def wire(chunks: list[bytes | memoryview]) -> bytes:
+    return b"".join(bytes(c) for c in chunks)
+
+
+def raw(msg: Message) -> bytes:
+    """Frame bytes of ``msg`` without any state machine (for illegal sends)."""
+    return wire(encode_frame(*to_wire(msg)))
+
+
+def deliver(sender: Connection, receiver: Connection, msg: Message, step: int = 0) -> Message:
+    data = wire(sender.send(msg))
+    event: Message | NeedData | Closed
+    if step:
+        event = NEED_DATA
+        for i in range(0, len(data), step):
+            assert event is NEED_DATA
+            receiver.receive_data(data[i : i + step])
+            event = receiver.next_event()
+    else:
+        receiver.receive_data(data)
+        event = receiver.next_event()
+    assert not isinstance(event, NeedData | Closed), event
+    after = CLOSED if isinstance(event, Bye | Error) else NEED_DATA
+    assert receiver.next_event() is after
+    return event
+
+
+def handshake(step: int = 0) -> tuple[Connection, Connection]:
+    server, client = Connection(Role.SERVER, Limits()), Connection(Role.CLIENT, Limits())
+    assert (server.state, client.state) == (State.AWAIT_HELLO, State.SEND_HELLO)
+    assert deliver(client, server, Hello(PROTOCOL_VERSION, 3), step) == Hello(PROTOCOL_VERSION, 3)
+    assert (server.state, client.state) == (State.SEND_CHALLENGE, State.AWAIT_CHALLENGE)
+    assert server.worker_id == 3 and client.worker_id == 3
+    assert deliver(server, client, Challenge(NONCE), step) == Challenge(NONCE)
+    assert (server.state, client.state) == (State.AWAIT_AUTH, State.SEND_AUTH)
+    assert server.nonce == client.nonce == NONCE
+    assert deliver(client, server, Auth(MAC), step) == Auth(MAC)
+    assert (server.state, client.state) == (State.AUTHENTICATING, State.AWAIT_WELCOME)
+    assert deliver(server, client, Welcome({"dim": 50}), step) == Welcome({"dim": 50})
+    assert server.state is client.state is State.READY
+    return server, client
+
+
+@pytest.mark.parametrize("step", [0, 1, 5])
+def test_full_flow(step: int) -> None:
+    server, client = handshake(step)
+    for t in range(3):
+        rs = RoundStart(t, PARAMS, "reverse" if t == 1 else None, t)
+        assert deliver(server, client, rs, step) == rs
+        g = Gradient(t, PAYLOAD, 0.1)
+        assert deliver(client, server, g, step) == g
+    assert deliver(server, client, Bye("run complete"), step) == Bye("run complete")
+    assert server.state is client.state is State.CLOSED
+    assert client.next_event() is CLOSED
+    assert server.bytes_sent == client.bytes_received > 3 * PARAMS.nbytes
+    assert client.bytes_sent == server.bytes_received > 3 * PAYLOAD.nbytes
+
+
+def test_buffered_protocol_path() -> None:
+    server, client = handshake()
+    data = wire(client.send(Gradient(0, PAYLOAD, 0.0)))
+    pos = 0
+    while pos < len(data):
+        buf = server.get_buffer(-1)
+        n = min(len(buf), len(data) - pos, 33)
+        buf[:n] = data[pos : pos + n]
+        server.buffer_updated(n)
+        pos += n
+    event = server.next_event()
+    assert isinstance(event, Gradient)
+    np.testing.assert_array_equal(event.payload, PAYLOAD)
+
+
+def test_server_refuses_tensor_bytes_before_authentication() -> None:
+    server = Connection(Role.SERVER, Limits())
+    server.receive_data(raw(Hello(PROTOCOL_VERSION, 1)))
+    assert isinstance(server.next_event(), Hello)
+    # Only the prefix is needed to refuse: nothing gets allocated for the declared bytes.
+    server.receive_data(PREFIX.pack(MAGIC, PROTOCOL_VERSION, 0, 20, 4 * 10**6, 1))
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        server.next_event()
+
+
+def test_gradient_sent_too_early_is_refused_before_parsing() -> None:
+    server = Connection(Role.SERVER, Limits())
+    server.receive_data(raw(Gradient(0, PAYLOAD, 0.0)))
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        server.next_event()
+
+
+def test_limits_replaced_after_ready_apply() -> None:
+    server, _ = handshake()
+    server.limits = Limits(max_tensor_bytes=PAYLOAD.nbytes - 1)
+    server.receive_data(raw(Gradient(0, PAYLOAD, 0.0)))
+    with pytest.raises(RemoteProtocolError, match="max_tensor_bytes"):
+        server.next_event()
+
+
+def test_client_accepts_welcome_and_round_start_in_one_read() -> None:
+    """The RoundStart is parsed with post-auth limits although it arrived with the Welcome."""
+    server = Connection(Role.SERVER, Limits())
+    client = Connection(Role.CLIENT, Limits())
+    server.receive_data(wire(client.send(Hello(PROTOCOL_VERSION, 0))))
+    server.next_event()
+    client.receive_data(wire(server.send(Challenge(NONCE))))
+    client.next_event()
+    server.receive_data(wire(client.send(Auth(MAC))))
+    server.next_event()
+    client.receive_data(
+        wire(server.send(Welcome({}))) + wire(server.send(RoundStart(0, PARAMS, None, 0)))
+    )
+    assert isinstance(client.next_event(), Welcome)
+    assert isinstance(client.next_event(), RoundStart)
+
+
+# -- illegal transitions -------------------------------------------------------------------
+
+SERVER_RECV_ILLEGAL = {
+    State.AWAIT_HELLO: [Auth(MAC), Gradient(0, PAYLOAD, 0.0), Challenge(NONCE), Welcome({})],
+    State.AWAIT_AUTH: [Hello(PROTOCOL_VERSION, 1), Challenge(NONCE)],
+    State.READY: [Hello(PROTOCOL_VERSION, 1), Auth(MAC), RoundStart(0, PARAMS, None, 0)],
+}
+
+
+def server_in(state: State) -> Connection:
+    server = Connection(Role.SERVER, Limits())
+    if state is State.AWAIT_HELLO:
+        return server
+    server.receive_data(raw(Hello(PROTOCOL_VERSION, 1)))
+    server.next_event()
+    server.send(Challenge(NONCE))
+    if state is State.AWAIT_AUTH:
+        return server
+    server.receive_data(raw(Auth(MAC)))
+    server.next_event()
+    server.send(Welcome({}))
+    assert server.state is State.READY
+    return server
+
+
+def client_in(state: State) -> Connection:
+    client = Connection(Role.CLIENT, Limits())
+    if state is State.SEND_HELLO:
+        return client
+    client.send(Hello(PROTOCOL_VERSION, 1))
+    if state is State.AWAIT_CHALLENGE:
+        return client
+    client.receive_data(raw(Challenge(NONCE)))
+    client.next_event()
+    if state is State.SEND_AUTH:
+        return client
+    client.send(Auth(MAC))
+    if state is State.AWAIT_WELCOME:
+        return client
+    client.receive_data(raw(Welcome({})))
+    client.next_event()
+    assert client.state is State.READY
+    return client
+
+
+@pytest.mark.parametrize(
+    ("state", "msg"),
+    [(s, m) for s, ms in SERVER_RECV_ILLEGAL.items() for m in ms],
+    ids=lambda x: getattr(x, "value", type(x).__name__),
+)
+def test_server_receiving_out_of_order_is_a_remote_error(state: State, msg: Message) -> None:
+    server = server_in(state)
+    server.receive_data(raw(msg))
+    with pytest.raises(RemoteProtocolError):
+        server.next_event()
+    assert server.state is State.ERROR
+
+
+@pytest.mark.parametrize(
+    ("state", "msg"),
+    [
+        (State.AWAIT_HELLO, Challenge(NONCE)),
+        (State.AWAIT_HELLO, Welcome({})),
+        (State.AWAIT_AUTH, Welcome({})),
+        (State.AWAIT_AUTH, RoundStart(0, PARAMS, None, 0)),
+        (State.READY, Challenge(NONCE)),
+        (State.READY, Gradient(0, PAYLOAD, 0.0)),
+    ],
+    ids=str,
+)
+def test_server_sending_out_of_order_is_a_local_error(state: State, msg: Message) -> None:
+    server = server_in(state)
+    with pytest.raises(LocalProtocolError):
+        server.send(msg)
+    with pytest.raises(LocalProtocolError, match="earlier protocol error"):
+        server.send(Bye("x"))
+
+
+@pytest.mark.parametrize(
+    ("state", "msg"),
+    [
+        (State.SEND_HELLO, Challenge(NONCE)),
+        (State.AWAIT_CHALLENGE, Welcome({})),
+        (State.AWAIT_WELCOME, Challenge(NONCE)),
+        (State.READY, Welcome({})),
+        (State.READY, Hello(PROTOCOL_VERSION, 1)),
+    ],
+    ids=str,
+)
+def test_client_receiving_out_of_order_is_a_remote_error(state: State, msg: Message) -> None:
+    client = client_in(state)
+    client.receive_data(raw(msg))
+    with pytest.raises(RemoteProtocolError):
+        client.next_event()
+
+
+@pytest.mark.parametrize(
+    ("state", "msg"),
+    [
+        (State.SEND_HELLO, Auth(MAC)),
+        (State.AWAIT_CHALLENGE, Auth(MAC)),
+        (State.SEND_AUTH, Hello(PROTOCOL_VERSION, 1)),
+        (State.AWAIT_WELCOME, Gradient(0, PAYLOAD, 0.0)),
+        (State.READY, RoundStart(0, PARAMS, None, 0)),
+    ],
+    ids=str,
+)
+def test_client_sending_out_of_order_is_a_local_error(state: State, msg: Message) -> None:
+    client = client_in(state)
+    with pytest.raises(LocalProtocolError):
+        client.send(msg)
+
+
+@pytest.mark.parametrize("state", [State.AWAIT_HELLO, State.AWAIT_AUTH, State.READY])
+@pytest.mark.parametrize("msg", [Bye("stop"), Error("shutdown", "server stopping")])
+def test_bye_and_error_close_from_any_open_state(state: State, msg: Message) -> None:
+    server = server_in(state)
+    server.receive_data(raw(msg))
+    assert server.next_event() == msg
+    assert server.state is State.CLOSED
+    assert server.next_event() is CLOSED
+    server.receive_data(raw(Gradient(0, PAYLOAD, 0.0)))  # crossed our close: ignored
+    assert server.next_event() is CLOSED
+    with pytest.raises(LocalProtocolError, match="closed"):
+        server.send(Bye("again"))
+
+
+def test_hello_with_another_version_is_a_version_mismatch() -> None:
+    server = Connection(Role.SERVER, Limits())
+    server.receive_data(raw(Hello(PROTOCOL_VERSION + 1, 0)))
+    with pytest.raises(VersionMismatchError, match="version"):
+        server.next_event()
+
+
+def test_one_error_may_be_sent_after_a_remote_error() -> None:
+    server = Connection(Role.SERVER, Limits())
+    client = Connection(Role.CLIENT, Limits())
+    server.receive_data(b"GET / HTTP/1.1\r\n\r\n")
+    with pytest.raises(RemoteProtocolError):
+        server.next_event()
+    with pytest.raises(RemoteProtocolError, match="earlier protocol error"):
+        server.next_event()
+    with pytest.raises(RemoteProtocolError):
+        server.send(Bye("nope"))
+    # The client (which sent Hello) learns why.
+    client.send(Hello(PROTOCOL_VERSION, 0))
+    client.receive_data(wire(server.send(Error("protocol_error", "bad magic"))))
+    assert server.state is State.CLOSED
+    assert client.next_event() == Error("protocol_error", "bad magic")
+    with pytest.raises(LocalProtocolError):
+        server.send(Error("protocol_error", "twice"))
+
+
+def test_eof_between_frames_is_closed_and_mid_frame_is_an_error() -> None:
+    server, client = handshake()
+    data = wire(server.send(RoundStart(0, PARAMS, None, 0)))
+    server.receive_data(b"")
+    assert server.next_event() is CLOSED
+    assert server.state is State.CLOSED
+    client.receive_data(data[:-1])
+    assert client.next_event() is NEED_DATA
+    client.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="middle of a frame"):
+        client.next_event()
+
+
+def test_bad_limits_type_is_a_local_error() -> None:
+    with pytest.raises(LocalProtocolError):
+        Connection(Role.SERVER, Limits()).limits = {"max_tensors": 1}  # type: ignore[assignment]
+    with pytest.raises(LocalProtocolError):
+        Connection("server", Limits())  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([1, 16, 1000]))
+def test_random_bytes_into_a_server(data: bytes, step: int) -> None:
+    """Hostile bytes: only RemoteProtocolError, NEED_DATA or CLOSED -- never another error."""
+    server = Connection(Role.SERVER, Limits())
+    prefix = raw(Hello(PROTOCOL_VERSION, 9)) if data[:1] == b"\x00" else b""
+    stream = prefix + data
+    try:
+        for i in range(0, len(stream), step):
+            server.receive_data(stream[i : i + step])
+            while (event := server.next_event()) is not NEED_DATA:
+                assert event is CLOSED or isinstance(event, Hello)
+                if event is CLOSED:
+                    break
+        server.receive_data(b"")
+        assert server.next_event() is CLOSED
+    except RemoteProtocolError:
+        assert server.state is State.ERROR
