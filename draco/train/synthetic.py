@@ -48,13 +48,24 @@ def _smooth(img: np.ndarray) -> np.ndarray:
     return (out / 5.0).reshape(img.shape)
 
 
+def _orthonormal_columns(a: np.ndarray) -> np.ndarray:
+    """Modified Gram-Schmidt on the columns of ``a`` (m, k), with numpy's pairwise sums
+    instead of LAPACK, so the result is the same bits in every process."""
+    q = np.array(a, dtype=np.float64)
+    for i in range(q.shape[1]):
+        for j in range(i):
+            q[:, i] -= np.sum(q[:, j] * q[:, i]) * q[:, j]
+        q[:, i] /= np.sqrt(np.sum(q[:, i] * q[:, i]))
+    return q
+
+
 def generate(seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Dataset:
     """Generate the synthetic dataset (see module docstring). Deterministic in ``seed``."""
     rng = np.random.default_rng([seed, _STREAM])
     # 1. Prototypes: smoothing shrinks the std by sqrt(5); scale it back.
     protos = _smooth(rng.standard_normal((N_CLASSES, N_MODES, N_FEATURES)))
     protos *= SIGNAL * np.sqrt(5.0)
-    u, _ = np.linalg.qr(rng.standard_normal((N_FEATURES, N_NUISANCE)))
+    u = _orthonormal_columns(rng.standard_normal((N_FEATURES, N_NUISANCE)))
     n = n_train + n_test
     # 2. Samples, balanced over classes in each split, then shuffled.
     labels = np.concatenate(
@@ -65,7 +76,11 @@ def generate(seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Dat
     x = rng.standard_normal((n, N_FEATURES), dtype=np.float32)
     x *= np.float32(NOISE)
     x += protos[labels, modes].astype(np.float32)
-    x += (np.float32(NUISANCE) * z) @ u.T.astype(np.float32)
+    # Elementwise, not a BLAS matmul: every process must build bit-identical data, and a
+    # threaded BLAS does not promise the same summation order in every process.
+    u32 = u.astype(np.float32)
+    for i in range(N_NUISANCE):
+        x += (np.float32(NUISANCE) * z[:, i : i + 1]) * u32[:, i]
     # 3. Standardise with training statistics.
     mean = x[:n_train].mean(dtype=np.float64)
     std = x[:n_train].std(dtype=np.float64)

@@ -1,0 +1,306 @@
+"""``draco-bench net``: PS-side ingest throughput of one round, project path vs. raw sockets.
+
+    draco-bench net --workers 45 --dim 1033510 --json
+
+A sender process opens ``--workers`` loopback connections and, per round, writes one
+``Gradient`` frame (float32 payload of ``--dim`` values, encoded by the project's own
+framing) on each. The receiver is this process, measured twice with the SAME bytes:
+
+- ``project``: the parameter server's receive path: ``draco.net.server.Peer`` (an
+  ``asyncio.BufferedProtocol`` on uvloop by default) feeding the sans-IO ``Connection``
+  (prefix, bounded msgpack header, tensor bytes straight into their numpy array), then
+  ``RoundCollector.offer`` (round/dtype/shape/finiteness checks), exactly as in a run. The
+  handshake is done beforehand in memory, so only ingest is timed.
+- ``raw``: a baseline of blocking sockets, ``selectors`` and ``recv_into`` a preallocated
+  buffer per connection (no parsing at all).
+
+One round = time from the "go" sent to the sender until all n payloads are in. Output (one
+JSON object): ``project_gbps`` and ``raw_gbps`` (median over ``--repeats`` rounds after one
+warm-up round, in GB/s = 1e9 bytes/s), ``ratio`` = project / raw, plus the parameters and the
+per-round figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import socket
+import statistics
+import time
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+import numpy as np
+
+from draco.errors import ConfigError, ProtocolError
+from draco.net import messages as m
+from draco.net.frames import PROTOCOL_VERSION, Limits, encode_frame
+from draco.net.protocol import Connection, Role
+from draco.net.rounds import RoundCollector, RoundPlan, Verdict
+from draco.net.server import Peer, handshake_limits, payload_limits, retain_freed_memory
+
+GB = 1e9
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "net",
+        help="PS ingest throughput vs. a raw-socket baseline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--workers", type=int, default=45, help="connections (payloads per round)")
+    p.add_argument("--dim", type=int, default=1033510, help="float32 values per payload")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per path (median)")
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- sender
+
+
+def _frame(round_index: int, payload: np.ndarray) -> bytes:
+    msg = m.Gradient(round_index=round_index, payload=payload, compute_seconds=0.0)
+    header, tensors = m.to_wire(msg)
+    return b"".join(bytes(c) for c in encode_frame(header, tensors))
+
+
+def _sender(host: str, port: int, n: int, dim: int, rounds: int, pipe: Pipe) -> None:
+    """Child process: n connections; on each "go", one Gradient frame on every connection."""
+    payload = np.random.default_rng(0).standard_normal(dim).astype(np.float32)
+    socks = [socket.create_connection((host, port)) for _ in range(n)]
+    for s in socks:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pipe.send("connected")
+    for r in range(rounds):
+        frame = _frame(r, payload)  # built before "go": only the transfer is timed
+        if pipe.recv() != "go":
+            break
+        for s in socks:
+            s.sendall(frame)
+    pipe.recv()  # "close"
+    for s in socks:
+        s.close()
+
+
+def _start_sender(port: int, n: int, dim: int, rounds: int) -> tuple[mp.process.BaseProcess, Pipe]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_sender, args=("127.0.0.1", port, n, dim, rounds, child))
+    proc.start()
+    return proc, parent
+
+
+# ----------------------------------------------------------------------------- raw path
+
+
+def bench_raw(n: int, dim: int, repeats: int) -> tuple[list[float], int]:
+    """Seconds per round of the raw ``recv_into`` receiver, and the bytes per round."""
+    frame_bytes = len(_frame(0, np.zeros(dim, np.float32)))
+    listener = socket.create_server(("127.0.0.1", 0), backlog=n)
+    port = listener.getsockname()[1]
+    proc, pipe = _start_sender(port, n, dim, repeats + 1)
+    try:
+        conns = [listener.accept()[0] for _ in range(n)]
+        pipe.recv()  # connected
+        bufs = [memoryview(bytearray(frame_bytes)) for _ in range(n)]
+        times = []
+        for r in range(repeats + 1):
+            t0 = time.perf_counter()
+            pipe.send("go")
+            # The sender writes the connections in this order, so reading them one after the
+            # other in blocking mode is the cheapest possible receiver: no polling at all.
+            for c, buf in zip(conns, bufs, strict=True):
+                filled = 0
+                while filled < frame_bytes:
+                    got = c.recv_into(buf[filled:])
+                    if not got:
+                        raise ConnectionError("sender closed early")
+                    filled += got
+            if r:  # round 0 warms up
+                times.append(time.perf_counter() - t0)
+        pipe.send("close")
+        for c in conns:
+            c.close()
+    finally:
+        listener.close()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    return times, n * frame_bytes
+
+
+# ----------------------------------------------------------------------------- project path
+
+
+def ready_server_connection(dim: int, payload_dtype: np.dtype, max_header_bytes: int) -> Connection:
+    """A server-side Connection taken through a real handshake in memory, now READY.
+
+    Only the benchmark uses this (the PS does the handshake on the wire).
+    """
+    srv = Connection(Role.SERVER, handshake_limits(4096))
+    cli = Connection(Role.CLIENT, Limits())
+
+    def pump(dst: Connection, chunks: list[bytes | memoryview]) -> m.Message:
+        dst.receive_data(b"".join(bytes(c) for c in chunks))
+        ev = dst.next_event()
+        assert isinstance(ev, m.Hello | m.Challenge | m.Auth | m.Welcome), ev
+        return ev
+
+    pump(srv, cli.send(m.Hello(protocol_version=PROTOCOL_VERSION, worker_id=0)))
+    pump(cli, srv.send(m.Challenge(nonce=bytes(32))))
+    pump(srv, cli.send(m.Auth(mac=bytes(32))))
+    srv.limits = payload_limits(max_header_bytes, dim, payload_dtype)
+    pump(cli, srv.send(m.Welcome(config={})))
+    return srv
+
+
+class _IngestCode:
+    """Just enough of a code for the collector: n float32 payloads, ready when all are in."""
+
+    name = "bench"
+    n_adversaries = 0
+    payload_dtype = np.dtype(np.float32)
+
+    def __init__(self, n: int) -> None:
+        self.n_workers = self.n_partitions = n
+
+    def ready(self, received: Any) -> bool:
+        return len(received) == self.n_workers
+
+    def decode(self, received: Any, rng: Any = None) -> Any:  # pragma: no cover - unused
+        raise NotImplementedError
+
+
+class _Sink:
+    """A PeerHandler that offers each Gradient to the current round, like the PS does."""
+
+    def __init__(self, n: int, dim: int) -> None:
+        self.code = _IngestCode(n)
+        self.dim = dim
+        self.peers: list[Peer] = []
+        self.ids: dict[Peer, int] = {}
+        self.round: RoundCollector | None = None
+        self.done: asyncio.Event | None = None
+        self.connected: asyncio.Event | None = None
+        self.errors: list[str] = []
+
+    def new_round(self, r: int) -> None:
+        plan = RoundPlan(r, frozenset(), None, False, 0)
+        self.round = RoundCollector(plan, self.code, self.dim)
+        self.done = asyncio.Event()
+
+    def peer_connected(self, peer: Peer) -> None:
+        self.ids[peer] = len(self.peers)
+        self.peers.append(peer)
+        if len(self.peers) == self.code.n_workers and self.connected is not None:
+            self.connected.set()
+
+    def peer_message(self, peer: Peer, msg: m.Message, wire_bytes: int) -> None:
+        rnd = self.round
+        if not isinstance(msg, m.Gradient) or rnd is None:
+            self.errors.append(f"unexpected {type(msg).__name__}")
+            return
+        offer = rnd.offer(self.ids[peer], msg.round_index, msg.payload, 0.0, wire_bytes)
+        if offer.verdict is not Verdict.ACCEPTED:
+            self.errors.append(offer.reason)
+        if rnd.should_close and self.done is not None:
+            self.done.set()
+
+    def peer_violation(self, peer: Peer, exc: ProtocolError) -> None:
+        self.errors.append(str(exc))
+        peer.abort()
+
+    def peer_lost(self, peer: Peer) -> None:
+        pass
+
+
+async def _bench_project_async(n: int, dim: int, repeats: int) -> list[float]:
+    loop = asyncio.get_running_loop()
+    retain_freed_memory()  # what ParameterServer.start() does
+    sink = _Sink(n, dim)
+    sink.connected = asyncio.Event()
+    dtype = np.dtype(np.float32)
+    server = await loop.create_server(
+        lambda: Peer(sink, ready_server_connection(dim, dtype, 64 * 1024)),
+        "127.0.0.1",
+        0,
+        backlog=n,
+    )
+    port = server.sockets[0].getsockname()[1]
+    proc, pipe = _start_sender(port, n, dim, repeats + 1)
+    times = []
+    try:
+        await sink.connected.wait()
+        await loop.run_in_executor(None, pipe.recv)  # connected
+        for r in range(repeats + 1):
+            sink.new_round(r)
+            assert sink.done is not None
+            t0 = time.perf_counter()
+            pipe.send("go")
+            await asyncio.wait_for(sink.done.wait(), 120)
+            if r:
+                times.append(time.perf_counter() - t0)
+            if sink.errors:
+                raise RuntimeError(f"ingest errors: {sink.errors[:3]}")
+        pipe.send("close")
+    finally:
+        for peer in sink.peers:
+            peer.abort()
+        server.close()
+        await loop.run_in_executor(None, proc.join, 10)
+        if proc.is_alive():
+            proc.kill()
+    return times
+
+
+def bench_project(n: int, dim: int, repeats: int, loop: str = "uvloop") -> list[float]:
+    """Seconds per round through the project's server receive path."""
+    from draco.net.server import run_with_loop
+
+    return list(run_with_loop(lambda: _bench_project_async(n, dim, repeats), loop))
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def measure(n: int, dim: int, repeats: int, loop: str = "uvloop") -> dict[str, Any]:
+    """Both paths, same bytes, same run; returns the JSON-able result."""
+    if n < 1 or dim < 1 or repeats < 1:
+        raise ConfigError(f"--workers, --dim and --repeats must be >= 1, got {n}, {dim}, {repeats}")
+    raw_times, nbytes = bench_raw(n, dim, repeats)
+    project_times = bench_project(n, dim, repeats, loop)
+    raw = nbytes / statistics.median(raw_times) / GB
+    project = nbytes / statistics.median(project_times) / GB
+    return {
+        "benchmark": "net",
+        "project_gbps": round(project, 4),
+        "raw_gbps": round(raw, 4),
+        "ratio": round(project / raw, 4),
+        "unit": "GB/s (1e9 bytes per second), median over repeats",
+        "workers": n,
+        "dim": dim,
+        "dtype": "float32",
+        "bytes_per_round": nbytes,
+        "repeats": repeats,
+        "loop": loop,
+        "project_seconds": [round(t, 6) for t in project_times],
+        "raw_seconds": [round(t, 6) for t in raw_times],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    result = measure(args.workers, args.dim, args.repeats, args.loop)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"PS ingest of {args.workers} x {args.dim} float32 over loopback: "
+            f"project {result['project_gbps']:.2f} GB/s, raw recv_into "
+            f"{result['raw_gbps']:.2f} GB/s, ratio {result['ratio']:.2f}"
+        )
+        print(json.dumps(result))
+    return 0

@@ -1,0 +1,173 @@
+"""``draco-worker``: K logical DRACO workers in one process, connecting to a ``draco-ps``.
+
+Example (the PS issued the tokens with ``draco-ps keys --secret-file S --workers 15 --out T``)::
+
+    draco-worker --ps 10.0.0.1:7000 --id 0 --count 8 --token-file T
+    draco-worker --ps 10.0.0.1:7000 --id 8 --count 7 --token-file T
+
+Exit status: 0 when the PS ends the run (Bye), 2 on an error a user can fix (wrong address,
+refused credential, version mismatch, bad flags), 130/143 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from draco.errors import ConfigError, DracoError
+
+PROG = "draco-worker"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port). ConfigError if malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--ps must be HOST:PORT (e.g. 127.0.0.1:7000), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run K logical DRACO workers (ids I..I+K-1) against a parameter server.",
+    )
+    p.add_argument("--ps", required=True, metavar="HOST:PORT", help="the parameter server")
+    p.add_argument("--id", type=int, required=True, metavar="I", help="first worker id")
+    p.add_argument("--count", type=int, default=1, metavar="K", help="logical workers (1)")
+    p.add_argument(
+        "--token-file",
+        required=True,
+        type=Path,
+        metavar="F",
+        help="tokens file from `draco-ps keys` (holds the credentials of ids I..I+K-1)",
+    )
+    p.add_argument(
+        "--attack",
+        default=None,
+        metavar="NAME",
+        help="persistently malicious: apply this attack every round (experiments only)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SEC",
+        help="keep retrying to reach the PS this long, at start and after a drop (30)",
+    )
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--tls-ca", type=Path, default=None, help="CA file to verify the PS with")
+    p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mTLS)")
+    p.add_argument("--tls-key", type=Path, default=None, help="client private key (mTLS)")
+    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def load_tokens(path: Path, first_id: int, count: int) -> dict[int, bytes]:
+    """Tokens of ids ``first_id .. first_id + count - 1`` from a ``draco-ps keys`` file."""
+    from draco.net.auth import read_token_file
+
+    tokens = read_token_file(path)
+    ids = range(first_id, first_id + count)
+    missing = [i for i in ids if i not in tokens]
+    if missing:
+        raise ConfigError(
+            f"{path} holds no token for worker id(s) {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}; it has ids "
+            f"{min(tokens, default=None)}..{max(tokens, default=None)}"
+        )
+    return {i: tokens[i] for i in ids}
+
+
+def run_coroutine(
+    make: Callable[[], Coroutine[Any, Any, None]], loop_name: str
+) -> tuple[int, BaseException | None]:
+    """Run ``make()`` on the chosen loop; SIGINT/SIGTERM cancel it (exit 130 / 143)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop_name == "uvloop":
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+            factory = None
+    got: list[int] = []
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+
+            def stop(sig: int = sig) -> None:
+                got.append(sig)
+                task.cancel()
+
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows
+                loop.add_signal_handler(sig, stop)
+        await make()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            runner.run(main())
+        except asyncio.CancelledError:
+            return 128 + (got[0] if got else signal.SIGINT), None
+        except KeyboardInterrupt:
+            return 130, None
+        except DracoError as exc:
+            return 2, exc
+    return 0, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format=f"{PROG}: %(message)s")
+    # One compute thread per process: keep BLAS / OpenMP from oversubscribing the cores that
+    # the other worker processes and the PS share (set before torch is first imported).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        from draco.net.worker import WorkerOptions, run_workers
+
+        if args.count < 1:
+            raise ConfigError(f"--count must be >= 1, got {args.count}")
+        if args.id < 0:
+            raise ConfigError(f"--id must be >= 0, got {args.id}")
+        if args.connect_timeout <= 0:
+            raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
+        host, port = parse_address(args.ps)
+        tokens = load_tokens(args.token_file, args.id, args.count)
+        ssl_context = None
+        if args.tls_ca or args.tls_cert or args.tls_key:
+            from draco.net.auth import client_ssl_context
+
+            ssl_context = client_ssl_context(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+        options = WorkerOptions(
+            host=host,
+            port=port,
+            tokens=tokens,
+            attack=args.attack,
+            connect_timeout=args.connect_timeout,
+            ssl_context=ssl_context,
+        )
+    except DracoError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    status, failure = run_coroutine(lambda: run_workers(options), args.loop)
+    if failure is not None:
+        print(f"{PROG}: error: {failure}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

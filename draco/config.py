@@ -1,0 +1,266 @@
+"""The parameter server's configuration: frozen, validated dataclasses (after nanoGPT's config).
+
+``PSConfig`` holds everything ``draco-ps`` was asked to do; ``cli/ps.py`` builds it from the
+command line (``PSConfig.from_args``) and writes ``PSConfig.to_dict()`` to the run directory's
+``config.json``; ``draco-ps --resume RUN_DIR`` rebuilds it with ``PSConfig.from_dict``. Every
+invalid value raises ``ConfigError`` naming the flag and what would be accepted.
+
+Security-relevant bounds live in ``ServerLimits``, each with its own flag, so an operator can
+see and tighten them. The tensor bounds after authentication are not flags: the server sizes
+them to exactly one payload of the run's code (``dim`` x payload itemsize).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from draco.errors import ConfigError
+from draco.optim import SGDConfig
+
+CODES = ("repetition", "cyclic", "none")
+SCHEDULES = ("random", "fixed")
+LOOPS = ("uvloop", "asyncio")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ConfigError(f"{name} must be {bound}, got {value}")
+
+
+def _check_seconds(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one peer may make the server hold or do; all checked before allocating.
+
+    Parameters
+    ----------
+    max_header_bytes : int
+        Largest msgpack header of a frame from an authenticated worker, bytes.
+    max_handshake_header_bytes : int
+        Largest header before authentication, bytes (no tensor bytes are allowed then).
+    max_messages_per_round : int
+        Messages one connection may send per round; more is a protocol violation.
+    max_pending_handshakes : int
+        Connections allowed to be in the handshake at once; further ones are closed at once.
+    """
+
+    max_header_bytes: int = 64 * 1024  # a Gradient header is ~100 bytes
+    max_handshake_header_bytes: int = 4 * 1024  # Hello / Auth are ~60 bytes
+    max_messages_per_round: int = 4  # one Gradient (+ a late one, + Bye) is all that is needed
+    max_pending_handshakes: int = 64
+
+    def __post_init__(self) -> None:
+        _check_int("--max-header-bytes", self.max_header_bytes, 256, 2**32 - 1)
+        _check_int("--max-handshake-header-bytes", self.max_handshake_header_bytes, 128, 2**20)
+        _check_int("--max-messages-per-round", self.max_messages_per_round, 1, 10_000)
+        _check_int("--max-pending-handshakes", self.max_pending_handshakes, 1, 100_000)
+
+
+@dataclass(frozen=True)
+class PSConfig:
+    """Everything the parameter server needs (see the command-line contract).
+
+    The fields in ``RUN_FIELDS`` define the run (a resumed run takes them from the saved
+    ``config.json``); the others say where and how this process serves it.
+    """
+
+    # -- the run
+    n_workers: int = 15
+    n_adversaries: int = 2  # s: liars the code tolerates (f of the aggregator with code none)
+    code: str = "repetition"
+    aggregator: str = "mean"  # only with code "none"
+    attack: str | None = None  # None: nobody lies
+    adversary_schedule: str = "random"  # which s workers lie: new each round, or fixed
+    rounds: int = 100
+    seed: int = 0
+    task: dict[str, Any] = field(default_factory=lambda: {"model": "lstsq"})
+    sgd: SGDConfig = field(default_factory=SGDConfig)
+    eval_every: int = 10  # 0: only at the end
+    checkpoint_every: int = 50  # 0: never (needs a run directory)
+    max_failed_rounds: int = 5  # consecutive failed rounds before giving up
+    # -- this process
+    host: str = "127.0.0.1"
+    port: int = 7000  # 0: any free port (see ready_file)
+    ready_file: Path | None = None
+    run_dir: Path | None = None
+    resume: bool = False
+    secret_file: Path | None = None
+    round_timeout: float = 60.0
+    handshake_timeout: float = 10.0
+    join_timeout: float = 120.0
+    shutdown_grace: float = 5.0
+    loop: str = "uvloop"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
+
+    RUN_FIELDS = (
+        "n_workers",
+        "n_adversaries",
+        "code",
+        "aggregator",
+        "attack",
+        "adversary_schedule",
+        "rounds",
+        "seed",
+        "task",
+        "sgd",
+        "eval_every",
+        "checkpoint_every",
+        "max_failed_rounds",
+    )
+
+    def __post_init__(self) -> None:
+        _check_int("--workers", self.n_workers, 1, 100_000)
+        _check_int("--adversaries", self.n_adversaries, 0)
+        if self.n_adversaries >= self.n_workers:
+            raise ConfigError(
+                f"--adversaries ({self.n_adversaries}) must be smaller than --workers "
+                f"({self.n_workers})"
+            )
+        if self.code not in CODES:
+            raise ConfigError(f"--code must be one of {', '.join(CODES)}, got {self.code!r}")
+        if self.adversary_schedule not in SCHEDULES:
+            raise ConfigError(
+                f"--adversary-schedule must be one of {', '.join(SCHEDULES)}, "
+                f"got {self.adversary_schedule!r}"
+            )
+        if self.attack is not None and not (isinstance(self.attack, str) and self.attack):
+            raise ConfigError(f"--attack must be an attack name, got {self.attack!r}")
+        if self.attack is not None and self.n_adversaries == 0:
+            raise ConfigError(
+                f"--attack {self.attack} needs liars: pass --adversaries S with S >= 1"
+            )
+        _check_int("--rounds", self.rounds, 1)
+        _check_int("--seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.task, dict) or "model" not in self.task:
+            raise ConfigError(f"task spec must be a dict with a 'model' key, got {self.task!r}")
+        if not isinstance(self.sgd, SGDConfig):
+            raise ConfigError(f"sgd must be an SGDConfig, got {self.sgd!r}")
+        _check_int("--eval-every", self.eval_every, 0)
+        _check_int("--checkpoint-every", self.checkpoint_every, 0)
+        _check_int("--max-failed-rounds", self.max_failed_rounds, 1)
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"--host must be a host name or address, got {self.host!r}")
+        _check_int("--port", self.port, 0, 65535)
+        _check_seconds("--round-timeout", self.round_timeout)
+        _check_seconds("--handshake-timeout", self.handshake_timeout)
+        _check_seconds("--join-timeout", self.join_timeout)
+        _check_seconds("--shutdown-grace", self.shutdown_grace)
+        if self.loop not in LOOPS:
+            raise ConfigError(f"--loop must be one of {', '.join(LOOPS)}, got {self.loop!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key (or neither)")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ConfigError(
+                "--tls-ca (verify worker certificates) needs the server's own --tls-cert "
+                "and --tls-key"
+            )
+        if self.resume and self.run_dir is None:
+            raise ConfigError("--resume needs the run directory to continue")
+        if not isinstance(self.limits, ServerLimits):
+            raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
+
+    # -- conversions ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (paths as strings); ``from_dict`` inverts it."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (SGDConfig, ServerLimits)):
+                value = dataclasses.asdict(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, dict):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PSConfig:
+        """Rebuild from ``to_dict()`` output; ``ConfigError`` on unknown or bad fields."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a saved configuration is a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {sorted(unknown)}")
+        kw = dict(data)
+        try:
+            if "sgd" in kw:
+                kw["sgd"] = SGDConfig(**kw["sgd"])
+            if "limits" in kw:
+                kw["limits"] = ServerLimits(**kw["limits"])
+        except TypeError as exc:
+            raise ConfigError(f"bad saved configuration: {exc}") from exc
+        for name in ("ready_file", "run_dir", "secret_file", "tls_cert", "tls_key", "tls_ca"):
+            if kw.get(name) is not None:
+                kw[name] = Path(kw[name])
+        return cls(**kw)
+
+    def with_run_of(self, saved: PSConfig) -> PSConfig:
+        """This process's settings with the run-defining fields of ``saved`` (for --resume)."""
+        return dataclasses.replace(self, **{k: getattr(saved, k) for k in self.RUN_FIELDS})
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, task: dict[str, Any]) -> PSConfig:
+        """Build from ``draco-ps`` flags; ``task`` is ``task_spec_from_args(...)``."""
+        limits = ServerLimits(
+            max_header_bytes=args.max_header_bytes,
+            max_handshake_header_bytes=args.max_handshake_header_bytes,
+            max_messages_per_round=args.max_messages_per_round,
+            max_pending_handshakes=args.max_pending_handshakes,
+        )
+        attack = None if args.attack in (None, "", "none") else args.attack
+        resume = args.resume is not None
+        run_dir = args.resume if resume else args.run_dir
+        return cls(
+            n_workers=args.workers,
+            n_adversaries=args.adversaries,
+            code=args.code,
+            aggregator=args.aggregator,
+            attack=attack,
+            adversary_schedule=args.adversary_schedule,
+            rounds=args.rounds,
+            seed=args.seed,
+            task=task,
+            sgd=SGDConfig(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay),
+            eval_every=args.eval_every,
+            checkpoint_every=args.checkpoint_every,
+            max_failed_rounds=args.max_failed_rounds,
+            host=args.host,
+            port=args.port,
+            ready_file=args.ready_file,
+            run_dir=None if run_dir is None else Path(run_dir),
+            resume=resume,
+            secret_file=args.secret_file,
+            round_timeout=args.round_timeout,
+            handshake_timeout=args.handshake_timeout,
+            join_timeout=args.join_timeout,
+            shutdown_grace=args.shutdown_grace,
+            loop=args.loop,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+            limits=limits,
+        )
+
+    def code_options(self) -> dict[str, Any]:
+        """Options for ``make_code(self.code, n, s, **options)``."""
+        return {"aggregator": self.aggregator} if self.code == "none" else {}

@@ -1,0 +1,564 @@
+"""The round engine: the pure logic of synchronous DRACO rounds (no sockets, no clock).
+
+The asyncio shell (``draco.net.server``) owns the connections and the deadline; this module
+decides everything else::
+
+    engine = RoundEngine(code, params, SGD(cfg, dim), ...)
+    while not engine.finished:
+        rnd = engine.start_round()            # RoundCollector: plan (liars, attack seeds)
+        ... broadcast RoundStart(rnd.index, engine.params, *rnd.plan.instruction(j)) ...
+        verdict = rnd.offer(j, round_index, payload, compute_seconds)   # per Gradient
+        rnd.erase(j, "disconnected")                                     # per lost worker
+        ... until rnd.should_close or the deadline ...
+        record = engine.finish(rnd, wait_seconds=...)   # decode + update (or a failed round)
+
+One round, step by step (``finish``):
+
+1. Omniscient attacks (alie, ipm, colluding) need the honest payloads, which a worker does
+   not have: the PS replaces each scheduled liar's received payload by
+   ``attack.apply(own, honest=<the other received payloads>)`` (labelled
+   ``attack_simulated_at_ps`` in the metrics). Other attacks are applied by the liars.
+2. ``result = code.decode(received)``: ``result.gradient`` is the SUM over all partitions.
+3. ``params <- sgd.step(params, result.gradient / n_partitions)`` (a mean over the batch).
+
+A round whose payloads exceed the code's budget (``DecodeError``) FAILS: the model is not
+updated and the same round index is run again next (same samples, same liars), so the model
+trajectory stays the one of a clean run. After ``max_failed_rounds`` consecutive failures
+the engine stops (``engine.stopped``).
+
+Validation of a payload (``RoundCollector.offer``):
+
+- a round index below the current one: a straggler's stale payload, ignored;
+- a round index above it, a second payload in the round, a wrong dtype or shape: a protocol
+  violation (erasure for this round; the shell closes the connection);
+- non-finite values: an erasure (the connection stays).
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from draco.errors import ConfigError, DecodeError
+from draco.optim import SGD
+
+# Domain-separation tags for the seeded choices (so they never share a stream).
+_LIAR_TAG = 0x11A5
+_ATTACK_TAG = 0xA77AC
+
+
+class CodeLike(Protocol):
+    """The part of ``draco.core.codes.Code`` the engine uses."""
+
+    name: str
+    n_workers: int
+    n_adversaries: int
+    n_partitions: int
+    payload_dtype: np.dtype
+
+    def ready(self, received: Mapping[int, np.ndarray]) -> bool: ...
+
+    def decode(
+        self, received: Mapping[int, np.ndarray], rng: np.random.Generator | None = None
+    ) -> Any: ...
+
+
+class AttackLike(Protocol):
+    """The part of ``draco.core.attacks.Attack`` the engine uses."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def omniscient(self) -> bool: ...
+
+    def apply(
+        self,
+        own: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        honest: np.ndarray | None = None,
+        n_workers: int,
+        n_adversaries: int,
+    ) -> np.ndarray: ...
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def choose_liars(
+    n_workers: int, n_liars: int, round_index: int, seed: int, schedule: str
+) -> frozenset[int]:
+    """The workers that lie in ``round_index``: a seeded choice of ``n_liars`` ids.
+
+    ``schedule="random"``: a fresh choice every round, a pure function of (seed, round).
+    ``schedule="fixed"``: one choice for the whole run, a pure function of seed.
+    """
+    if schedule == "random":
+        rng = np.random.default_rng([seed, round_index, _LIAR_TAG])
+    elif schedule == "fixed":
+        rng = np.random.default_rng([seed, _LIAR_TAG])
+    else:
+        raise ConfigError(f"adversary schedule must be 'random' or 'fixed', got {schedule!r}")
+    return frozenset(int(j) for j in rng.choice(n_workers, size=n_liars, replace=False))
+
+
+def attack_seed(seed: int, round_index: int, worker: int) -> int:
+    """Seed of worker ``worker``'s attack randomness in ``round_index`` (63-bit int)."""
+    ss = np.random.SeedSequence([seed, round_index, worker, _ATTACK_TAG])
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Who lies in a round and how.
+
+    Attributes
+    ----------
+    round_index : int
+        The round (= number of completed rounds before it).
+    liars : frozenset[int]
+        Scheduled liars (empty without an attack).
+    attack : str or None
+        The attack's name (None: an honest round).
+    simulated_at_ps : bool
+        The attack is omniscient and applied by the PS to the liars' payloads.
+    seed : int
+        The run's seed (attack seeds derive from it).
+    """
+
+    round_index: int
+    liars: frozenset[int]
+    attack: str | None
+    simulated_at_ps: bool
+    seed: int
+
+    def instruction(self, worker: int) -> tuple[str | None, int]:
+        """(attack, attack_seed) for worker's RoundStart: attack None = compute honestly."""
+        lie = worker in self.liars and not self.simulated_at_ps
+        return (self.attack if lie else None), attack_seed(self.seed, self.round_index, worker)
+
+
+# ----------------------------------------------------------------------------- collecting
+
+
+class Verdict(enum.Enum):
+    """What ``RoundCollector.offer`` made of a payload."""
+
+    ACCEPTED = "accepted"
+    STALE = "stale"  # for an earlier round: ignored
+    ERASURE = "erasure"  # unusable this round (non-finite); connection may stay
+    VIOLATION = "violation"  # erasure AND a protocol violation: close the connection
+
+
+@dataclass(frozen=True)
+class Offer:
+    verdict: Verdict
+    reason: str = ""
+
+
+def _is_finite(x: np.ndarray) -> bool:
+    # One pairwise sum is ~4x cheaper than isfinite().all() and propagates inf/nan; a sum that
+    # overflows from finite values falls back to the exact check.
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = x.sum()
+    return bool(np.isfinite(s)) or bool(np.isfinite(x).all())
+
+
+class RoundCollector:
+    """The payloads of one round, validated as they arrive.
+
+    Parameters
+    ----------
+    plan : RoundPlan
+        The round's plan.
+    code : CodeLike
+        The run's code (``ready`` decides early close).
+    dim : int
+        Payload length d.
+    """
+
+    def __init__(self, plan: RoundPlan, code: CodeLike, dim: int, attempt: int = 0) -> None:
+        self.plan = plan
+        # A failed round is run again under the same index with the same params, so a worker
+        # answers every attempt's RoundStart with the same payload: up to ``attempt`` answers
+        # to earlier attempts may still arrive and are ignored, not taken as violations.
+        self.attempt = int(attempt)
+        self._answers: dict[int, int] = {}
+        self.code = code
+        self.dim = dim
+        self.dtype = np.dtype(code.payload_dtype)
+        self.received: dict[int, np.ndarray] = {}
+        self.erased: dict[int, str] = {}  # worker -> reason
+        self.compute_seconds: dict[int, float] = {}
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._ready = False
+
+    @property
+    def index(self) -> int:
+        return self.plan.round_index
+
+    def offer(
+        self,
+        worker: int,
+        round_index: int,
+        payload: np.ndarray,
+        compute_seconds: float = 0.0,
+        wire_bytes: int = 0,
+    ) -> Offer:
+        """Validate and keep one worker's payload.
+
+        Parameters
+        ----------
+        worker : int
+            The authenticated sender's id (never taken from the message).
+        round_index : int
+            The round the payload claims to be for.
+        payload : np.ndarray
+            Should be ``(dim,)`` of the code's payload dtype, all finite.
+        compute_seconds : float
+            The worker's reported compute time (metrics only; not trusted otherwise).
+        wire_bytes : int
+            Frame size on the wire, for the byte counter.
+        """
+        self.bytes_in += int(wire_bytes)
+        if round_index < self.index:
+            return Offer(Verdict.STALE, f"payload for round {round_index} arrived late")
+        if not 0 <= worker < self.code.n_workers:
+            return Offer(Verdict.VIOLATION, f"worker id {worker} out of range")
+        if round_index > self.index:
+            return self._erase(worker, Verdict.VIOLATION, f"payload for future round {round_index}")
+        answers = self._answers.get(worker, 0) + 1
+        self._answers[worker] = answers
+        if answers > 1 and answers <= 1 + self.attempt:
+            return Offer(Verdict.STALE, f"answer to an earlier attempt of round {round_index}")
+        if worker in self.received or worker in self.erased:
+            # Already counted once: the first payload stays, the duplicate is a violation.
+            self.erased.setdefault(worker, "duplicate payload")
+            self.received.pop(worker, None)
+            self._ready = False
+            return Offer(Verdict.VIOLATION, "second payload in one round")
+        if not isinstance(payload, np.ndarray) or payload.dtype != self.dtype:
+            got = getattr(payload, "dtype", type(payload).__name__)
+            return self._erase(worker, Verdict.VIOLATION, f"dtype {got}, expected {self.dtype}")
+        if payload.shape != (self.dim,):
+            return self._erase(
+                worker, Verdict.VIOLATION, f"shape {payload.shape}, expected ({self.dim},)"
+            )
+        if not _is_finite(payload):
+            return self._erase(worker, Verdict.ERASURE, "non-finite values")
+        self.received[worker] = payload
+        cs = float(compute_seconds)
+        self.compute_seconds[worker] = cs if np.isfinite(cs) and cs >= 0 else 0.0
+        self._ready = False  # recomputed lazily
+        return Offer(Verdict.ACCEPTED)
+
+    def _erase(self, worker: int, verdict: Verdict, reason: str) -> Offer:
+        self.erased.setdefault(worker, reason)
+        return Offer(verdict, reason)
+
+    def erase(self, worker: int, reason: str) -> None:
+        """``worker`` will not deliver this round (disconnected, not joined)."""
+        if worker not in self.received:
+            self.erased.setdefault(worker, reason)
+
+    @property
+    def accounted(self) -> int:
+        """Workers that delivered or are known not to."""
+        return len(self.received) + len(self.erased)
+
+    @property
+    def complete(self) -> bool:
+        """Every worker delivered or is erased: nothing more can arrive."""
+        return self.accounted >= self.code.n_workers
+
+    @property
+    def ready(self) -> bool:
+        """The code can decode exactly whatever the missing workers would send."""
+        if not self._ready and self.received:
+            received = self.received
+            if self.plan.simulated_at_ps:
+                # The scheduled liars' payloads will be replaced by the PS-simulated attack:
+                # only the others can make the round decodable.
+                received = {j: p for j, p in received.items() if j not in self.plan.liars}
+            self._ready = bool(self.code.ready(received))
+        return self._ready
+
+    @property
+    def should_close(self) -> bool:
+        return self.complete or self.ready
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class EngineTotals:
+    """Counters over the whole run (checkpointed)."""
+
+    completed_rounds: int = 0
+    failed_rounds: int = 0
+    consecutive_failures: int = 0
+    adversaries_located: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "completed_rounds": self.completed_rounds,
+            "failed_rounds": self.failed_rounds,
+            "consecutive_failures": self.consecutive_failures,
+            "adversaries_located": self.adversaries_located,
+        }
+
+
+@dataclass
+class RoundRecord:
+    """The outcome of ``finish``: the metrics record and whether the model moved."""
+
+    record: dict[str, Any]
+    ok: bool
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RoundEngine:
+    """Synchronous rounds over one code: plans, collectors, decode and update.
+
+    Parameters
+    ----------
+    code : CodeLike
+        The run's code (``make_code(...)``).
+    params : np.ndarray
+        Current parameters, float32 (d,). Never modified in place (the shell may still be
+        sending them); every update makes a new array.
+    sgd : SGD
+        The optimizer (its state is part of a checkpoint).
+    rounds : int
+        Total rounds of the run.
+    seed : int
+        Run seed (liars, attack seeds).
+    attack : AttackLike or None
+        The experiment's attack (None: honest run).
+    schedule : str
+        "random" or "fixed" (see ``choose_liars``).
+    max_failed_rounds : int
+        Consecutive failed rounds before ``stopped``.
+    start_round : int
+        Completed rounds so far (a resumed run).
+    decode_rng : callable, optional
+        Returns the generator for one decode. Default: fresh OS entropy per round (the
+        cyclic decoder's projection must be secret and unpredictable).
+    clock : callable, optional
+        Monotonic seconds (tests may inject).
+    """
+
+    def __init__(
+        self,
+        code: CodeLike,
+        params: np.ndarray,
+        sgd: SGD,
+        *,
+        rounds: int,
+        seed: int = 0,
+        attack: AttackLike | None = None,
+        schedule: str = "random",
+        max_failed_rounds: int = 5,
+        start_round: int = 0,
+        decode_rng: Callable[[], np.random.Generator] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        params = np.asarray(params)
+        if params.dtype != np.float32 or params.ndim != 1:
+            raise ValueError(f"params must be float32 (d,), got {params.dtype} {params.shape}")
+        if schedule not in ("random", "fixed"):
+            raise ConfigError(f"adversary schedule must be 'random' or 'fixed', got {schedule!r}")
+        self.code = code
+        self.params = params
+        self.dim = int(params.shape[0])
+        self.sgd = sgd
+        self.rounds = int(rounds)
+        self.seed = int(seed)
+        self.attack = attack
+        self.schedule = schedule
+        self.max_failed_rounds = int(max_failed_rounds)
+        self.totals = EngineTotals(completed_rounds=int(start_round))
+        self._decode_rng = decode_rng or (lambda: np.random.default_rng(secrets.randbits(128)))
+        self._clock = clock
+        self.current: RoundCollector | None = None
+
+    # -- state
+
+    @property
+    def next_round(self) -> int:
+        """Index of the next round to run (= completed rounds)."""
+        return self.totals.completed_rounds
+
+    @property
+    def stopped(self) -> bool:
+        """Too many consecutive failed rounds: the run cannot go on."""
+        return self.totals.consecutive_failures >= self.max_failed_rounds
+
+    @property
+    def done(self) -> bool:
+        """All rounds completed."""
+        return self.next_round >= self.rounds
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.stopped
+
+    def plan(self, round_index: int) -> RoundPlan:
+        """The (deterministic) plan of ``round_index``."""
+        attack = self.attack
+        liars: frozenset[int] = frozenset()
+        if attack is not None and self.code.n_adversaries > 0:
+            liars = choose_liars(
+                self.code.n_workers,
+                self.code.n_adversaries,
+                round_index,
+                self.seed,
+                self.schedule,
+            )
+        return RoundPlan(
+            round_index=round_index,
+            liars=liars,
+            attack=None if attack is None else attack.name,
+            simulated_at_ps=bool(attack is not None and attack.omniscient),
+            seed=self.seed,
+        )
+
+    def start_round(self) -> RoundCollector:
+        """A collector for the next round (its plan included)."""
+        if self.finished:
+            raise RuntimeError("the run is finished")
+        self.current = RoundCollector(
+            self.plan(self.next_round),
+            self.code,
+            self.dim,
+            attempt=self.totals.consecutive_failures,
+        )
+        return self.current
+
+    # -- closing a round
+
+    def _simulate_attack(self, rnd: RoundCollector) -> dict[int, np.ndarray]:
+        """Step 1: replace the scheduled liars' payloads (omniscient attacks only)."""
+        received = dict(rnd.received)
+        attack = self.attack
+        if attack is None or not rnd.plan.simulated_at_ps:
+            return received
+        liars = [j for j in sorted(rnd.plan.liars) if j in received]
+        honest_ids = [j for j in sorted(received) if j not in rnd.plan.liars]
+        if not liars or not honest_ids:
+            return received
+        honest = np.stack([received[j] for j in honest_ids])
+        for j in liars:
+            rng = np.random.default_rng(attack_seed(self.seed, rnd.index, j))
+            forged = attack.apply(
+                received[j],
+                rng=rng,
+                honest=honest,
+                n_workers=self.code.n_workers,
+                n_adversaries=self.code.n_adversaries,
+            )
+            received[j] = np.asarray(forged, dtype=rnd.dtype)
+        return received
+
+    def finish(self, rnd: RoundCollector, *, wait_seconds: float = 0.0) -> RoundRecord:
+        """Decode and update (steps 1-3 of the module docstring); a failed round keeps params.
+
+        Parameters
+        ----------
+        rnd : RoundCollector
+            The round to close; workers that did not deliver count as erasures.
+        wait_seconds : float
+            Seconds from broadcast to close (measured by the shell).
+
+        Returns
+        -------
+        RoundRecord
+            ``record`` is the metrics record (contract in docs/architecture.md).
+        """
+        if rnd is not self.current:
+            raise RuntimeError("finish() takes the collector of the current round")
+        self.current = None
+        for j in range(self.code.n_workers):
+            rnd.erase(j, "no payload before the round closed")
+        t0 = self._clock()
+        error = ""
+        result = None
+        try:
+            received = self._simulate_attack(rnd)
+            result = self.code.decode(received, rng=self._decode_rng())
+            gradient = np.asarray(result.gradient)
+            if gradient.shape != (self.dim,) or not _is_finite(gradient):
+                raise DecodeError("the decoder returned an unusable gradient")
+        except DecodeError as exc:
+            error = str(exc) or "beyond the code's budget"
+        t1 = self._clock()
+        if result is not None and not error:
+            # Step 3: the decoded SUM over partitions -> the mean over the global batch.
+            mean_grad = gradient.astype(np.float32, copy=False) / np.float32(self.code.n_partitions)
+            self.params = self.sgd.step(self.params, mean_grad)
+        t2 = self._clock()
+        ok = not error
+        located = sorted(int(j) for j in result.adversaries) if ok and result else []
+        erasures = sorted(set(rnd.erased) | {int(j) for j in (result.erasures if result else ())})
+        record: dict[str, Any] = {
+            "round": rnd.index,
+            "wall_seconds": 0.0,  # the shell fills in the full wall time
+            "wait_seconds": float(wait_seconds),
+            "compute_seconds": max(rnd.compute_seconds.values(), default=0.0),
+            "decode_seconds": t1 - t0,
+            "update_seconds": t2 - t1,
+            "bytes_in": rnd.bytes_in,
+            "bytes_out": rnd.bytes_out,
+            "received": len(rnd.received),
+            "erasures": erasures,
+            "adversaries_located": located,
+            "liars": sorted(rnd.plan.liars),
+            "attack": rnd.plan.attack,
+            "attack_simulated_at_ps": rnd.plan.simulated_at_ps,
+            "failed": not ok,
+        }
+        if ok:
+            self.totals.completed_rounds += 1
+            self.totals.consecutive_failures = 0
+            self.totals.adversaries_located += len(located)
+        else:
+            record["error"] = error
+            self.totals.failed_rounds += 1
+            self.totals.consecutive_failures += 1
+        return RoundRecord(record=record, ok=ok, error=error)
+
+    # -- checkpoints
+
+    def state(self) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+        """(params, optimizer state, extra) for ``RunDir.save_checkpoint``."""
+        return self.params, self.sgd.state_dict(), {"totals": self.totals.to_dict()}
+
+    def restore(
+        self, params: np.ndarray, optimizer_state: dict[str, np.ndarray], extra: dict[str, Any]
+    ) -> None:
+        """Load a checkpoint written from ``state()``; ``completed_rounds`` comes from it."""
+        params = np.asarray(params)
+        if params.shape != (self.dim,) or params.dtype != np.float32:
+            raise ConfigError(
+                f"checkpoint parameters have shape {params.shape} / {params.dtype}, "
+                f"the task has ({self.dim},) float32: was the run's task changed?"
+            )
+        self.params = params.copy()
+        self.sgd.load_state_dict(optimizer_state)
+        totals = extra.get("totals", {})
+        self.totals = EngineTotals(
+            completed_rounds=int(totals.get("completed_rounds", 0)),
+            failed_rounds=int(totals.get("failed_rounds", 0)),
+            consecutive_failures=0,  # a resumed run gets a fresh failure budget
+            adversaries_located=int(totals.get("adversaries_located", 0)),
+        )
