@@ -83,8 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--tls-ca", type=Path, default=None, help="CA that worker certificates must chain to"
     )
-    net.add_argument("--round-timeout", type=float, default=d.round_timeout, metavar="SEC")
-    net.add_argument("--handshake-timeout", type=float, default=d.handshake_timeout, metavar="SEC")
+    net.add_argument(
+        "--round-timeout",
+        type=float,
+        default=d.round_timeout,
+        metavar="SEC",
+        help="close a round after this long; missing workers are erasures",
+    )
+    net.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=d.handshake_timeout,
+        metavar="SEC",
+        help="a connection must authenticate within this time",
+    )
     net.add_argument(
         "--join-timeout",
         type=float,
@@ -92,32 +104,78 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEC",
         help="wait this long for all workers before round 0 (then start with those present)",
     )
-    net.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace, metavar="SEC")
-    lg = p.add_argument_group("limits (per connection; checked before allocating)")
-    lg.add_argument("--max-header-bytes", type=int, default=lim.max_header_bytes)
-    lg.add_argument(
-        "--max-handshake-header-bytes", type=int, default=lim.max_handshake_header_bytes
+    net.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=d.shutdown_grace,
+        metavar="SEC",
+        help="on shutdown, wait this long for workers to leave before cancelling",
     )
-    lg.add_argument("--max-messages-per-round", type=int, default=lim.max_messages_per_round)
-    lg.add_argument("--max-pending-handshakes", type=int, default=lim.max_pending_handshakes)
+    lg = p.add_argument_group("limits (per connection; checked before allocating)")
+    lg.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=lim.max_header_bytes,
+        help="largest msgpack header of an authenticated peer",
+    )
+    lg.add_argument(
+        "--max-handshake-header-bytes",
+        type=int,
+        default=lim.max_handshake_header_bytes,
+        help="largest header before authentication (no tensor bytes are accepted then)",
+    )
+    lg.add_argument(
+        "--max-messages-per-round",
+        type=int,
+        default=lim.max_messages_per_round,
+        help="messages one worker may send per round before it is disconnected",
+    )
+    lg.add_argument(
+        "--max-pending-handshakes",
+        type=int,
+        default=lim.max_pending_handshakes,
+        help="unauthenticated connections held at once; more are closed",
+    )
     run = p.add_argument_group("run")
-    run.add_argument("--workers", type=int, default=d.n_workers, metavar="N")
+    run.add_argument(
+        "--workers", type=int, default=d.n_workers, metavar="N", help="worker seats (ids 0..N-1)"
+    )
     run.add_argument(
         "--adversaries", type=int, default=d.n_adversaries, metavar="S", help="liars tolerated"
     )
-    run.add_argument("--code", choices=CODES, default=d.code)
+    run.add_argument(
+        "--code",
+        choices=CODES,
+        default=d.code,
+        help="repetition / cyclic (DRACO) or none (one partition per worker + --aggregator)",
+    )
     run.add_argument(
         "--aggregator", default=d.aggregator, help="robust aggregator (only with --code none)"
     )
-    run.add_argument("--attack", default=None, help="attack the liars apply (default: none)")
-    run.add_argument("--adversary-schedule", choices=SCHEDULES, default=d.adversary_schedule)
-    run.add_argument("--rounds", type=int, default=d.rounds)
-    run.add_argument("--seed", type=int, default=d.seed)
+    run.add_argument(
+        "--attack",
+        default=None,
+        help="experiment mode: s liars per round apply this attack (one of draco.core.attacks)",
+    )
+    run.add_argument(
+        "--adversary-schedule",
+        choices=SCHEDULES,
+        default=d.adversary_schedule,
+        help="random: new seeded liars every round; fixed: the same ones",
+    )
+    run.add_argument("--rounds", type=int, default=d.rounds, help="rounds to train")
+    run.add_argument("--seed", type=int, default=d.seed, help="seed of data order, init and liars")
     run.add_argument("--run-dir", type=Path, default=None, help="where the run is written")
     run.add_argument(
         "--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run"
     )
-    run.add_argument("--max-failed-rounds", type=int, default=d.max_failed_rounds, metavar="K")
+    run.add_argument(
+        "--max-failed-rounds",
+        type=int,
+        default=d.max_failed_rounds,
+        metavar="K",
+        help="stop after K consecutive rounds beyond the code's budget",
+    )
     run.add_argument(
         "--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K", help="0 = never"
     )

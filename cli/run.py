@@ -75,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Run a parameter server and its workers on this machine. Every "
         "draco-ps flag is accepted and passed on (see draco-ps --help).",
-        epilog="Without arguments: " + " ".join(f"{k} {v}" for k, v in DEMO_FLAGS),
+        epilog="Without arguments: "
+        + " ".join(f"{k} {v}" for k, v in DEMO_FLAGS)
+        + ". Flags shared with draco-ps: --workers, --adversaries, --code, --aggregator, "
+        "--attack, --adversary-schedule, --rounds, --seed, --run-dir, --checkpoint-every, "
+        "--round-timeout and the task flags (--model, --dataset, --data-dir, --batch-size, "
+        "--lr, --momentum, --weight-decay, --eval-every). Example: draco-run --workers 45 "
+        "--adversaries 5 --code cyclic --attack reverse --dataset mnist --rounds 500",
         allow_abbrev=False,
     )
     p.add_argument("--worker-procs", type=int, default=2, metavar="N", help="worker processes (2)")

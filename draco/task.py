@@ -86,34 +86,30 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=MODELS,
         default="fc",
-        help="what to train (default: fc, the paper's 784-800-500-10 network)",
+        help="what to train (fc = the paper's 784-800-500-10 network; lstsq needs no torch)",
     )
     g.add_argument(
         "--dataset",
         choices=DATASETS,
         default="synthetic",
-        help="training data for the torch models (default: synthetic, needs no files)",
+        help="training data for the torch models (synthetic needs no files)",
     )
     g.add_argument(
         "--data-dir",
         default=None,
-        help="folder with the IDX files (default: $DRACO_DATA, then standard places)",
+        help="folder with the IDX files (else $DRACO_DATA, then standard places)",
     )
-    g.add_argument(
-        "--batch-size", type=int, default=32, help="samples per partition per round (default: 32)"
-    )
-    g.add_argument("--lr", type=float, default=0.01, help="learning rate (default: 0.01)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default: 0)")
+    g.add_argument("--batch-size", type=int, default=32, help="samples per partition per round")
+    g.add_argument("--lr", type=float, default=0.01, help="learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
     g.add_argument(
         "--eval-every",
         type=int,
         default=10,
         help="evaluate on the test split every K rounds; 0 = only at the end",
     )
-    g.add_argument(
-        "--lstsq-dim", type=int, default=64, help="parameters of the lstsq task (default: 64)"
-    )
+    g.add_argument("--lstsq-dim", type=int, default=64, help="parameters of the lstsq task")
 
 
 def task_spec_from_args(args: argparse.Namespace, n_partitions: int, seed: int) -> dict[str, Any]:
