@@ -60,7 +60,9 @@ def test_liars_at_the_limit_are_located(tmp_path: Path, code: str, schedule: str
     records = metrics(run_dir)
     assert [r["round"] for r in records] == list(range(rounds))
     assert_liars_located(records, s)
-    assert summ["adversaries_located"] == sum(len(r["adversaries_located"]) for r in records) > 0
+    # Not "> 0": with a fixed schedule the liars may sit in the slower worker process and be
+    # cut off by the early close every round (then they are erasures, checked above).
+    assert summ["adversaries_located"] == sum(len(r["adversaries_located"]) for r in records)
 
 
 # -- a hostile client on the PS port ------------------------------------------------------
