@@ -11,13 +11,18 @@ erasures adjacent on the circle.
 Reported per n (worst over s and over the cases): payload dtype, worst relative error
 ||g_hat - g||_2 / ||g||_2 (liars only), whether every liar was located exactly and no
 honest worker was named, the worst window condition number (``window_condition``), the
-worst recovery amplification sqrt(n) ||w||_2 (1 = no loss against all-honest decoding), and
-the worst relative error with erasures at the budget.
+worst locator condition number (``locator_condition``: the syndromes of s liars adjacent
+on the circle; it decides complex64 vs complex128), the worst recovery amplification
+sqrt(n) ||w||_2 (1 = no loss against all-honest decoding), and the worst relative error
+with erasures at the budget.
 
-Run (about 2-4 minutes on 2 cores)::
+Run (n <= 100 took about 35 minutes as two shards on 2 cores; n <= 128 takes longer;
+``--shard`` splits the n over processes)::
 
     python benchmarks/cyclic_numerics.py               # markdown table to stdout
     python benchmarks/cyclic_numerics.py --n-max 64 --dim 64 --seed 1
+    python benchmarks/cyclic_numerics.py --shard 0/2 > a.md &
+    python benchmarks/cyclic_numerics.py --shard 1/2 > b.md
 """
 
 from __future__ import annotations
@@ -94,9 +99,21 @@ def measure(n: int, s: int, d: int, rng: np.random.Generator) -> dict[str, float
         "error": worst_err if failures == 0 else float("inf"),
         "located": located and failures == 0,
         "condition": code.condition,
+        "locator": code.locator,
         "amplification": worst_amp,
         "erasure_error": erasure_err,
     }
+
+
+def _ranges(values: list[int]) -> str:
+    """[1, 2, 3, 7, 8] -> "1..3, 7..8"."""
+    out: list[str] = []
+    for v in sorted(values):
+        if out and int(out[-1].split("..")[-1]) == v - 1:
+            out[-1] = f"{out[-1].split('..')[0]}..{v}"
+        else:
+            out.append(str(v))
+    return ", ".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,35 +124,50 @@ def main(argv: list[str] | None = None) -> int:
         "--dim", type=int, default=67, help="payload length (odd: exercises the tail)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--shard", default="0/1", help="K/N: only the n with n mod N == K (parallel runs)"
+    )
     args = parser.parse_args(argv)
-    rng = np.random.default_rng(args.seed)
+    shard, n_shards = (int(v) for v in args.shard.split("/"))
     start = time.perf_counter()
     print(
         "| n | s range | payload dtype | worst rel. error (at s) | liars located exactly | "
-        "worst window cond. | worst recovery ampl. | "
+        "worst window cond. | worst locator cond. | worst recovery ampl. | "
         "worst rel. error, errors+erasures at budget (at s) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     overall = 0.0
     all_located = True
     for n in range(args.n_min, args.n_max + 1):
+        if n % n_shards != shard:
+            continue
+        rng = np.random.default_rng([args.seed, n])  # the same table however it is sharded
         rows = {s: measure(n, s, args.dim, rng) for s in range(1, (n - 1) // 2 + 1)}
         if not rows:
             continue
         s_err = max(rows, key=lambda s: float(rows[s]["error"]))
         s_era = max(rows, key=lambda s: np.nan_to_num(float(rows[s]["erasure_error"]), nan=np.inf))
         dtypes = sorted({str(r["dtype"]) for r in rows.values()})
+        dtype_txt = (
+            dtypes[0]
+            if len(dtypes) == 1
+            else "; ".join(
+                f"{dt} (s {_ranges([k for k in rows if rows[k]['dtype'] == dt])})" for dt in dtypes
+            )
+        )
         located = all(bool(r["located"]) for r in rows.values())
         cond = max(float(r["condition"]) for r in rows.values())
+        loc_cond = max(float(r["locator"]) for r in rows.values())
         amp = max(float(r["amplification"]) for r in rows.values())
         overall = max(overall, float(rows[s_err]["error"]))
         all_located &= located
         era = float(rows[s_era]["erasure_error"])
         era_txt = "DecodeError" if np.isnan(era) else f"{era:.1e}"
         print(
-            f"| {n} | 1..{max(rows)} | {'/'.join(dtypes)} | "
+            f"| {n} | 1..{max(rows)} | {dtype_txt} | "
             f"{float(rows[s_err]['error']):.1e} ({s_err}) | "
-            f"{'yes' if located else 'NO'} | {cond:.2f} | {amp:.2f} | {era_txt} ({s_era}) |"
+            f"{'yes' if located else 'NO'} | {cond:.2f} | {loc_cond:.1e} | {amp:.2f} | "
+            f"{era_txt} ({s_era}) |"
         )
         sys.stdout.flush()
     print(

@@ -59,16 +59,26 @@ __all__ = [
     "RepetitionCode",
     "best_stride",
     "gap_amplification",
+    "locator_condition",
     "make_code",
+    "pgz_condition",
     "window_condition",
 ]
 
 CODES: tuple[str, ...] = ("repetition", "cyclic", "none")
 
-#: complex64 payloads are used when ``gap_amplification`` is at most this, complex128 above:
-#: measured (docs/numerics.md), s liars adjacent on the circle cost a relative error of about
-#: 1.6e-8 x the amplification with complex64 payloads, so 100 keeps it below 1e-6 with margin.
+#: complex64 payloads need ``gap_amplification`` <= this: measured (docs/numerics.md), s liars
+#: adjacent on the circle cost a relative error of about 1.6e-8 x the amplification with
+#: complex64 payloads, so 100 keeps it below 1e-6 with margin.
 COMPLEX64_MAX_AMPLIFICATION = 100.0
+#: ... and ``locator_condition`` <= this: measured with complex64 payloads and s liars
+#: adjacent on the circle (constant attack), locating is exact with relative error <= 6e-7 up
+#: to a condition of 7e5 and fails from 3e6 (n = 90, s = 15..31; docs/numerics.md).
+COMPLEX64_MAX_LOCATOR_CONDITION = 1e5
+#: ... and ``pgz_condition`` <= this: measured, complex64 payloads with s ~ n/2 liars at
+#: random positions were located for every n <= 64 (condition <= 6.8e14) but not at n = 68,
+#: s = 28 (3e15), where complex128 works (docs/numerics.md).
+COMPLEX64_MAX_PGZ_CONDITION = 1e15
 
 
 @runtime_checkable
@@ -255,6 +265,42 @@ def gap_amplification(n: int, s: int, stride: int) -> float:
     return float(np.sqrt(n) * np.linalg.norm(recovery_weights(nodes, s, gap)))
 
 
+@functools.lru_cache(maxsize=1024)
+def locator_condition(n: int, s: int) -> float:
+    """Condition number of the syndromes of s liars adjacent on the circle (the worst case).
+
+    The decoder sees the liars only through the syndromes S_q = sum_i e_i x_i^q,
+    q = 1..2s: the 2s x s matrix V[q, i] = x_i^q of the liars' nodes. Its 2-norm condition
+    number is the factor by which payload rounding is amplified when the decoder separates
+    the liars' errors from the honest rows (and tells the liar set from its neighbours).
+    It is largest for s consecutive nodes x_i = exp(-2 pi i m / n), m = 0..s-1 (whatever
+    the stride: every node set is the set of all n-th roots of unity), e.g. 1e3 at n = 45,
+    s = 5; 5e5 at n = 64, s = 14; 2e8 at n = 90, s = 20; 5e11 at n = 128, s = 34; it falls
+    again as s approaches n/2.
+    """
+    if s == 0:
+        return 1.0
+    x = np.exp(-2j * np.pi * np.arange(s) / n)
+    q = np.arange(1, 2 * s + 1)
+    return float(np.linalg.cond(x[None, :] ** q[:, None]))
+
+
+@functools.lru_cache(maxsize=1024)
+def pgz_condition(n: int, s: int) -> float:
+    """Condition number of the s x s Vandermonde matrix of s nodes adjacent on the circle.
+
+    The Peterson-Gorenstein-Zierler error locator (``draco.core.decoding._pgz_ranking``)
+    solves a Toeplitz system that factors through this matrix twice; it is the decoder's
+    best start for many liars spread over the circle, and its accuracy from rounded
+    payloads degrades with this number (e.g. 2e8 at n = 38, s = 18; 3e15 at n = 68, s = 28).
+    """
+    if s == 0:
+        return 1.0
+    x = np.exp(-2j * np.pi * np.arange(s) / n)
+    t = np.arange(s)
+    return float(np.linalg.cond(x[None, :] ** t[:, None]))
+
+
 @functools.lru_cache(maxsize=256)
 def best_stride(n: int, s: int) -> int:
     """The stride a in [1, n/2], gcd(a, n) = 1, minimising ``window_condition``.
@@ -289,8 +335,10 @@ class CyclicCode:
         The node map j -> x_j = exp(-2 pi i a j / n); None picks ``best_stride(n, s)``.
         Must be coprime to n.
     payload_dtype : {"auto", "complex64", "complex128"}
-        "auto" (default): complex64 when ``gap_amplification`` <= COMPLEX64_MAX_AMPLIFICATION,
-        else complex128 (the code says which in ``payload_dtype``; table in docs/numerics.md).
+        "auto" (default): complex64 when ``gap_amplification`` <= COMPLEX64_MAX_AMPLIFICATION
+        and ``locator_condition`` <= COMPLEX64_MAX_LOCATOR_CONDITION and ``pgz_condition``
+        <= COMPLEX64_MAX_PGZ_CONDITION, else complex128 (the code says which in
+        ``payload_dtype``; table in docs/numerics.md).
 
     Attributes
     ----------
@@ -302,6 +350,10 @@ class CyclicCode:
         ``window_condition(n, s, stride)``.
     amplification : float
         ``gap_amplification(n, s, stride)``.
+    locator : float
+        ``locator_condition(n, s)``.
+    pgz : float
+        ``pgz_condition(n, s)``.
     """
 
     name = "cyclic"
@@ -326,8 +378,14 @@ class CyclicCode:
         stride = int(stride)
         self.condition = window_condition(n, s, stride)
         self.amplification = gap_amplification(n, s, stride) if n > 1 else 1.0
+        self.locator = locator_condition(n, s)
+        self.pgz = pgz_condition(n, s)
         if payload_dtype == "auto":
-            fits = self.amplification <= COMPLEX64_MAX_AMPLIFICATION
+            fits = (
+                self.amplification <= COMPLEX64_MAX_AMPLIFICATION
+                and self.locator <= COMPLEX64_MAX_LOCATOR_CONDITION
+                and self.pgz <= COMPLEX64_MAX_PGZ_CONDITION
+            )
             payload_dtype = "complex64" if fits else "complex128"
         if payload_dtype not in ("complex64", "complex128"):
             raise ConfigError(
@@ -409,9 +467,9 @@ class CyclicCode:
 
         - All n payloads present: True (nothing more will come).
         - e workers missing, e <= s: project the present payloads and locate the liars; True
-          when the rest is consistent and (liars found) + e <= s. Sound: the received rows
+          when the rest is consistent and (rows left out) + e <= s. Sound: the received rows
           form a code of minimum distance 2s - e + 1, and the decoded codeword and the true
-          one differ on at most (liars found) + s <= 2s - e rows, so they coincide whatever
+          one differ on at most (rows left out) + s <= 2s - e rows, so they coincide whatever
           the missing workers would send. Cost O(n d) (one projection pass): call it when a
           straggler is late, not on every arrival.
         - Otherwise False.
@@ -446,7 +504,7 @@ class CyclicCode:
         return (
             loc.within_budget
             and loc.residual <= self.decoder.factor
-            and len(loc.liars) + missing <= s
+            and len(loc.excluded) + missing <= s
         )
 
     def decode(

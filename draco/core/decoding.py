@@ -290,8 +290,17 @@ def decode_repetition(
 _PROJECTION_CHUNK = 1 << 16
 #: Number of secret projections per decode (coordinates i = k mod K go to projection k).
 PROJECTIONS = 8
-#: Block size of the recovery product (keeps the float32 accumulator in cache).
-_RECOVERY_CHUNK = 1 << 16
+#: Block size of the recovery product (keeps the float32 accumulator in cache). Must equal
+#: ``_PROJECTION_CHUNK`` (the recovery pass also projects, block by block).
+_RECOVERY_CHUNK = _PROJECTION_CHUNK
+#: Payloads with at least this many projection blocks are located on a secret random sample
+#: of 1 / _SAMPLE_FRACTION of the blocks; the recovery pass then verifies the kept rows on all
+#: coordinates (``decode_cyclic``).
+_SAMPLE_MIN_BLOCKS = 8
+_SAMPLE_FRACTION = 8
+#: Bound on (rows summed in the payload precision before each float64 accumulation) x
+#: (recovery amplification) in ``_recover``.
+_GROUP_BUDGET = 16.0
 
 
 @dataclass(frozen=True)
@@ -308,15 +317,19 @@ class CyclicDecoderConfig:
         (d = 3e5); the model gives 2.2e-7 to 2.8e-6 and ``factor`` covers the rest.
     factor : float
         Kept rows are consistent while their normalised residual is <= ``factor`` noise units.
-    clear_factor, power : float
-        A suspect is cleared (reported honest) only if its projection is within
-        ``clear_factor`` standard deviations of the codeword predicted from the other rows
-        AND that prediction is sharp: its standard deviation is <= ``power`` x the typical
-        honest |z| (else a lie of 0.1% of the payload could hide in it).
+    clear_factor : float
+        A suspect is named a liar when its projection deviates from the codeword predicted
+        by the kept rows by more than ``clear_factor`` standard deviations (prediction noise
+        plus its own; the noise unit is rescaled by the kept rows' measured residual, never
+        below 1/5 of the model). Otherwise it is not named.
+    power : float
+        A suspect that is not named goes back into the recovery only if its prediction is
+        sharp (std <= ``power`` x the typical honest |z|) and the kept rows stay consistent;
+        otherwise it stays out of the sum (a lie up to the prediction's noise could hide
+        in it).
     huge : float
         A projection more than ``huge`` x the (s+1)-th largest one is set aside before the
-        locator runs (it would swamp the syndromes in float64); it must still be found
-        inconsistent to be named a liar.
+        locator runs (it would swamp the syndromes in float64); it is named a liar.
     """
 
     noise_floor: float = 2e-7
@@ -333,7 +346,10 @@ class CyclicDecoderConfig:
 
 
 def project_rows(
-    rows: Mapping[int, np.ndarray], d: int, rng: np.random.Generator
+    rows: Mapping[int, np.ndarray],
+    d: int,
+    rng: np.random.Generator,
+    blocks: Sequence[int] | None = None,
 ) -> dict[int, np.ndarray]:
     """Project each payload on K = ``PROJECTIONS`` secret random vectors in one pass.
 
@@ -352,6 +368,9 @@ def project_rows(
     rows : mapping int -> ndarray, shape (d,), complex64 or complex128, C-contiguous
     d : int
     rng : numpy Generator
+    blocks : sequence of int or None
+        None: every coordinate. Otherwise only these blocks of ``_PROJECTION_CHUNK``
+        coordinates (a secret random sample, see ``decode_cyclic``; the tail is skipped).
 
     Returns
     -------
@@ -366,15 +385,19 @@ def project_rows(
     r -= 1
     r_tail = rng.random(d - head) * 2 - 1
     step = max(1, _PROJECTION_CHUNK // k)
+    starts = range(0, m, step) if blocks is None else [b * step for b in blocks]
     out: dict[int, np.ndarray] = {}
     for j, y in rows.items():
         real = y.view(np.float32 if y.dtype == np.complex64 else np.float64)
         acc = np.zeros(2 * k)
         if m:
             mat = real[: 2 * head].reshape(m, 2 * k)
-            for start in range(0, m, step):
+            for start in starts:
                 stop = min(m, start + step)
                 acc += r[start:stop].astype(mat.dtype, copy=False) @ mat[start:stop]
+        if blocks is not None:
+            out[j] = acc[0::2] + 1j * acc[1::2]
+            continue
         for t in range(d - head):
             acc[2 * t : 2 * t + 2] += r_tail[t] * real[2 * (head + t) : 2 * (head + t) + 2]
         out[j] = acc[0::2] + 1j * acc[1::2]
@@ -391,73 +414,147 @@ def _poly_from_roots(roots: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Location:
-    liars: frozenset[int]  # suspects shown to lie (reported)
-    excluded: frozenset[int]  # every suspect: left out of the recovery (liars included)
-    residual: float  # normalised consistency residual (<= factor when consistent)
-    within_budget: bool  # 2 * len(excluded) + erasures <= 2s
+    liars: frozenset[int]  # rows shown to lie beyond the noise level (reported)
+    excluded: frozenset[int]  # rows left out of the recovery (liars + unclearable suspects)
+    residual: float  # normalised consistency residual of the kept rows (<= factor: consistent)
+    within_budget: bool  # |excluded| <= floor((2s - |erasures|) / 2) (the safe bound)
 
 
-def _check_rows(
-    nodes: np.ndarray,
-    n_check: int,
-    z: Mapping[int, np.ndarray],
-    excluded: Sequence[int],
-    nu: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Fit the code to the projections outside ``excluded``; predict the excluded ones.
+@dataclass(frozen=True)
+class _Fit:
+    """Least-squares fit of the code to the kept rows (``_fit_outside``)."""
 
-    Steps (least squares over the kept rows, written with syndromes so that the excluded
-    rows' values never enter the arithmetic, however huge they are):
+    residual: float  # normalised: O(1) when the kept rows are consistent
+    score: np.ndarray  # (m,) worst-lane |deviation| / std of every clean row, in noise units
+    sharp: np.ndarray  # (m,) bool: the row's codeword value is pinned down (std small)
+    rms: float  # rms of the residual components in noise units (~1 if nu is exact)
+    samples: int  # number of complex residual components behind ``rms``
 
-    1. S~_q = sum_{j kept} z_j x_j^q, q = 1..n_check, for every projection (the kept rows'
-       syndromes; a codeword has S_q = 0 for q = 1..2s).
-    2. Solve V e = S~ in the least-squares sense, V[q, i] = x_i^q for i in ``excluded``:
-       e is the error that zeroing the excluded rows introduced, so the codeword's value
-       there is c_i = -e_i. Its noise: nu sqrt(n_kept) ||row i of pinv(V)||.
-    3. Residual ||S~ - V e|| / (nu sqrt(n_kept (n_check - |excluded|))), worst projection:
-       the kept rows' inconsistency in noise units; O(1) when consistent, large when a kept
-       row lies.
 
-    Returns
-    -------
-    predicted : ndarray, shape (len(excluded), K), complex128
-    noise : ndarray, shape (len(excluded), K)
-        Standard deviation of each prediction from the kept rows' noise.
-    residual : float
+def _fit_outside(
+    g: np.ndarray,
+    zs: np.ndarray,
+    g_known: np.ndarray,
+    suspects: Sequence[int],
+    nu: float,
+    sharp_level: float,
+) -> _Fit:
+    """Fit the code to the clean rows outside ``suspects``; score every clean row against it.
+
+    Parameters
+    ----------
+    g : ndarray, shape (2s, m), complex128
+        g[q-1, i] = x_i^q for the m clean rows (the parity checks: c is a codeword iff
+        g_all c = 0, and g_all g_all^H = n I over the n-th roots of unity).
+    zs : ndarray, shape (m, K), complex128
+        The clean rows' projections.
+    g_known : ndarray, shape (2s, e), complex128
+        Parity columns of the rows excluded anyway (erasures, set-aside rows).
+    suspects : sequence of int
+        Indices (into the clean rows) left out of the fit.
+    nu : float
+        Noise standard deviation of one projection.
+    sharp_level : float
+        A suspect's predicted value counts as pinned down when its std is below this.
+
+    Steps (the excluded rows' values never enter the arithmetic, however huge they are)
+    -----------------------------------------------------------------------------------
+    1. S~ = g_K z_K, the kept rows' syndromes (K lanes). The fitted codeword c satisfies
+       g_X c_X = -(S~ - g_K u_K) where u_K = z_K - c_K is the kept rows' misfit.
+    2. QR of g_X = [Q1 Q2] [R1; 0] (Householder: backward stable however clustered the
+       excluded nodes). Minimising ||u_K|| gives u_K = g_K^H Q2 Q2^H S~ / n (because
+       Q2^H g_K g_K^H Q2 = n I) and c_X = -R1^{-1} Q1^H S~.
+    3. Residual ||Q2^H S~|| / (nu sqrt(n (2s - |X|))), worst lane; each component of Q2^H S~
+       has noise std nu sqrt(n) exactly.
+    4. Scores: kept row j: |u_j| / (nu sqrt(h_j)), h_j = ||Q2^H g_j||^2 / n its leverage;
+       suspect j: |z_j - c_j| / (nu (1 + sqrt(n ||row j of R1^{-1}||^2 - 1))), prediction
+       noise plus its own.
     """
-    q = np.arange(1, n_check + 1)
-    ex = list(excluded)
-    exset = set(ex)
-    kept = [j for j in z if j not in exset]
-    zk = np.array([z[j] for j in kept]).reshape(len(kept), nu.size)
-    syn = (nodes[kept][None, :] ** q[:, None]) @ zk  # (n_check, K)
-    syn_noise = nu * np.sqrt(max(len(kept), 1))  # (K,)
-    if ex:
-        vm = nodes[ex][None, :] ** q[:, None]
-        # Householder QR: the residual S~ - Q Q^H S~ is backward stable whatever the
-        # conditioning of V (clustered nodes), unlike S~ - V e with a large, inaccurate e.
-        qm, _ = np.linalg.qr(vm)
-        res = syn - qm @ (qm.conj().T @ syn)
-        pinv = np.linalg.pinv(vm)
-        e = pinv @ syn
-        noise = np.linalg.norm(pinv, axis=1)[:, None] * syn_noise[None, :]
+    m = zs.shape[0]
+    n_check = g.shape[0]
+    n = float(np.sum(np.abs(g[0]) ** 2) + np.sum(np.abs(g_known[0]) ** 2))  # = n (|x| = 1)
+    sus = np.asarray(list(suspects), dtype=int)
+    kept_mask = np.ones(m, dtype=bool)
+    kept_mask[sus] = False
+    # Step 1.
+    s_tilde = g[:, kept_mask] @ zs[kept_mask]
+    gx = np.concatenate([g_known, g[:, sus]], axis=1)
+    n_x = gx.shape[1]
+    # Step 2.
+    if n_x:
+        q_full, r_full = np.linalg.qr(gx, mode="complete")
+        q1, q2, r1 = q_full[:, :n_x], q_full[:, n_x:], r_full[:n_x]
     else:
-        e = np.zeros((0, nu.size), complex)
-        noise = np.zeros((0, nu.size))
-        res = syn
-    dof = max(n_check - len(ex), 1)
-    residual = float(np.max(np.linalg.norm(res, axis=0) / (syn_noise * np.sqrt(dof))))
-    return -e, noise, residual
+        q1, q2, r1 = np.zeros((n_check, 0), complex), np.eye(n_check, dtype=complex), None
+    t = q2.conj().T @ s_tilde  # (2s - |X|, K)
+    # Step 3.
+    dof = n_check - n_x
+    if dof > 0:
+        residual = float(np.max(np.linalg.norm(t, axis=0)) / (nu * np.sqrt(n * dof)))
+        rms = float(np.linalg.norm(t) / (nu * np.sqrt(n * t.size)))
+    else:
+        residual, rms = 0.0, 1.0
+    # Step 4.
+    score = np.zeros(m)
+    sharp = np.zeros(m, dtype=bool)
+    proj = q2.conj().T @ g  # (dof, m)
+    lev = np.sum(np.abs(proj) ** 2, axis=0) / n
+    dev = (proj.conj().T @ t) / n  # (m, K): u_j for kept rows
+    kept_idx = np.flatnonzero(kept_mask)
+    score[kept_idx] = np.max(np.abs(dev[kept_idx]), axis=1) / (
+        nu * np.sqrt(np.maximum(lev[kept_idx], 1e-300))
+    )
+    sharp[kept_idx] = True
+    if sus.size:
+        assert r1 is not None
+        rinv = np.linalg.solve(r1, np.eye(n_x, dtype=complex))
+        c_x = -(rinv @ (q1.conj().T @ s_tilde))[g_known.shape[1] :]
+        amp = np.linalg.norm(rinv, axis=1)[g_known.shape[1] :]
+        std = nu * (1.0 + np.sqrt(np.maximum(n * amp**2 - 1.0, 0.0)))
+        score[sus] = np.max(np.abs(zs[sus] - c_x), axis=1) / std
+        sharp[sus] = std <= sharp_level
+    return _Fit(residual, score, sharp, rms, int(t.size))
 
 
-def _projected_sum(
-    nodes: np.ndarray, s: int, z: Mapping[int, np.ndarray], bad: set[int] | frozenset[int]
-) -> tuple[np.ndarray, float]:
-    """(sum_j w_j z_j for every projection, ||w||_2) with ``recovery_weights`` excluding ``bad``."""
-    w = recovery_weights(nodes, s, sorted(bad))
-    keys = [j for j in z if j not in bad]
-    zk = np.array([z[j] for j in keys])
-    return w[keys] @ zk, float(np.linalg.norm(w))
+def _pgz_ranking(
+    nodes: np.ndarray, zs: np.ndarray, known: np.ndarray, s: int, tau: int
+) -> np.ndarray:
+    """Clean rows ranked most suspect first by the Peterson-Gorenstein-Zierler locator.
+
+    Steps 2-5 of ``locate_cyclic``: syndromes, Forney's modified syndromes (erasure locator
+    over ``known``), the error locator of degree ``tau`` as the smallest right singular
+    vector of the stacked Toeplitz systems of all lanes, Chien search (|sigma(1/x_j)|,
+    ascending). Exact without noise; with noise its accuracy degrades like the square of the
+    condition number of the liars' Vandermonde matrix, so ``locate_cyclic`` only uses it as
+    a starting point.
+    """
+    eps = known.size
+    q = np.arange(1, 2 * s + 1)
+    syn = (nodes[None, :] ** q[:, None]) @ zs  # (2s, K)
+    gamma = _poly_from_roots(known)
+    xi = np.array(
+        [
+            sum(gamma[k] * syn[mm - k - 1] for k in range(eps + 1))
+            for mm in range(eps + 1, 2 * s + 1)
+        ]
+    )
+    blocks = []
+    for p in range(xi.shape[1]):
+        block = np.array(
+            [
+                [xi[mm - k - eps - 1, p] for k in range(tau + 1)]
+                for mm in range(eps + tau + 1, 2 * s + 1)
+            ]
+        )
+        norm = np.linalg.norm(block)
+        if norm > 0 and np.isfinite(norm):
+            blocks.append(block / norm)
+    if not blocks:
+        return np.arange(nodes.size)
+    _, _, vh = np.linalg.svd(np.vstack(blocks))
+    sigma = vh[-1].conj()
+    vals = np.abs(np.polynomial.polynomial.polyval(1.0 / nodes, sigma))
+    return np.argsort(vals, kind="stable")
 
 
 def locate_cyclic(
@@ -487,120 +584,154 @@ def locate_cyclic(
     -----------------------------------
     1. Noise level nu = noise x median_j rms_k |z_jk| (robust: most rows are honest; honest
        rows have comparable magnitudes because every window is a rotation of the same one).
-       Rows with |z_j| > config.huge x (the (s+1)-th largest |z|) are set aside as suspects
-       (at most s rows can exceed every honest row); they would swamp the float64 syndromes.
-    2. Syndromes S_q = sum_j z_j x_j^q, q = 1..2s, over the usable rows not set aside. A
-       codeword (polynomial of degree < n-2s at all n-th roots of unity) has S_q = 0; what
-       remains is sum_{i bad} e_i x_i^q.
-    3. Erasure locator Gamma(x) = prod_{i in E} (1 - x_i x) over the erasures and set-aside
-       rows, epsilon = deg Gamma; Forney's modified syndromes
-       Xi_q = sum_k Gamma_k S_{q-k}, q = epsilon+1..2s, no longer see them.
-    4. Error locator sigma of degree tau = floor((2s - epsilon) / 2): the null vector of the
-       Toeplitz system sum_k sigma_k Xi_{q-k} = 0, q = epsilon+tau+1..2s (Peterson-
-       Gorenstein-Zierler), taken as the right singular vector of the smallest singular value.
-    5. Chien search: rank the usable rows by |sigma(1 / x_j)| (a relative ranking, not an
-       absolute threshold: the locator's scale is arbitrary and noisy).
-    6. Suspects = set-aside rows + the b best-ranked rows, b = tau first. ALL suspects are
-       left out of the recovery (as in design.md section 4: excluding an honest row costs a
-       little noise amplification, keeping a liar costs the sum). A suspect is reported
-       honest only when the codeword predicted from the other rows pins its value down
-       (prediction std <= config.power x typical |z|), its projection agrees with that
-       prediction (within config.clear_factor std), and the kept rows stay consistent with
-       it put back. Otherwise it is reported as a liar. Why not a plain threshold: a run of
-       liars adjacent on the circle leaves a gap in which single rows cannot be predicted
-       from complex64 payloads (the prediction's std can exceed the payload itself), while
-       the set as a whole is located exactly by the error locator. Consequence: an honest
-       suspect inside such a gap (only possible when fewer than tau workers lie) is
-       reported as a liar; a liar is never reported honest unless its lie is below 0.1% x
-       config.clear_factor of the payload scale, and it is excluded from the sum anyway.
-    7. Self-check: the kept rows (all but erasures and suspects) must be consistent
-       (normalised residual <= config.factor) and 2 |liars| + |erasures| <= 2s; otherwise
-       retry step 6 with b = 2s - epsilon (every row the budget allows; a noisy locator may
-       rank a liar just below tau). If both fail, report the failure (the caller raises).
+       Rows with |z_j| > config.huge x (the (s+1)-th largest |z|) are set aside (they would
+       swamp the float64 syndromes); together with the erasures they are the e known bad
+       rows. tau = floor((2s - e) / 2) more rows may be liars.
+    2. Candidate suspect sets of size <= tau (the most that keeps the decoded codeword
+       unique, see step 5):
+       a. the tau rows ranked first by the PGZ error locator (``_pgz_ranking``: syndromes,
+          Forney's modified syndromes, Chien search) - exact without noise, but its noise
+          sensitivity grows like the SQUARE of the liars' Vandermonde condition number
+          (e.g. 15 liars adjacent on the circle of n = 38 nodes sending identical
+          payloads defeat it with complex64 rounding);
+       b. backward: the 2s - e rows ranked first by the PGZ locator, then repeatedly put
+          back the half of the excess that agrees best with the codeword fitted without
+          them (``_fit_outside``), down to tau rows;
+       c. greedy: start from no suspect, repeatedly add the kept row with the largest
+          standardised misfit until the kept rows are consistent;
+       d. only if a-c give no consistent candidate: every arc of tau nodes consecutive on
+          the circle (liars adjacent on the circle are the ill-conditioned case), the most
+          consistent one.
+    3. Refine each candidate by concentration steps (as in least trimmed squares): refit
+       without the suspects, take as new suspects the rows with the largest standardised
+       misfit, until the set repeats. Each fit uses a Householder QR of the excluded rows'
+       parity columns, so its residual is backward stable whatever their clustering: its
+       sensitivity is that of one Vandermonde matrix, not of its square.
+    4. Take the refined candidate with the smallest residual; accept it if its kept rows
+       are consistent (residual <= config.factor noise units).
+    5. Reporting and exclusion: a suspect is a liar when its projection deviates from the
+       codeword predicted by the kept rows by more than config.clear_factor standard
+       deviations (prediction noise + its own) in some lane. A suspect within the noise
+       whose prediction is sharp (std <= config.power x typical |z|) is put back into the
+       recovery if the kept rows stay consistent; one whose prediction is not sharp (a
+       gap of adjacent liars) stays excluded but is not named. Safety: with e known bad
+       rows, t <= tau liars and b <= tau excluded suspects, the kept rows are consistent
+       with the true codeword on >= n - e - b - t >= n - 2s rows (even for one liar beyond
+       the budget, 2t + e = 2s + 1), which determine a codeword of
+       degree < n - 2s: the decoded codeword is the true one.
+    6. No candidate consistent: report failure (the caller raises DecodeError).
     """
     usable = sorted(z)
-    zs = np.array([z[j] for j in usable])  # (m, K)
-    mags = np.abs(zs)
-    # Step 1. Per-projection noise level; guard against all-zero honest payloads.
-    # One level for all projections: a projection can be small by cancellation while its
-    # rounding error is not (it scales with sum_i |r_i y_i|, i.e. with the typical |z|).
-    level = float(np.median(np.sqrt(np.mean(mags**2, axis=1))))  # typical honest |z|
-    nu = np.full(mags.shape[1], noise * level if level > 0 else 1e-300)
-    size = np.linalg.norm(mags / nu[None, :], axis=1)
+    zs_all = np.array([z[j] for j in usable])  # (m, K)
+    mags = np.abs(zs_all)
+    # Step 1. One noise level for all lanes: a projection can be small by cancellation
+    # while its rounding error is not (it scales with sum_i |r_i y_i|, i.e. the typical |z|).
+    level = float(np.median(np.sqrt(np.mean(mags**2, axis=1))))
+    nu = noise * level if level > 0 else 1e-300
+    size = np.linalg.norm(mags, axis=1)
     order = np.argsort(-size, kind="stable")
     ref = size[order[min(s, len(usable) - 1)]]
-    aside = [usable[i] for i in order[:s] if size[i] > config.huge * ref]
+    aside = [usable[i] for i in order[:s] if size[i] > config.huge * max(ref, 1e-300)]
     known = sorted(erasures) + aside
     eps = len(known)
+    fail = _Location(frozenset(aside), frozenset(aside), np.inf, False)
     if eps > 2 * s:
-        return _Location(frozenset(aside), frozenset(aside), np.inf, False)
+        return fail
     tau = (2 * s - eps) // 2
+    b_max = tau
     aside_set = set(aside)
     clean = [j for j in usable if j not in aside_set]
-    ranked: list[int] = []
-    if tau > 0:
-        # Step 2. syn[q - 1, k] = S_q of projection k.
-        q = np.arange(1, 2 * s + 1)
-        zc = np.array([z[j] for j in clean])
-        syn = (nodes[clean][None, :] ** q[:, None]) @ zc
-        # Step 3. xi[m - eps - 1, k] = Xi_m.
-        gamma = _poly_from_roots(nodes[known])
-        xi = np.array(
-            [
-                sum(gamma[k] * syn[m - k - 1] for k in range(eps + 1))
-                for m in range(eps + 1, 2 * s + 1)
-            ]
-        )
-        # Step 4. Rows m = eps+tau+1..2s, columns k = 0..tau: Xi_{m-k}; one block per
-        # projection (they share the error locator), each scaled to unit norm.
-        blocks = []
-        for p in range(xi.shape[1]):
-            block = np.array(
-                [
-                    [xi[m - k - eps - 1, p] for k in range(tau + 1)]
-                    for m in range(eps + tau + 1, 2 * s + 1)
-                ]
-            )
-            norm = np.linalg.norm(block)
-            if norm > 0:
-                blocks.append(block / norm)
-        if blocks:
-            _, _, vh = np.linalg.svd(np.vstack(blocks))
-            sigma = vh[-1].conj()
-            # Step 5. sigma(1/x) = sum_k sigma_k x^-k.
-            vals = np.abs(np.polynomial.polynomial.polyval(1.0 / nodes[clean], sigma))
-            ranked = [clean[i] for i in np.argsort(vals, kind="stable")]
-    best = _Location(frozenset(aside), frozenset(aside), np.inf, False)
-    for b in sorted({tau, 2 * s - eps}):
-        # Step 6.
-        suspects = aside + ranked[:b]
-        excluded = sorted(erasures) + suspects
-        predicted, pred_noise, residual = _check_rows(nodes, 2 * s, z, excluded, nu)
-        offset = len(erasures)
-        liars: set[int] = set()
-        for i, j in enumerate(suspects):
-            spread = pred_noise[offset + i] + nu  # (K,) std of the prediction and of z_j
-            deviation = float(np.max(np.abs(z[j] - predicted[offset + i]) / spread))
-            cleared = (
-                deviation <= config.clear_factor and float(np.max(spread)) <= config.power * level
-            )
-            if cleared:
-                trial = sorted(erasures | (set(suspects) - {j}))
-                cleared = _check_rows(nodes, 2 * s, z, trial, nu)[2] <= config.factor
-            if not cleared:
-                liars.add(j)
-        # Step 7.
-        loc = _Location(
-            frozenset(liars),
-            frozenset(suspects),
-            residual,
-            2 * len(liars) + len(erasures) <= 2 * s and len(suspects) + len(erasures) <= 2 * s,
-        )
-        if loc.within_budget and residual <= config.factor:
-            return loc
-        if best.residual == np.inf:
-            best = loc
-    return best
+    zs = np.array([z[j] for j in clean]).reshape(len(clean), zs_all.shape[1])
+    q = np.arange(1, 2 * s + 1)
+    g = nodes[clean][None, :] ** q[:, None]
+    g_known = nodes[known][None, :] ** q[:, None]
+    sharp_level = config.power * level
+
+    def fit(sus: Sequence[int]) -> _Fit:
+        return _fit_outside(g, zs, g_known, sus, nu, sharp_level)
+
+    def concentrate(sus: list[int]) -> tuple[list[int], _Fit]:
+        # Step 3: each step lowers the trimmed misfit; stop when the set repeats.
+        seen: set[tuple[int, ...]] = set()
+        f = fit(sus)
+        while tuple(sorted(sus)) not in seen and len(seen) < 4 * tau + 8:
+            seen.add(tuple(sorted(sus)))
+            nxt = [int(i) for i in np.argsort(-f.score, kind="stable")[: len(sus)]]
+            if set(nxt) == set(sus):
+                break
+            f2 = fit(nxt)
+            if f2.residual >= f.residual:
+                break
+            sus, f = nxt, f2
+        return sus, f
+
+    def greedy() -> list[int]:
+        sus: list[int] = []
+        f = fit(sus)
+        while f.residual > config.factor and len(sus) < b_max:
+            cand = np.argsort(-f.score, kind="stable")
+            sus.append(next(int(i) for i in cand if int(i) not in sus))
+            f = fit(sus)
+        return sus
+
+    def backward(sus: list[int]) -> list[int]:
+        # Put back the suspects that agree best with the codeword fitted without them.
+        while len(sus) > b_max:
+            f = fit(sus)
+            drop = max(1, (len(sus) - b_max) // 2)
+            keep = np.argsort(-f.score[sus], kind="stable")[: len(sus) - drop]
+            sus = [sus[int(i)] for i in keep]
+        return sus
+
+    # Step 2.
+    starts: list[list[int]] = []
+    if tau > 0 and clean:
+        ranked = _pgz_ranking(nodes[clean], zs, nodes[known], s, tau)
+        starts.append([int(i) for i in ranked[:tau]])
+        wide = min(2 * s - eps, len(clean))
+        if wide > tau:
+            starts.append(backward([int(i) for i in ranked[:wide]]))
+    if b_max > 0 and clean:
+        starts.append(greedy())
+    if not starts:
+        starts.append([])
+    # Step 4: the most consistent refined candidate.
+    chosen = min((concentrate(start) for start in starts), key=lambda c: c[1].residual)
+    if chosen[1].residual > config.factor and 0 < b_max < len(clean):
+        # Step 2c. Liars adjacent on the circle are the ill-conditioned case for every
+        # locator above; try every arc of b_max consecutive nodes as the suspect set.
+        angle = np.mod(np.round(np.angle(nodes[clean]) * nodes.size / (2 * np.pi)), nodes.size)
+        by_angle = np.argsort(angle, kind="stable")
+        m = len(clean)
+        arcs = [[int(by_angle[(a + i) % m]) for i in range(b_max)] for a in range(m)]
+        best_arc = min(arcs, key=lambda a: fit(a).residual)
+        arc_fit = concentrate(best_arc)
+        if arc_fit[1].residual < chosen[1].residual:
+            chosen = arc_fit
+    if chosen[1].residual > config.factor:
+        return _Location(frozenset(aside), frozenset(aside), chosen[1].residual, False)
+    # Step 5.
+    sus, f = chosen
+    # The noise model is an upper bound (float32 accumulation at large d); the kept rows'
+    # residual measures the actual noise. Trusted only with enough components, and never
+    # below 1/5 of the model (rows differ in magnitude, so per-row noise differs too).
+    scale = min(1.0, max(f.rms, 0.2)) if f.samples >= 16 else 1.0
+    liars = [i for i in sus if f.score[i] > config.clear_factor * scale]
+    back = [i for i in sus if i not in liars and f.sharp[i]]
+    excluded = [i for i in sus if i not in back]
+    if back:
+        f2 = fit(excluded)
+        if f2.residual <= config.factor:
+            f = f2
+        else:
+            excluded = list(sus)
+    # Every set-aside row is named: it exceeds every honest row by config.huge.
+    return _Location(
+        frozenset(aside) | frozenset(clean[i] for i in liars),
+        frozenset(aside) | frozenset(clean[i] for i in excluded),
+        f.residual,
+        len(excluded) <= b_max,
+    )
 
 
 def recovery_weights(nodes: np.ndarray, s: int, bad: Sequence[int]) -> np.ndarray:
@@ -634,7 +765,12 @@ def recovery_weights(nodes: np.ndarray, s: int, bad: Sequence[int]) -> np.ndarra
     return w
 
 
-def _recover(rows: Mapping[int, np.ndarray], w: np.ndarray, d: int) -> np.ndarray:
+def _recover(
+    rows: Mapping[int, np.ndarray],
+    w: np.ndarray,
+    d: int,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
     """Re(sum_j w_j y_j) as float32, accumulated in float64 blockwise (cache-sized blocks).
 
     float64 accumulation: with liars or erasures the weights w_j are larger than 1/n and the
@@ -642,28 +778,78 @@ def _recover(rows: Mapping[int, np.ndarray], w: np.ndarray, d: int) -> np.ndarra
 
     Re(w y) = Re(w) Re(y) - Im(w) Im(y): one (block, 2) x (2,) product per row and block on
     the interleaved float view of the complex payload.
+
+    With ``rng``, the same pass also projects every row (``project_rows`` with a fresh
+    secret vector drawn from ``rng``) while its block is in cache: the returned projections
+    let the caller verify the kept rows on ALL coordinates at no extra memory traffic.
+
+    Returns
+    -------
+    gradient : ndarray, shape (d,), float32
+    projections : dict int -> ndarray, shape (K,), complex128, or None without ``rng``
     """
     out = np.empty(d, dtype=np.float32)
     acc = np.empty(min(d, _RECOVERY_CHUNK), dtype=np.float64)
     items = [(j, y) for j, y in rows.items() if w[j] != 0]
+    wide = any(y.dtype != np.complex64 for _, y in items)
+    # Rows per payload-precision partial sum: 16 without liars, 1 once the recovery
+    # amplification sqrt(n) ||w|| (cancellation between the terms) reaches 16.
+    amplification = float(np.sqrt(w.size) * np.linalg.norm(w))
+    group_size = max(1, min(len(items), int(_GROUP_BUDGET // max(amplification, 1.0))))
+    part: np.ndarray = np.empty(acc.size, dtype=np.float64 if wide else np.float32)
+    term: np.ndarray = np.empty_like(part)
     coef: dict[int, np.ndarray] = {
         j: np.array(
             [w[j].real, -w[j].imag], dtype=np.float32 if y.dtype == np.complex64 else np.float64
         )
         for j, y in items
     }
-    flats: dict[int, np.ndarray] = {
-        j: y.view(np.float32 if y.dtype == np.complex64 else np.float64).reshape(d, 2)
-        for j, y in items
-    }
+    reals = {j: y.view(np.float32 if y.dtype == np.complex64 else np.float64) for j, y in items}
+    flats = {j: reals[j].reshape(d, 2) for j, _ in items}
+    k = PROJECTIONS
+    m = d // k
+    head = m * k
+    proj: dict[int, np.ndarray] | None = None
+    if rng is not None:
+        r = rng.random(m, dtype=np.float32)
+        r *= 2
+        r -= 1
+        r_tail = rng.random(d - head) * 2 - 1
+        r_by_dtype = {dt: r.astype(dt, copy=False) for dt in {v.dtype for v in reals.values()}}
+        mats = {j: reals[j][: 2 * head].reshape(m, 2 * k) for j, _ in items}
+        pacc = {j: np.zeros(2 * k) for j, _ in items}
     for start in range(0, d, _RECOVERY_CHUNK):
         stop = min(d, start + _RECOVERY_CHUNK)
         block = acc[: stop - start]
         block[:] = 0.0
-        for j, _ in items:
-            block += np.matmul(flats[j][start:stop], coef[j])
+        p0, p1 = start // k, min(stop, head) // k  # projection rows inside this block
+        group: np.ndarray = part[: stop - start]
+        tmp: np.ndarray = term[: stop - start]
+        for i, (j, _) in enumerate(items):
+            # Terms are rounded to the payload precision anyway; summing ``group_size`` of
+            # them in that precision before the float64 add multiplies that rounding by at
+            # most group_size x amplification <= _GROUP_BUDGET, and saves most of the
+            # float64 adds (the slow part of the pass).
+            if i % group_size == 0:
+                if i:
+                    block += group
+                np.matmul(flats[j][start:stop], coef[j], out=group)
+            else:
+                np.matmul(flats[j][start:stop], coef[j], out=tmp)
+                group += tmp
+            if rng is not None and p1 > p0:
+                pacc[j] += r_by_dtype[mats[j].dtype][p0:p1] @ mats[j][p0:p1]
+        if items:
+            block += group
         out[start:stop] = block
-    return out
+    if rng is not None:
+        proj = {}
+        for j, _ in items:
+            a = pacc[j]
+            for t in range(d - head):
+                a[2 * t : 2 * t + 2] += r_tail[t] * reals[j][2 * (head + t) : 2 * (head + t) + 2]
+            proj[j] = a[0::2] + 1j * a[1::2]
+    return out, proj
 
 
 def decode_cyclic(
@@ -680,13 +866,23 @@ def decode_cyclic(
     -----
     1. Usable payloads: 1-D arrays of ``dtype`` whose length is the most common one (honest
        rows outnumber the liars, who may split over several lengths); the rest are erasures.
-    2. Project every usable payload on a fresh secret random vector (``project_rows``);
-       non-finite projections (NaN/Inf in the payload) are erasures.
-    3. Locate the liars on the projections (``locate_cyclic``: syndromes, erasure locator,
-       Forney's modified syndromes, PGZ error locator, Chien search, refit, self-check).
-    4. Recovery weights over all presumed-honest rows (``recovery_weights``), then one pass
+    2. Fast path, payloads of >= _SAMPLE_MIN_BLOCKS projection blocks (d >= 524,288):
+       a. project every usable payload on a fresh secret random vector restricted to a
+          secret random sample of 1/_SAMPLE_FRACTION of the blocks (``project_rows`` with
+          ``blocks``): one eighth of the memory traffic;
+       b. locate on those projections (``locate_cyclic``), recovery weights;
+       c. one pass over the kept rows that both recovers the sum and projects them on a
+          second fresh secret vector over ALL coordinates (``_recover`` with ``rng``);
+       d. the kept rows' full projections must be finite and consistent (``_verified``,
+          the same residual test as the locator's); then return. Otherwise (a lie or a
+          NaN outside the sample, or a failed self-check) fall through to the full path.
+       Sound: what is returned was checked on every coordinate, as in the full path.
+    3. Full path: project every usable payload on a fresh secret random vector over all
+       coordinates (``project_rows``); non-finite projections (NaN/Inf) are erasures.
+    4. Locate the liars (``locate_cyclic``: PGZ locator, refits, self-check).
+    5. Recovery weights over all presumed-honest rows (``recovery_weights``), then one pass
        over the payloads: gradient = Re(sum_j w_j y_j) (``_recover``).
-    5. Check the result is finite.
+    6. Check the result is finite.
 
     Raises
     ------
@@ -710,7 +906,29 @@ def decode_cyclic(
         raise DecodeError(f"no usable payload among {n} workers (expected 1-D {dtype} arrays)")
     d = max(lengths, key=lambda k: (lengths[k], -k))
     arrays = {j: a for j, a in arrays.items() if a.size == d}
-    # Step 2.
+    # Step 2 (fast path): locate on a secret sample of the coordinates, then recover and
+    # verify the kept rows on ALL coordinates in the same pass.
+    n_blocks = -(-(d // PROJECTIONS) // max(1, _PROJECTION_CHUNK // PROJECTIONS))
+    if n_blocks >= _SAMPLE_MIN_BLOCKS:
+        size = max(1, n_blocks // _SAMPLE_FRACTION)
+        blocks = sorted(int(b) for b in rng.choice(n_blocks, size, replace=False))
+        z = project_rows(arrays, d, rng, blocks)
+        usable = {j: v for j, v in z.items() if np.isfinite(v).all()}
+        erasures = frozenset(range(n)) - frozenset(usable)
+        if len(erasures) <= 2 * s:
+            loc = locate_cyclic(nodes, s, usable, erasures, config, config.relative_noise(d))
+            if loc.within_budget and loc.residual <= config.factor:
+                bad = erasures | loc.excluded
+                w = recovery_weights(nodes, s, sorted(bad))
+                kept = {j: arrays[j] for j in usable if j not in bad}
+                gradient, full = _recover(kept, w, d, rng)
+                if full is not None and _verified(nodes, s, full, bad, config, d):
+                    if not np.isfinite(gradient).all():
+                        raise DecodeError(
+                            "cyclic decode produced non-finite values (payloads overflow float32)"
+                        )
+                    return DecodeResult(gradient, loc.liars, erasures)
+    # Step 2 (full path).
     z = project_rows(arrays, d, rng)
     usable = {j: v for j, v in z.items() if np.isfinite(v).all()}
     erasures = frozenset(range(n)) - frozenset(usable)
@@ -730,11 +948,35 @@ def decode_cyclic(
             f"for more workers or run with a larger s."
         )
     # Step 4.
-    bad = sorted(erasures | loc.excluded)
-    w = recovery_weights(nodes, s, bad)
+    w = recovery_weights(nodes, s, sorted(erasures | loc.excluded))
     honest = {j: arrays[j] for j in usable if j not in loc.excluded}
-    gradient = _recover(honest, w, d)
+    gradient, _ = _recover(honest, w, d)
     # Step 5.
     if not np.isfinite(gradient).all():
         raise DecodeError("cyclic decode produced non-finite values (payloads overflow float32)")
     return DecodeResult(gradient, loc.liars, erasures)
+
+
+def _verified(
+    nodes: np.ndarray,
+    s: int,
+    z: Mapping[int, np.ndarray],
+    bad: frozenset[int],
+    config: CyclicDecoderConfig,
+    d: int,
+) -> bool:
+    """True when the kept rows' full-coordinate projections ``z`` are finite and consistent.
+
+    Same test as step 4 of ``locate_cyclic``: the residual of the code fitted to the kept
+    rows, with the rows in ``bad`` left out, is <= config.factor noise units.
+    """
+    if not z or not all(np.isfinite(v).all() for v in z.values()):
+        return False
+    keys = sorted(z)
+    zs = np.array([z[j] for j in keys])
+    level = float(np.median(np.sqrt(np.mean(np.abs(zs) ** 2, axis=1))))
+    nu = config.relative_noise(d) * level if level > 0 else 1e-300
+    q = np.arange(1, 2 * s + 1)
+    g = nodes[keys][None, :] ** q[:, None]
+    g_known = nodes[sorted(bad)][None, :] ** q[:, None]
+    return _fit_outside(g, zs, g_known, [], nu, 0.0).residual <= config.factor

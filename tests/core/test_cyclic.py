@@ -210,7 +210,8 @@ SWEEP = [(3, 1), (16, 7), (45, 5), (64, 5), (100, 10), (127, 21), (128, 1), (128
 @pytest.mark.parametrize("attack", ["constant", "reverse", "random"])
 def test_accuracy_sweep_adjacent_liars(n: int, s: int, attack: str) -> None:
     code = cyclic(n, s)
-    assert code.payload_dtype == (np.complex64 if code.amplification <= 100 else np.complex128)
+    fits = code.amplification <= 100 and code.locator <= 1e5 and code.pgz <= 1e15
+    assert code.payload_dtype == (np.complex64 if fits else np.complex128)
     truth, honest, rng = setup(code, 33, n * 1000 + s)
     inv = pow(code.stride, -1, n)
     liars = [(inv * (5 + m)) % n for m in range(s)]  # consecutive DFT nodes
@@ -256,3 +257,71 @@ def test_complex128_option_and_default_rng() -> None:
     received[3] = lie("reverse", 3, honest, rng, honest[3])
     result = code.decode(received)  # rng=None: fresh OS entropy
     assert rel_err(result.gradient, truth) <= 1e-7 and result.adversaries == {3}
+
+
+# Many identical liars adjacent on the circle: the constant lie projects to the same value
+# for every liar, so the locator works from (almost) one projection; this used to raise
+# DecodeError from n = 38. Includes complex128 codes picked by the "auto" dtype rule.
+MANY = [(38, 15), (45, 16), (45, 22), (64, 22), (64, 30), (90, 20), (128, 34), (128, 48)]
+
+
+@pytest.mark.parametrize("n,s", MANY)
+def test_constant_attack_many_adjacent_liars(n: int, s: int) -> None:
+    code = cyclic(n, s)
+    truth, honest, rng = setup(code, 19, 7 * n + s)
+    inv = pow(code.stride, -1, n)
+    liars = [(inv * (3 + m)) % n for m in range(s)]
+    received = dict(honest)
+    for j in liars:
+        received[j] = lie("constant", j, honest, rng, honest[j])
+    result = code.decode(received, rng=rng)
+    assert rel_err(result.gradient, truth) <= 1e-6
+    assert result.adversaries == frozenset(liars)
+
+
+@pytest.mark.parametrize("n,s", [(16, 7), (45, 5), (45, 16), (64, 14), (100, 10)])
+@pytest.mark.parametrize("adjacent", [True, False])
+def test_fewer_liars_than_s_name_no_honest_worker(n: int, s: int, adjacent: bool) -> None:
+    """Suspects that turn out consistent (honest rows next to liars) are never named."""
+    code = cyclic(n, s)
+    truth, honest, rng = setup(code, 23, 11 * n + s)
+    inv = pow(code.stride, -1, n)
+    for t in sorted({1, s // 2, s - 1} - {0}):
+        for attack in ("constant", "reverse", "random"):
+            if adjacent:
+                first = int(rng.integers(n))
+                liars = [(inv * (first + m)) % n for m in range(t)]
+            else:
+                liars = [int(j) for j in rng.choice(n, t, replace=False)]
+            received = dict(honest)
+            for j in liars:
+                received[j] = lie(attack, j, honest, rng, honest[j])
+            result = code.decode(received, rng=rng)
+            assert rel_err(result.gradient, truth) <= 1e-6, (t, attack)
+            assert result.adversaries == frozenset(liars), (t, attack)
+
+
+def test_large_payloads_sampled_locate_then_full_verification() -> None:
+    """d >= 8 projection blocks: liars are located on a secret sample of the coordinates and
+    the kept rows verified on all of them; a lie outside the sample is still caught."""
+    code = cyclic(9, 2)
+    d = 8 * (1 << 16) + 5
+    truth, honest, rng = setup(code, d, 3)
+    cases: list[tuple[dict[int, np.ndarray], set[int], set[int]]] = []
+    received = dict(honest)
+    received[4] = lie("constant", 4, honest, rng, honest[4])
+    cases.append((received, {4}, set()))
+    received = dict(honest)
+    for j in (1, 6):  # a lie in 3 coordinates: almost surely outside the sampled block
+        received[j] = honest[j].copy()
+        received[j][d - 20 : d - 17] += 50
+    cases.append((received, {1, 6}, set()))
+    received = dict(honest)
+    received[2] = honest[2].copy()
+    received[2][d // 2 + 3] = np.nan
+    received[7] = lie("reverse", 7, honest, rng, honest[7])
+    cases.append((received, {7}, {2}))
+    for received, liars, erased in cases:
+        result = code.decode(received, rng=rng)
+        assert rel_err(result.gradient, truth) <= 1e-6
+        assert result.adversaries == frozenset(liars) and result.erasures == frozenset(erased)
