@@ -5,8 +5,10 @@ own payload dtype and stride), encode random float32 partition gradients, let s 
 attack and decode. Liar placements: s workers adjacent on the DFT circle (nodes x_j
 consecutive, the worst case for conditioning) and s random workers. Attacks: constant
 (-100 everywhere), reverse (-100 x the honest payload) and random (N(0, 100^2) entries).
-Also measured, reported separately: errors + erasures at the budget (2t + e = 2s) with the
-erasures adjacent on the circle.
+Also measured, reported separately: errors + erasures at the budget (t = s // 2 liars,
+2s - 2t erasures adjacent on the circle) and the worst erasures, 2s adjacent on the circle
+with no liar; in both, a DecodeError (refusal) is listed by s, a wrong sum would show as a
+large error.
 
 Reported per n (worst over s and over the cases): payload dtype, worst relative error
 ||g_hat - g||_2 / ||g||_2 (liars only), whether every liar was located exactly and no
@@ -94,6 +96,13 @@ def measure(n: int, s: int, d: int, rng: np.random.Generator) -> dict[str, float
         erasure_err = float(np.linalg.norm(result.gradient - truth) / np.linalg.norm(truth))
     except DecodeError:
         erasure_err = float("nan")
+    # The worst erasures: 2s adjacent on the circle, no liar (may be refused, never wrong).
+    erased = circle_adjacent(code, 2 * s, int(rng.integers(n)))
+    try:
+        result = code.decode({j: v for j, v in honest.items() if j not in erased}, rng=rng)
+        gap_err = float(np.linalg.norm(result.gradient - truth) / np.linalg.norm(truth))
+    except DecodeError:
+        gap_err = float("nan")
     return {
         "dtype": code.payload_dtype.name,
         "error": worst_err if failures == 0 else float("inf"),
@@ -102,6 +111,8 @@ def measure(n: int, s: int, d: int, rng: np.random.Generator) -> dict[str, float
         "locator": code.locator,
         "amplification": worst_amp,
         "erasure_error": erasure_err,
+        "gap_error": gap_err,
+        "erasure_amplification": code.erasure_amplification,
     }
 
 
@@ -114,6 +125,17 @@ def _ranges(values: list[int]) -> str:
         else:
             out.append(str(v))
     return ", ".join(out)
+
+
+def _worst_and_failed(rows: dict[int, dict[str, float | bool | str]], key: str) -> str:
+    """ "worst error (at s)" over the decoded s, then the s that raised DecodeError."""
+    decoded = [s for s in rows if not np.isnan(float(rows[s][key]))]
+    failed = [s for s in rows if s not in decoded]
+    text = "-"
+    if decoded:
+        worst = max(decoded, key=lambda s: float(rows[s][key]))
+        text = f"{float(rows[worst][key]):.1e} ({worst})"
+    return text + (f"; {_ranges(failed)}" if failed else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| n | s range | payload dtype | worst rel. error (at s) | liars located exactly | "
         "worst window cond. | worst locator cond. | worst recovery ampl. | "
-        "worst rel. error, errors+erasures at budget (at s) |"
+        "errors+erasures at budget: worst rel. error (at s); DecodeError at s | "
+        "2s adjacent erasures: worst rel. error (at s); refused at s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     overall = 0.0
     all_located = True
     for n in range(args.n_min, args.n_max + 1):
@@ -146,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:
             continue
         s_err = max(rows, key=lambda s: float(rows[s]["error"]))
-        s_era = max(rows, key=lambda s: np.nan_to_num(float(rows[s]["erasure_error"]), nan=np.inf))
         dtypes = sorted({str(r["dtype"]) for r in rows.values()})
         dtype_txt = (
             dtypes[0]
@@ -161,13 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         amp = max(float(r["amplification"]) for r in rows.values())
         overall = max(overall, float(rows[s_err]["error"]))
         all_located &= located
-        era = float(rows[s_era]["erasure_error"])
-        era_txt = "DecodeError" if np.isnan(era) else f"{era:.1e}"
         print(
             f"| {n} | 1..{max(rows)} | {dtype_txt} | "
             f"{float(rows[s_err]['error']):.1e} ({s_err}) | "
             f"{'yes' if located else 'NO'} | {cond:.2f} | {loc_cond:.1e} | {amp:.2f} | "
-            f"{era_txt} ({s_era}) |"
+            f"{_worst_and_failed(rows, 'erasure_error')} | {_worst_and_failed(rows, 'gap_error')} |"
         )
         sys.stdout.flush()
     print(

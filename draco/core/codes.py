@@ -79,6 +79,11 @@ COMPLEX64_MAX_LOCATOR_CONDITION = 1e5
 #: random positions were located for every n <= 64 (condition <= 6.8e14) but not at n = 68,
 #: s = 28 (3e15), where complex128 works (docs/numerics.md).
 COMPLEX64_MAX_PGZ_CONDITION = 1e15
+#: ... and ``gap_amplification`` with 2s adjacent workers out (the worst erasures inside the
+#: budget) <= this: 625 x 1.6e-8 = 1e-5 = ``CyclicDecoderConfig.max_error``, so every
+#: pattern of errors and erasures inside the budget decodes (measured: 2s adjacent erasures
+#: at amplification 3.8e7 gave a relative error of 1.4e-2 with complex64).
+COMPLEX64_MAX_ERASURE_AMPLIFICATION = 625.0
 
 
 @runtime_checkable
@@ -247,21 +252,24 @@ def window_condition(n: int, s: int, stride: int) -> float:
     return float(np.linalg.cond(v))
 
 
-def gap_amplification(n: int, s: int, stride: int) -> float:
-    """sqrt(n) ||w||_2 of the recovery weights when s workers adjacent on the circle are out.
+def gap_amplification(n: int, s: int, stride: int, out: int | None = None) -> float:
+    """sqrt(n) ||w||_2 of the recovery weights when ``out`` workers adjacent on the circle
+    are left out (default s: the liars' worst placement; 2s: the worst erasures).
 
     1 means no loss against decoding from all n honest rows; the rounding error of the
-    payloads reaches the decoded sum multiplied by about this factor. s adjacent DFT nodes
-    (a gap in the circle) is the worst placement of s liars; it grows quickly once s is a
-    sizeable fraction of n (e.g. 3.3 at n=45, s=5; 12 at n=100, s=10; 140 at n=127, s=21).
+    payloads reaches the decoded sum multiplied by about this factor. Adjacent DFT nodes
+    (a gap in the circle) are the worst placement; it grows quickly with the gap: s out,
+    3.3 at n=45, s=5; 12 at n=100, s=10; 140 at n=127, s=21. 2s out: 347 at n=45, s=5;
+    6.4e4 at n=45, s=10; 4.2e10 at most for n <= 128.
     """
     from draco.core.decoding import recovery_weights
 
-    if s == 0:
+    count = s if out is None else out
+    if s == 0 or count == 0:
         return 1.0
     nodes = np.exp(-2j * np.pi * ((stride * np.arange(n)) % n) / n)
     inv = pow(stride, -1, n)
-    gap = [(inv * m) % n for m in range(s)]
+    gap = [(inv * m) % n for m in range(count)]
     return float(np.sqrt(n) * np.linalg.norm(recovery_weights(nodes, s, gap)))
 
 
@@ -336,9 +344,12 @@ class CyclicCode:
         Must be coprime to n.
     payload_dtype : {"auto", "complex64", "complex128"}
         "auto" (default): complex64 when ``gap_amplification`` <= COMPLEX64_MAX_AMPLIFICATION
-        and ``locator_condition`` <= COMPLEX64_MAX_LOCATOR_CONDITION and ``pgz_condition``
+        and, with 2s workers out, <= COMPLEX64_MAX_ERASURE_AMPLIFICATION and
+        ``locator_condition`` <= COMPLEX64_MAX_LOCATOR_CONDITION and ``pgz_condition``
         <= COMPLEX64_MAX_PGZ_CONDITION, else complex128 (the code says which in
-        ``payload_dtype``; table in docs/numerics.md).
+        ``payload_dtype``; table in docs/numerics.md). An explicit "complex64" saves half
+        the bandwidth where "auto" would not pick it; the decoder then refuses (DecodeError)
+        the erasure patterns it cannot decode within ``CyclicDecoderConfig.max_error``.
 
     Attributes
     ----------
@@ -350,6 +361,8 @@ class CyclicCode:
         ``window_condition(n, s, stride)``.
     amplification : float
         ``gap_amplification(n, s, stride)``.
+    erasure_amplification : float
+        ``gap_amplification(n, s, stride, 2 * s)``.
     locator : float
         ``locator_condition(n, s)``.
     pgz : float
@@ -378,11 +391,13 @@ class CyclicCode:
         stride = int(stride)
         self.condition = window_condition(n, s, stride)
         self.amplification = gap_amplification(n, s, stride) if n > 1 else 1.0
+        self.erasure_amplification = gap_amplification(n, s, stride, 2 * s) if n > 1 else 1.0
         self.locator = locator_condition(n, s)
         self.pgz = pgz_condition(n, s)
         if payload_dtype == "auto":
             fits = (
                 self.amplification <= COMPLEX64_MAX_AMPLIFICATION
+                and self.erasure_amplification <= COMPLEX64_MAX_ERASURE_AMPLIFICATION
                 and self.locator <= COMPLEX64_MAX_LOCATOR_CONDITION
                 and self.pgz <= COMPLEX64_MAX_PGZ_CONDITION
             )
@@ -401,7 +416,7 @@ class CyclicCode:
             if self.payload_dtype == np.complex64:
                 decoder = CyclicDecoderConfig()
             else:  # float64 accumulation of complex128 payloads
-                decoder = CyclicDecoderConfig(noise_floor=1e-15, noise_growth=1e-16)
+                decoder = CyclicDecoderConfig(noise_floor=1e-15, noise_growth=1e-16, rounding=3e-17)
         self.decoder = decoder
         self.nodes = np.exp(-2j * np.pi * ((stride * np.arange(n)) % n) / n)
         self.assignment = np.zeros((n, n), dtype=bool)

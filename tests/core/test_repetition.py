@@ -184,7 +184,11 @@ def test_unequal_groups_and_early_ready() -> None:
 def test_group_with_agreed_nan_is_a_decode_error() -> None:
     code = make_code("repetition", 3, 1)
     payloads = {j: np.full(4, np.nan, np.float32) for j in range(3)}
-    with pytest.raises(DecodeError):
+    with pytest.raises(DecodeError, match=r"groups \[0\] agree on a gradient containing NaN"):
+        code.decode(payloads)
+    code = make_code("repetition", 6, 1)  # groups {0,1,2} and {3,4,5}
+    payloads = {j: np.full(4, 3e38, np.float32) for j in range(6)}
+    with pytest.raises(DecodeError, match="overflows float32"):
         code.decode(payloads)
 
 
