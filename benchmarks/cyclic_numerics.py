@@ -18,7 +18,7 @@ on the circle; it decides complex64 vs complex128), the worst recovery amplifica
 sqrt(n) ||w||_2 (1 = no loss against all-honest decoding), and the worst relative error
 with erasures at the budget.
 
-Run (n <= 100 took about 35 minutes as two shards on 2 cores; n <= 128 takes longer;
+Run (n <= 128 took about 40 minutes as two shards on 2 cores;
 ``--shard`` splits the n over processes)::
 
     python benchmarks/cyclic_numerics.py               # markdown table to stdout
