@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from draco.core.codes import CyclicCode, make_code
+from draco.core.codes import CyclicCode, adjacent_workers, make_code
 from draco.core.decoding import recovery_weights
 from draco.errors import DecodeError
 
@@ -51,12 +51,6 @@ def _attack(name: str, own: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (100 * noise).astype(own.dtype)
 
 
-def circle_adjacent(code: CyclicCode, count: int, first: int) -> list[int]:
-    """``count`` workers with consecutive DFT nodes, starting at node ``first``."""
-    inv = pow(code.stride, -1, code.n_workers) if code.n_workers > 1 else 0
-    return [(inv * (first + m)) % code.n_workers for m in range(count)]
-
-
 def measure(n: int, s: int, d: int, rng: np.random.Generator) -> dict[str, float | bool | str]:
     code = make_code("cyclic", n, s)
     assert isinstance(code, CyclicCode)
@@ -65,7 +59,7 @@ def measure(n: int, s: int, d: int, rng: np.random.Generator) -> dict[str, float
     honest = {j: code.encode(j, grads[list(code.partitions_of(j))]) for j in range(n)}
     worst_err, worst_amp, located, failures = 0.0, 1.0, True, 0
     placements = [
-        circle_adjacent(code, s, int(rng.integers(n))),
+        adjacent_workers(n, code.stride, s, int(rng.integers(n))),
         list(rng.choice(n, s, replace=False)),
     ]
     for liars in placements:
@@ -85,7 +79,7 @@ def measure(n: int, s: int, d: int, rng: np.random.Generator) -> dict[str, float
             worst_amp = max(worst_amp, float(np.sqrt(n) * np.linalg.norm(w)))
     # Errors and erasures at the budget: t liars, 2s - 2t erasures adjacent on the circle.
     t = s // 2
-    erased = circle_adjacent(code, 2 * s - 2 * t, int(rng.integers(n)))
+    erased = adjacent_workers(n, code.stride, 2 * s - 2 * t, int(rng.integers(n)))
     pool = [j for j in range(n) if j not in erased]
     liars = list(rng.choice(pool, t, replace=False))
     received = {j: v for j, v in honest.items() if j not in erased}
@@ -97,7 +91,7 @@ def measure(n: int, s: int, d: int, rng: np.random.Generator) -> dict[str, float
     except DecodeError:
         erasure_err = float("nan")
     # The worst erasures: 2s adjacent on the circle, no liar (may be refused, never wrong).
-    erased = circle_adjacent(code, 2 * s, int(rng.integers(n)))
+    erased = adjacent_workers(n, code.stride, 2 * s, int(rng.integers(n)))
     try:
         result = code.decode({j: v for j, v in honest.items() if j not in erased}, rng=rng)
         gap_err = float(np.linalg.norm(result.gradient - truth) / np.linalg.norm(truth))

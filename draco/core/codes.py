@@ -57,7 +57,9 @@ __all__ = [
     "Code",
     "CyclicCode",
     "RepetitionCode",
+    "adjacent_workers",
     "best_stride",
+    "circle_nodes",
     "gap_amplification",
     "locator_condition",
     "make_code",
@@ -253,6 +255,21 @@ def window_condition(n: int, s: int, stride: int) -> float:
     return float(np.linalg.cond(v))
 
 
+def circle_nodes(n: int, stride: int) -> np.ndarray:
+    """x_j = exp(-2 pi i a j / n) for every worker j (a = ``stride``), shape (n,), complex128."""
+    return np.exp(-2j * np.pi * ((stride * np.arange(n)) % n) / n)
+
+
+def adjacent_workers(n: int, stride: int, count: int, first: int = 0) -> list[int]:
+    """The ``count`` workers whose nodes are consecutive on the circle from node ``first``.
+
+    Node m belongs to worker a^-1 m mod n (a = ``stride``): adjacency on the circle, the
+    worst placement for liars and erasures, is not adjacency of worker ids.
+    """
+    inv = pow(stride, -1, n) if n > 1 else 0
+    return [(inv * (first + m)) % n for m in range(count)]
+
+
 def gap_amplification(n: int, s: int, stride: int, out: int | None = None) -> float:
     """sqrt(n) ||w||_2 of the recovery weights when ``out`` workers adjacent on the circle
     are left out (default s: the liars' worst placement; 2s: the worst erasures).
@@ -268,10 +285,8 @@ def gap_amplification(n: int, s: int, stride: int, out: int | None = None) -> fl
     count = s if out is None else out
     if s == 0 or count == 0:
         return 1.0
-    nodes = np.exp(-2j * np.pi * ((stride * np.arange(n)) % n) / n)
-    inv = pow(stride, -1, n)
-    gap = [(inv * m) % n for m in range(count)]
-    return float(np.sqrt(n) * np.linalg.norm(recovery_weights(nodes, s, gap)))
+    gap = adjacent_workers(n, stride, count)
+    return float(np.sqrt(n) * np.linalg.norm(recovery_weights(circle_nodes(n, stride), s, gap)))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -419,7 +434,7 @@ class CyclicCode:
             else:  # float64 accumulation of complex128 payloads
                 decoder = CyclicDecoderConfig(noise_floor=1e-15, noise_growth=1e-16, rounding=3e-17)
         self.decoder = decoder
-        self.nodes = np.exp(-2j * np.pi * ((stride * np.arange(n)) % n) / n)
+        self.nodes = circle_nodes(n, stride)
         self.assignment = np.zeros((n, n), dtype=bool)
         self.coefficients = np.empty((n, 2 * s + 1), dtype=complex)
         for j in range(n):

@@ -663,7 +663,7 @@ def locate_cyclic(
     mags = np.abs(zs_all)
     # Step 1. One noise level for all lanes: a projection can be small by cancellation
     # while its rounding error is not (it scales with sum_i |r_i y_i|, i.e. the typical |z|).
-    level = float(np.median(np.sqrt(np.mean(mags**2, axis=1))))
+    level = _level(z)
     nu = noise * level if level > 0 else 1e-300
     size = np.linalg.norm(mags, axis=1)
     order = np.argsort(-size, kind="stable")
@@ -675,7 +675,6 @@ def locate_cyclic(
     if eps > 2 * s:
         return fail
     tau = (2 * s - eps) // 2
-    b_max = tau
     aside_set = set(aside)
     clean = [j for j in usable if j not in aside_set]
     zs = np.array([z[j] for j in clean]).reshape(len(clean), zs_all.shape[1])
@@ -733,7 +732,7 @@ def locate_cyclic(
     def greedy() -> list[int]:
         sus: list[int] = []
         f = fit(sus)
-        while f.residual > config.factor and len(sus) < b_max:
+        while f.residual > config.factor and len(sus) < tau:
             cand = np.argsort(-f.score, kind="stable")
             sus.append(next(int(i) for i in cand if int(i) not in sus))
             f = fit(sus)
@@ -741,9 +740,9 @@ def locate_cyclic(
 
     def backward(sus: list[int]) -> list[int]:
         # Put back the suspects that agree best with the codeword fitted without them.
-        while len(sus) > b_max:
+        while len(sus) > tau:
             f = fit(sus)
-            drop = max(1, (len(sus) - b_max) // 2)
+            drop = max(1, (len(sus) - tau) // 2)
             keep = np.argsort(-f.score[sus], kind="stable")[: len(sus) - drop]
             sus = [sus[int(i)] for i in keep]
         return sus
@@ -755,7 +754,7 @@ def locate_cyclic(
         starts.append(lambda: [int(i) for i in ranked[:tau]])
         if wide > tau:
             starts.append(lambda: backward([int(i) for i in ranked[:wide]]))
-    if b_max > 0 and clean:
+    if tau > 0 and clean:
         starts.append(greedy)
     if not starts:
         starts.append(list)
@@ -768,13 +767,13 @@ def locate_cyclic(
         if chosen[1].residual <= _SETTLED:
             break
     assert chosen is not None
-    if chosen[1].residual > config.factor and 0 < b_max < len(clean):
+    if chosen[1].residual > config.factor and 0 < tau < len(clean):
         # Step 2c. Liars adjacent on the circle are the ill-conditioned case for every
-        # locator above; try every arc of b_max consecutive nodes as the suspect set.
+        # locator above; try every arc of tau consecutive nodes as the suspect set.
         angle = np.mod(np.round(np.angle(nodes[clean]) * nodes.size / (2 * np.pi)), nodes.size)
         by_angle = np.argsort(angle, kind="stable")
         m = len(clean)
-        arcs = [[int(by_angle[(a + i) % m]) for i in range(b_max)] for a in range(m)]
+        arcs = [[int(by_angle[(a + i) % m]) for i in range(tau)] for a in range(m)]
         best_arc = min(arcs, key=lambda a: fit(a).residual)
         arc_fit = concentrate(best_arc)
         if arc_fit[1].residual < chosen[1].residual:
@@ -801,7 +800,7 @@ def locate_cyclic(
         frozenset(aside) | frozenset(clean[i] for i in liars),
         frozenset(aside) | frozenset(clean[i] for i in excluded),
         f.residual,
-        len(excluded) <= b_max,
+        len(excluded) <= tau,
     )
 
 

@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from draco.core import decoding
-from draco.core.codes import CyclicCode, best_stride, make_code, window_condition
+from draco.core.codes import (
+    CyclicCode,
+    adjacent_workers,
+    best_stride,
+    make_code,
+    window_condition,
+)
 from draco.core.decoding import _recover, check_weights, recovery_weights
 from draco.errors import DecodeError
 
@@ -125,9 +131,7 @@ def test_any_s_liars_decode_to_the_sum(
     truth, honest, rng = setup(code, d, seed)
     t = int(rng.integers(0, s + 1))
     if adjacent:  # neighbours on the DFT circle
-        inv = pow(code.stride, -1, n)
-        first = int(rng.integers(n))
-        liars = [(inv * (first + m)) % n for m in range(t)]
+        liars = adjacent_workers(n, code.stride, t, int(rng.integers(n)))
     else:
         liars = [int(j) for j in rng.choice(n, t, replace=False)]
     shared = (rng.standard_normal(d) + 1j * rng.standard_normal(d)).astype(code.payload_dtype)
@@ -219,8 +223,7 @@ def test_accuracy_sweep_adjacent_liars(n: int, s: int, attack: str) -> None:
     )
     assert code.payload_dtype == (np.complex64 if fits else np.complex128)
     truth, honest, rng = setup(code, 33, n * 1000 + s)
-    inv = pow(code.stride, -1, n)
-    liars = [(inv * (5 + m)) % n for m in range(s)]  # consecutive DFT nodes
+    liars = adjacent_workers(n, code.stride, s, 5)  # consecutive DFT nodes
     received = dict(honest)
     for j in liars:
         received[j] = lie(attack, j, honest, rng, honest[j])
@@ -275,8 +278,7 @@ MANY = [(38, 15), (45, 16), (45, 22), (64, 22), (64, 30), (90, 20), (128, 34), (
 def test_constant_attack_many_adjacent_liars(n: int, s: int) -> None:
     code = cyclic(n, s)
     truth, honest, rng = setup(code, 19, 7 * n + s)
-    inv = pow(code.stride, -1, n)
-    liars = [(inv * (3 + m)) % n for m in range(s)]
+    liars = adjacent_workers(n, code.stride, s, 3)
     received = dict(honest)
     for j in liars:
         received[j] = lie("constant", j, honest, rng, honest[j])
@@ -291,12 +293,10 @@ def test_fewer_liars_than_s_name_no_honest_worker(n: int, s: int, adjacent: bool
     """Suspects that turn out consistent (honest rows next to liars) are never named."""
     code = cyclic(n, s)
     truth, honest, rng = setup(code, 23, 11 * n + s)
-    inv = pow(code.stride, -1, n)
     for t in sorted({1, s // 2, s - 1} - {0}):
         for attack in ("constant", "reverse", "random"):
             if adjacent:
-                first = int(rng.integers(n))
-                liars = [(inv * (first + m)) % n for m in range(t)]
+                liars = adjacent_workers(n, code.stride, t, int(rng.integers(n)))
             else:
                 liars = [int(j) for j in rng.choice(n, t, replace=False)]
             received = dict(honest)
@@ -404,12 +404,6 @@ def test_large_payloads_take_the_fast_path_unless_a_lie_hides_outside_the_sample
     assert any(full_calls), "a lie outside the sample must send the decode to the full path"
 
 
-def adjacent(code: CyclicCode, count: int, first: int) -> list[int]:
-    """``count`` workers whose DFT nodes are consecutive on the circle."""
-    inv = pow(code.stride, -1, code.n_workers)
-    return [(inv * (first + m)) % code.n_workers for m in range(count)]
-
-
 def test_auto_dtype_decodes_the_worst_erasures_and_complex64_refuses_them() -> None:
     """2s erasures adjacent on the circle: "auto" picks complex128 where complex64 cannot
     pin the sum down; a forced complex64 code refuses instead of returning a wrong sum."""
@@ -419,7 +413,7 @@ def test_auto_dtype_decodes_the_worst_erasures_and_complex64_refuses_them() -> N
     assert auto.payload_dtype == np.complex128 and auto.erasure_amplification > 450
     for code in (auto, forced):
         truth, honest, rng = setup(code, 19, 4)
-        erased = adjacent(code, 20, 7)
+        erased = adjacent_workers(45, code.stride, 20, 7)
         received = {j: v for j, v in honest.items() if j not in erased}
         if code is auto:
             result = code.decode(received, rng=rng)
@@ -436,7 +430,7 @@ def test_refuses_erasures_that_float64_cannot_decode() -> None:
     code = cyclic(126, 49)
     assert code.payload_dtype == np.complex128
     _, honest, rng = setup(code, 5, 8)
-    erased = adjacent(code, 98, 0)
+    erased = adjacent_workers(126, code.stride, 98)
     with pytest.raises(DecodeError, match="cannot pin the sum down in complex128"):
         code.decode({j: v for j, v in honest.items() if j not in erased}, rng=rng)
 
@@ -447,7 +441,7 @@ def test_errors_and_many_adjacent_erasures_at_the_budget(seed: int) -> None:
     erased arc are nearly invisible to the PGZ locator (the old decoder raised here)."""
     code = cyclic(90, 39)
     truth, honest, rng = setup(code, 67, seed)
-    erased = adjacent(code, 40, int(rng.integers(90)))
+    erased = adjacent_workers(90, code.stride, 40, int(rng.integers(90)))
     pool = [j for j in range(90) if j not in erased]
     liars = [int(j) for j in rng.choice(pool, 19, replace=False)]
     received = {j: v for j, v in honest.items() if j not in erased}
