@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,7 +38,9 @@ __all__ = [
     "check_weights",
     "decode_cyclic",
     "decode_repetition",
+    "extended_roots",
     "locate_cyclic",
+    "node_powers",
     "project_rows",
     "recovery_weights",
     "repetition_ready",
@@ -344,6 +347,13 @@ class CyclicDecoderConfig:
     huge : float
         A projection more than ``huge`` x the (s+1)-th largest one is set aside before the
         locator runs (it would swamp the syndromes in float64); it is named a liar.
+    min_scale : float
+        The noise unit of step 5 of ``locate_cyclic`` follows the kept rows' measured
+        residual down to this fraction of the model, no lower. 0.2 for complex64 (the
+        model's float32 accumulation term is pessimistic at large d); 1.0 for complex128,
+        whose model (1e-15) is already within a few float64 roundings of the fit's own
+        arithmetic: with exactly rounded rows the residual measured 0.25 units while an
+        honest suspect's prediction was off by 2 (n = 23, s = 8), and 0.2 named it.
     rounding : float
         Relative error of the decoded sum per unit of recovery amplification
         sqrt(n) ||w||_2 (payload rounding): 2.2e-8 for complex64, the largest measured
@@ -363,6 +373,7 @@ class CyclicDecoderConfig:
     clear_factor: float = 5.0
     power: float = 1e-3
     huge: float = 1e6
+    min_scale: float = 0.2
     rounding: float = 2.2e-8
     max_error: float = 1e-5
 
@@ -536,7 +547,7 @@ def _fit_outside(
 
 
 def _pgz_ranking(
-    nodes: np.ndarray, zs: np.ndarray, known: np.ndarray, s: int, tau: int
+    nodes: np.ndarray, powers: np.ndarray, zs: np.ndarray, known: np.ndarray, s: int, tau: int
 ) -> np.ndarray:
     """Clean rows ranked most suspect first by the Peterson-Gorenstein-Zierler locator.
 
@@ -559,13 +570,15 @@ def _pgz_ranking(
     eps factors (no cancellation); the textbook route, convolving the coefficients of Gamma
     with the syndromes, loses about log10(max_k |Gamma_k|) digits (11 with 40 adjacent
     erasures, where it located nothing at n = 90, s = 39).
+
+    ``nodes`` (m,) are the clean rows' nodes, ``powers`` (2s, m) their ``node_powers``
+    1..2s, ``known`` the erased nodes.
     """
     eps = known.size
     gamma = np.prod(nodes[:, None] - known[None, :], axis=1) if eps else np.ones(nodes.size)
     peak = float(np.max(np.abs(gamma)))
     gamma = gamma / peak if peak > 0 else gamma  # |Gamma| up to 2^eps: normalise
-    m = np.arange(1, 2 * s - eps + 1)
-    xi = (nodes[None, :] ** m[:, None]) @ (gamma[:, None] * zs)  # (2s - eps, K)
+    xi = powers[: 2 * s - eps] @ (gamma[:, None] * zs)  # (2s - eps, K)
     blocks = []
     for p in range(xi.shape[1]):
         # Newton's identities sum_k sigma_k Xi_{m-k} = 0, m = tau+1 .. 2s-eps (Xi_m = xi[m-1]).
@@ -678,9 +691,9 @@ def locate_cyclic(
     aside_set = set(aside)
     clean = [j for j in usable if j not in aside_set]
     zs = np.array([z[j] for j in clean]).reshape(len(clean), zs_all.shape[1])
-    q = np.arange(1, 2 * s + 1)
-    g = nodes[clean][None, :] ** q[:, None]
-    g_known = nodes[known][None, :] ** q[:, None]
+    parity = node_powers(nodes, np.arange(1, 2 * s + 1))  # (2s, n)
+    g = parity[:, clean]
+    g_known = parity[:, known]
     sharp_level = config.power * level
 
     def fit(sus: Sequence[int]) -> _Fit:
@@ -747,15 +760,35 @@ def locate_cyclic(
             sus = [sus[int(i)] for i in keep]
         return sus
 
+    def peel(sus: list[int]) -> list[int]:
+        # Treat the suspects as erasures and locate again with the budget they leave
+        # (liars next to a long erased arc are swamped in the first syndromes by the
+        # visible ones), then put back down to tau rows (backward).
+        rest = [i for i in range(len(clean)) if i not in set(sus)]
+        more = (2 * s - eps - len(sus)) // 2
+        if more <= 0 or not rest:
+            return sus
+        ranked2 = _pgz_ranking(
+            nodes[[clean[i] for i in rest]],
+            g[:, rest],
+            zs[rest],
+            nodes[known + [clean[i] for i in sus]],
+            s,
+            more,
+        )
+        return backward(sus + [rest[int(i)] for i in ranked2[:more]])
+
     # Step 2, built lazily: most decodes are settled by the first candidate (step 4).
     starts: list[Callable[[], list[int]]] = []
     if tau > 0 and clean:
-        ranked = _pgz_ranking(nodes[clean], zs, nodes[known], s, tau)
+        ranked = _pgz_ranking(nodes[clean], g, zs, nodes[known], s, tau)
         starts.append(lambda: [int(i) for i in ranked[:tau]])
         if wide > tau:
             starts.append(lambda: backward([int(i) for i in ranked[:wide]]))
     if tau > 0 and clean:
         starts.append(greedy)
+    if wide > tau > 0 and clean:
+        starts.append(lambda: peel([int(i) for i in ranked[:tau]]))
     if not starts:
         starts.append(list)
     # Step 4: the most consistent refined candidate; stop early at one within the noise.
@@ -784,8 +817,9 @@ def locate_cyclic(
     sus, f = chosen
     # The noise model is an upper bound (float32 accumulation at large d); the kept rows'
     # residual measures the actual noise. Trusted only with enough components, and never
-    # below 1/5 of the model (rows differ in magnitude, so per-row noise differs too).
-    scale = min(1.0, max(f.rms, 0.2)) if f.samples >= 16 else 1.0
+    # below config.min_scale of the model (rows differ in magnitude, so per-row noise
+    # differs too; and the fit's own float64 arithmetic is not in the residual).
+    scale = min(1.0, max(f.rms, config.min_scale)) if f.samples >= 16 else 1.0
     liars = [i for i in sus if f.score[i] > config.clear_factor * scale]
     back = [i for i in sus if i not in liars and f.sharp[i]]
     excluded = [i for i in sus if i not in back]
@@ -827,10 +861,10 @@ def recovery_weights(nodes: np.ndarray, s: int, bad: Sequence[int]) -> np.ndarra
     w = np.full(n, 1.0 / n, dtype=complex)
     bad = list(bad)
     if bad:
-        q = np.arange(1, 2 * s + 1)
-        a = nodes[bad][:, None] ** q[None, :]
+        parity = node_powers(nodes, np.arange(1, 2 * s + 1))  # (2s, n)
+        a = parity[:, bad].T
         beta, *_ = np.linalg.lstsq(a, np.full(len(bad), -1.0 / n, dtype=complex), rcond=None)
-        w = w + (nodes[:, None] ** q[None, :]) @ beta
+        w = w + beta @ parity
         w[bad] = 0.0
     return w
 
@@ -851,17 +885,17 @@ def check_weights(
     ndarray, shape (n,), complex128, with ||delta||_2 = ``norm`` (zeros if the bad rows use
     up all 2s checks: nothing is left to verify).
     """
-    q = np.arange(1, 2 * s + 1)
     bad = list(bad)
     if len(bad) >= 2 * s:
         return np.zeros(nodes.size, dtype=complex)
+    parity = node_powers(nodes, np.arange(1, 2 * s + 1))  # (2s, n)
     if bad:
-        _, _, vh = np.linalg.svd(nodes[bad][:, None] ** q[None, :])
+        _, _, vh = np.linalg.svd(parity[:, bad].T)
         null = vh[len(bad) :].conj().T  # (2s, 2s - |bad|), orthonormal columns
     else:
         null = np.eye(2 * s, dtype=complex)
     rho = rng.standard_normal(null.shape[1]) + 1j * rng.standard_normal(null.shape[1])
-    delta = (nodes[:, None] ** q[None, :]) @ (null @ rho)
+    delta = (null @ rho) @ parity
     delta[bad] = 0.0
     return delta * (norm / np.linalg.norm(delta))
 
@@ -969,7 +1003,8 @@ def decode_cyclic(
        c. one pass over the kept rows with weights w + delta, delta a fresh secret parity
           check of the kept rows (``check_weights``, ||delta|| = ||w||): the real part is
           the sum, the imaginary part checks every coordinate (``_recover`` with ``rng``);
-       d. (skipped when the recovery is too amplified, see step 5, or 2s rows are bad)
+       d. (skipped when the recovery is too amplified, see step 5, or 2s rows are bad;
+          the weights are those of step 5)
           accept if the result is finite and the check's lanes are within config.factor
           noise units: noise unit = relative_noise(d) x the median row level on the SAMPLE
           x ||w + delta|| (a row's projection grows with the coordinates it covers, so the
@@ -980,11 +1015,13 @@ def decode_cyclic(
     3. Full path: project every usable payload on a fresh secret random vector over all
        coordinates (``project_rows``); non-finite projections (NaN/Inf) are erasures.
     4. Locate the liars (``locate_cyclic``: PGZ locator, refits, self-check).
-    5. Recovery weights over all presumed-honest rows (``recovery_weights``). Refuse when
-       the expected relative error (``_expected_error``: payload rounding x sqrt(n) ||w||
-       plus the weights' own error) exceeds config.max_error: the bad rows cluster on the
-       circle (complex128 payloads decode most such patterns). Then one pass over the
-       payloads: gradient = Re(sum_j w_j y_j) (``_recover``).
+    5. Recovery weights over all presumed-honest rows (``_weights``: the float64
+       minimum-norm ones, or, when the bad rows cluster on the circle, regularised ones
+       computed in long double). Refuse when the expected relative error
+       (``_expected_error``: payload rounding x sqrt(n) ||w|| plus the weights' own error)
+       still exceeds config.max_error: the payload precision cannot pin the sum down
+       (complex128 payloads decode most such patterns). Then one pass over the payloads:
+       gradient = Re(sum_j w_j y_j) (``_recover``).
     6. Check the result is finite.
 
     Raises
@@ -1022,13 +1059,9 @@ def decode_cyclic(
         if len(erasures) <= 2 * s:
             loc = locate_cyclic(nodes, s, usable, erasures, config, config.relative_noise(d))
             bad = sorted(erasures | loc.excluded)
-            w = recovery_weights(nodes, s, bad)
-            if (
-                loc.within_budget
-                and loc.residual <= config.factor
-                and len(bad) < 2 * s
-                and _expected_error(w, s, nodes, config) <= config.max_error
-            ):
+            located = loc.within_budget and loc.residual <= config.factor and len(bad) < 2 * s
+            w, expected = _weights(nodes, s, bad, config) if located else (None, np.inf)
+            if w is not None and expected <= config.max_error:
                 omega = w + check_weights(nodes, s, bad, rng, float(np.linalg.norm(w)))
                 kept = {j: arrays[j] for j in usable if j not in bad}
                 gradient, check = _recover(kept, omega, d, rng)
@@ -1061,8 +1094,7 @@ def decode_cyclic(
         )
     # Step 5.
     bad = sorted(erasures | loc.excluded)
-    w = recovery_weights(nodes, s, bad)
-    expected = _expected_error(w, s, nodes, config)
+    w, expected = _weights(nodes, s, bad, config)
     if expected > config.max_error:
         tip = (
             ", or run the cyclic code with payload_dtype='complex128' or 'auto'"
@@ -1091,18 +1123,160 @@ def _level(z: Mapping[int, np.ndarray]) -> float:
 
 
 def _expected_error(w: np.ndarray, s: int, nodes: np.ndarray, config: CyclicDecoderConfig) -> float:
-    """Expected relative error of the sum recovered with weights w.
+    """Expected relative error of the sum recovered with weights w (complex128, as used).
 
     Two parts: payload rounding, config.rounding x sqrt(n) ||w||_2; and the weights' own
     error, ||r||_2 with r_t = sum_j w_j x_j^t - [t == 0], t = 0..n-2s-1 (w^T c = p(0) for
     every codeword iff r = 0; the sum is off by sum_t r_t a_t for the codeword's
-    coefficients a_t). The second is negligible unless the bad nodes cluster so tightly
-    that the small system of ``recovery_weights`` is singular in float64: e.g. 74 adjacent
-    bad nodes at n = 99, s = 37 leave ||r|| = 4.9e-5 and a measured error of 1.5e-5 even
-    with complex128 payloads.
+    coefficients a_t, which the model takes to be of the sum's size). r is evaluated in
+    extended precision (``np.clongdouble``): in float64 its own rounding, about
+    1e-16 x ||w||_1, would swamp it once ||w|| passes 1e9. The second part matters when
+    the bad nodes cluster so tightly that the float64 small system of ``recovery_weights``
+    is singular: e.g. 74 adjacent bad nodes at n = 99, s = 37 leave ||r|| = 4.9e-5 (a
+    measured error of 1.5e-5 with complex128 payloads); ``_regularised_weights`` then does
+    better.
     """
     n = w.size
-    t = np.arange(n - 2 * s)
-    r = (nodes[None, :] ** t[:, None]) @ w
-    r[0] -= 1.0
-    return config.rounding * float(np.sqrt(n) * np.linalg.norm(w)) + float(np.linalg.norm(r))
+    powers = node_powers(nodes, np.arange(n - 2 * s), extended=True)
+    r = powers @ w.astype(powers.dtype)
+    r[0] -= 1
+    rounding = config.rounding * float(np.sqrt(n) * np.linalg.norm(w))
+    return rounding + float(np.sqrt(np.sum(np.abs(r) ** 2)))
+
+
+#: pi to 36 digits, parsed into the platform's long double (80-bit on x86-64 Linux:
+#: eps 1.1e-19; on platforms where long double is double the extended path gains nothing).
+_PI_EXTENDED = np.longdouble("3.14159265358979323846264338327950288")
+#: ``_weights`` tries the extended-precision weights once the float64 ones are expected to
+#: be off by more than this fraction of config.max_error (1e-6 by default: the issue's
+#: accuracy goal).
+_REFINE_FRACTION = 0.1
+#: Tikhonov parameters tried by ``_regularised_weights``, in units of rounding x n (the
+#: balance point of the two parts of ``_expected_error``). Measured, 2s adjacent
+#: erasures (n, s) = (70, 25), (99, 37), (100, 35), (100, 44), (128, 42): the best of
+#: 10^-3..10^3 was always one of 10^-1, 10^0, 10^1.
+_TIKHONOV_GRID = (0.1, 1.0, 10.0)
+
+
+def extended_roots(k: np.ndarray, n: int) -> np.ndarray:
+    """exp(-2 pi i k / n) in long double (np.clongdouble), same shape as the integers k."""
+    theta = -2 * _PI_EXTENDED * np.mod(k, n).astype(np.longdouble) / n
+    out: np.ndarray = np.cos(theta) + 1j * np.sin(theta)
+    return out
+
+
+def node_powers(nodes: np.ndarray, exponents: np.ndarray, extended: bool = False) -> np.ndarray:
+    """P[i, j] = x_j^t_i for the exponents t_i, shape (len(exponents), n), rounded once.
+
+    ``nodes`` are all n nodes x_j = exp(-2 pi i k_j / n) of a code. x_j^t is the root of
+    unity of index k_j t mod n, looked up instead of raised to a power: a float64 power
+    of the rounded node is off by about t x 1e-16 (1e-14 at t = 126), and the code itself
+    is exact to one rounding (``codes.window_coefficients``), so the decoder's parity
+    checks must be too. ``extended``: in long double (``extended_roots``).
+    """
+    n = nodes.size
+    k = np.mod(np.round(-np.angle(nodes) * n / (2 * np.pi)).astype(np.int64), n)
+    index = np.outer(np.asarray(exponents, dtype=np.int64), k) % n
+    if extended:
+        return extended_roots(index, n)
+    roots: np.ndarray = np.exp(-2j * np.pi * np.arange(n) / n)  # as codes.circle_nodes
+    return roots[index]
+
+
+def _householder_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """argmin ||a x - b||_2 for a tall full-rank a (m, k), in a's own dtype (any precision).
+
+    Householder QR (backward stable), written out because LAPACK has no long double.
+    Cost O(m k^2) numpy operations on (m, k) slices: 30-100 ms for k = 2s <= 126.
+    """
+    a = a.copy()
+    b = b.copy()
+    k = a.shape[1]
+    for j in range(k):
+        col = a[j:, j]
+        norm = np.sqrt(np.sum(np.abs(col) ** 2))
+        if norm == 0:
+            continue
+        v = col.copy()
+        v[0] += (col[0] / abs(col[0]) if col[0] != 0 else 1) * norm  # no cancellation
+        v /= np.sqrt(np.sum(np.abs(v) ** 2))
+        a[j:, j:] -= 2 * np.outer(v, v.conj() @ a[j:, j:])
+        b[j:] -= 2 * v * (v.conj() @ b[j:])
+    x = np.zeros(k, dtype=a.dtype)
+    for j in range(k - 1, -1, -1):
+        x[j] = (b[j] - a[j, j + 1 :] @ x[j + 1 :]) / a[j, j]
+    return x
+
+
+def _regularised_weights(
+    nodes: np.ndarray, s: int, bad: Sequence[int], config: CyclicDecoderConfig
+) -> tuple[np.ndarray, float]:
+    """Recovery weights computed in long double with Tikhonov regularisation.
+
+    For bad nodes clustered on the circle the small system of ``recovery_weights`` is
+    singular in float64, and the exact weights may be huge (2s adjacent erasures: sqrt(n)
+    ||w|| up to 2e17 at n = 128, so that complex128 payload rounding alone would cost a
+    relative error of 6). The best weights trade the two parts of ``_expected_error``.
+
+    Steps
+    -----
+    1. A[m, q] = x_m^q for m in bad, q = 1..2s, in long double (``node_powers``).
+    2. For each lambda = g x config.rounding x n, g in _TIKHONOV_GRID: beta minimises
+       ||A beta + 1/n||^2 + lambda^2 ||beta||^2 (``_householder_lstsq`` on [A; lambda I]),
+       w = 1/n + sum_q beta_q x^q, w_bad = 0, rounded to complex128.
+    3. Keep the w with the smallest ``_expected_error`` (evaluated on the rounded weights).
+
+    Measured (2s adjacent erasures, expected error float64 -> this; 40-digit optimum of
+    the same model with mpmath): (70, 25) 1.1e-5 -> 5.7e-8; (99, 37) 4.9e-5 -> 3.5e-6
+    (3.3e-6); (100, 35) 1.4e-5 -> 1.2e-6 (1.2e-6); (100, 44) 2.7e-5 -> 1.3e-7.
+
+    Returns
+    -------
+    w : ndarray, shape (n,), complex128
+    expected : float
+        Its ``_expected_error``.
+    """
+    n = nodes.size
+    bad = list(bad)
+    gram = node_powers(nodes, np.arange(1, 2 * s + 1), extended=True)  # (2s, n)
+    a = gram[:, bad].T
+    rhs = np.concatenate([np.full(len(bad), -1 / np.longdouble(n)), np.zeros(2 * s)])
+    best: tuple[np.ndarray, float] | None = None
+    for g in _TIKHONOV_GRID:
+        lam = np.longdouble(g * config.rounding * n)
+        beta = _householder_lstsq(
+            np.concatenate([a, lam * np.eye(2 * s, dtype=a.dtype)]), rhs.astype(a.dtype)
+        )
+        w = (1 / np.longdouble(n) + beta @ gram).astype(np.complex128)
+        w[bad] = 0.0
+        expected = _expected_error(w, s, nodes, config)
+        if best is None or expected < best[1]:
+            best = (w, expected)
+    assert best is not None
+    return best
+
+
+def _weights(
+    nodes: np.ndarray, s: int, bad: Sequence[int], config: CyclicDecoderConfig
+) -> tuple[np.ndarray, float]:
+    """Recovery weights without the ``bad`` rows and their expected relative error.
+
+    The float64 minimum-norm weights (``recovery_weights``, microseconds) unless they are
+    expected to be off by more than _REFINE_FRACTION x config.max_error; then the better
+    of them and the extended-precision ``_regularised_weights`` (0.1-0.3 s, cached per
+    pattern: a worker that stays away keeps its erasure pattern from round to round).
+    """
+    w = recovery_weights(nodes, s, bad)
+    expected = _expected_error(w, s, nodes, config)
+    if expected > _REFINE_FRACTION * config.max_error and bad:
+        w2, expected2 = _cached_regularised(nodes.tobytes(), s, tuple(sorted(bad)), config)
+        if expected2 < expected:
+            return w2.copy(), expected2
+    return w, expected
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_regularised(
+    node_bytes: bytes, s: int, bad: tuple[int, ...], config: CyclicDecoderConfig
+) -> tuple[np.ndarray, float]:
+    return _regularised_weights(np.frombuffer(node_bytes, dtype=np.complex128), s, bad, config)
