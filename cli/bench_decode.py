@@ -51,6 +51,7 @@ from draco.errors import DracoError
 DEFAULT_ADVERSARIES = (1, 3, 5)
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 CODES = ("repetition", "cyclic")
+_SETTLE = 0.25
 ATTACK = "constant"
 
 
@@ -94,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls after one untimed warm-up call."""
+    """Median wall time of ``repeats`` calls after a pause and one untimed warm-up call.
+
+    The pause (_SETTLE seconds) lets OpenBLAS's worker threads stop spinning after the
+    previous measurement's BLAS calls: measured, a spinning worker slowed the next
+    ``X.mean`` from 6.3 to 16 ms on the 2-core machine (which would flatter every ratio).
+    """
+    time.sleep(_SETTLE)
     fn()
     times = []
     for _ in range(repeats):

@@ -41,6 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from draco.core.blas_threads import single_blas_thread
 from draco.core.decoding import (
     CyclicDecoderConfig,
     DecodeResult,
@@ -280,7 +281,13 @@ def gap_amplification(n: int, s: int, stride: int, out: int | None = None) -> fl
     payloads reaches the decoded sum multiplied by about this factor. Adjacent DFT nodes
     (a gap in the circle) are the worst placement; it grows quickly with the gap: s out,
     3.3 at n=45, s=5; 12 at n=100, s=10; 140 at n=127, s=21. 2s out: 347 at n=45, s=5;
-    6.4e4 at n=45, s=10; 4.2e10 at most for n <= 128.
+    6.4e4 at n=45, s=10.
+
+    These are the float64 minimum-norm weights of ``recovery_weights``. Where the gap is
+    so long that their small system is singular in float64 (2s out, beyond about 1e8) they
+    are implicitly regularised and smaller than the exact weights (which are unique with
+    2s out: sqrt(n) ||w|| up to 2e17 at n = 128, s = 42); the decoder then uses
+    ``decoding._weights``. The dtype rule only compares values <= 450, where both agree.
     """
     from draco.core.decoding import recovery_weights
 
@@ -553,10 +560,13 @@ class CyclicCode:
         """Syndrome decoding with a fresh secret projection; see ``decode_cyclic``.
 
         ``rng`` draws the projection (tests pass a seeded one); None = fresh OS entropy.
+        Runs on one OpenBLAS thread (``draco.core.blas_threads``: threaded gemv's stall on
+        shared cores; the decode is memory-bound).
         """
-        return decode_cyclic(
-            self.nodes, self.n_adversaries, self.payload_dtype, received, rng, self.decoder
-        )
+        with single_blas_thread():
+            return decode_cyclic(
+                self.nodes, self.n_adversaries, self.payload_dtype, received, rng, self.decoder
+            )
 
 
 def make_code(name: str, n_workers: int, n_adversaries: int, **options: Any) -> Code:
