@@ -641,7 +641,14 @@ def locate_cyclic(
           them (``_fit_outside``), down to tau rows;
        c. greedy: start from no suspect, repeatedly add the kept row with the largest
           standardised misfit until the kept rows are consistent;
-       d. only if a-c give no consistent candidate: every arc of tau nodes consecutive on
+       d. peel: the tau rows of a treated as erasures, PGZ again for the
+          floor((2s - e - tau) / 2) liars that budget leaves, then b's put-back down to tau
+          rows (liars next to a long erased arc, |Gamma| ~ 1e-11, are swamped in the first
+          syndromes by the visible liars: n = 123, s = 42, 42 adjacent erasures + 21
+          liars, a held 17 of them and no refinement found the rest); then the same with
+          as many rounds as the budget allows (n = 127, s = 48, 48 adjacent erasures +
+          24 liars, 7 of them at the arc's ends: 17, 23, 24 found after 1, 2, 3 rounds);
+       e. only if a-d give no consistent candidate: every arc of tau nodes consecutive on
           the circle (liars adjacent on the circle are the ill-conditioned case), the most
           consistent one.
     3. Refine each candidate by concentration steps (as in least trimmed squares): refit
@@ -760,23 +767,26 @@ def locate_cyclic(
             sus = [sus[int(i)] for i in keep]
         return sus
 
-    def peel(sus: list[int]) -> list[int]:
+    def peel(sus: list[int], rounds: int) -> list[int]:
         # Treat the suspects as erasures and locate again with the budget they leave
         # (liars next to a long erased arc are swamped in the first syndromes by the
-        # visible ones), then put back down to tau rows (backward).
-        rest = [i for i in range(len(clean)) if i not in set(sus)]
-        more = (2 * s - eps - len(sus)) // 2
-        if more <= 0 or not rest:
-            return sus
-        ranked2 = _pgz_ranking(
-            nodes[[clean[i] for i in rest]],
-            g[:, rest],
-            zs[rest],
-            nodes[known + [clean[i] for i in sus]],
-            s,
-            more,
-        )
-        return backward(sus + [rest[int(i)] for i in ranked2[:more]])
+        # visible ones), up to ``rounds`` times, then put back down to tau rows (backward).
+        for _ in range(rounds):
+            taken = set(sus)
+            rest = [i for i in range(len(clean)) if i not in taken]
+            more = (2 * s - eps - len(sus)) // 2
+            if more <= 0 or not rest:
+                break
+            again = _pgz_ranking(
+                nodes[[clean[i] for i in rest]],
+                g[:, rest],
+                zs[rest],
+                nodes[known + [clean[i] for i in sus]],
+                s,
+                more,
+            )
+            sus = sus + [rest[int(i)] for i in again[:more]]
+        return backward(sus)
 
     # Step 2, built lazily: most decodes are settled by the first candidate (step 4).
     starts: list[Callable[[], list[int]]] = []
@@ -788,7 +798,8 @@ def locate_cyclic(
     if tau > 0 and clean:
         starts.append(greedy)
     if wide > tau > 0 and clean:
-        starts.append(lambda: peel([int(i) for i in ranked[:tau]]))
+        starts.append(lambda: peel([int(i) for i in ranked[:tau]], 1))
+        starts.append(lambda: peel([int(i) for i in ranked[:tau]], tau))
     if not starts:
         starts.append(list)
     # Step 4: the most consistent refined candidate; stop early at one within the noise.
@@ -801,7 +812,7 @@ def locate_cyclic(
             break
     assert chosen is not None
     if chosen[1].residual > config.factor and 0 < tau < len(clean):
-        # Step 2c. Liars adjacent on the circle are the ill-conditioned case for every
+        # Step 2e. Liars adjacent on the circle are the ill-conditioned case for every
         # locator above; try every arc of tau consecutive nodes as the suspect set.
         angle = np.mod(np.round(np.angle(nodes[clean]) * nodes.size / (2 * np.pi)), nodes.size)
         by_angle = np.argsort(angle, kind="stable")

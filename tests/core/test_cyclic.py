@@ -524,3 +524,26 @@ def test_liars_hidden_next_to_a_long_erased_arc_are_peeled_out() -> None:
     result = code.decode(received, rng=rng)
     assert rel_err(result.gradient, truth) <= 1e-6
     assert result.adversaries == frozenset(liars) and result.erasures == frozenset(erased)
+
+
+@pytest.mark.parametrize("projection_seed", range(4))
+def test_liars_at_both_ends_of_a_long_erased_arc_need_several_peeling_rounds(
+    projection_seed: int,
+) -> None:
+    """n = 127, s = 48: 48 adjacent erasures (nodes 4..51) + 24 liars, seven of them at the
+    arc's ends (nodes 0, 2, 3, 52, 55, 56, 125). Peeling found 17, 23, 24 of them after 1,
+    2, 3 rounds; with one round the decode failed for some projection seeds."""
+    n, s = 127, 48
+    code = cyclic(n, s)
+    truth, honest, _ = setup(code, 67, 11)
+    at = [*(0, 2, 3, 52, 55, 56, 59, 60, 63, 67, 68, 70, 73, 75, 77, 79, 82, 84, 91, 104)]
+    at += [112, 118, 120, 125]
+    liars = [adjacent_workers(n, code.stride, 1, p)[0] for p in at]
+    erased = adjacent_workers(n, code.stride, 48, 4)
+    rng = np.random.default_rng(projection_seed)
+    received = {j: v for j, v in honest.items() if j not in erased}
+    for j in liars:
+        received[j] = lie("reverse", j, honest, rng, honest[j])
+    result = code.decode(received, rng=rng)
+    assert rel_err(result.gradient, truth) <= 1e-6
+    assert result.adversaries == frozenset(liars) and result.erasures == frozenset(erased)
