@@ -85,6 +85,23 @@ def lie(
     return own.astype(np.complex128 if dt == np.complex64 else np.complex64)  # "dtype"
 
 
+def assert_exact_with_reverse_liars(
+    code: CyclicCode,
+    truth: np.ndarray,
+    honest: dict[int, np.ndarray],
+    rng: np.random.Generator,
+    erased: list[int],
+    liars: list[int],
+) -> None:
+    """Erase ``erased``, let ``liars`` send -100 x their payload: exact sum, exact sets."""
+    received = {j: v for j, v in honest.items() if j not in erased}
+    for j in liars:
+        received[j] = lie("reverse", j, honest, rng, honest[j])
+    result = code.decode(received, rng=rng)
+    assert rel_err(result.gradient, truth) <= 1e-6
+    assert result.adversaries == frozenset(liars) and result.erasures == frozenset(erased)
+
+
 def test_encoding_identities() -> None:
     code = cyclic(15, 3)
     n, s = 15, 3
@@ -445,12 +462,7 @@ def test_errors_and_many_adjacent_erasures_at_the_budget(seed: int) -> None:
     erased = adjacent_workers(90, code.stride, 40, int(rng.integers(90)))
     pool = [j for j in range(90) if j not in erased]
     liars = [int(j) for j in rng.choice(pool, 19, replace=False)]
-    received = {j: v for j, v in honest.items() if j not in erased}
-    for j in liars:
-        received[j] = lie("reverse", j, honest, rng, honest[j])
-    result = code.decode(received, rng=rng)
-    assert rel_err(result.gradient, truth) <= 1e-6
-    assert result.adversaries == frozenset(liars) and result.erasures == frozenset(erased)
+    assert_exact_with_reverse_liars(code, truth, honest, rng, erased, liars)
 
 
 def test_every_row_is_one_exactly_rounded_rotation() -> None:
@@ -518,12 +530,7 @@ def test_liars_hidden_next_to_a_long_erased_arc_are_peeled_out() -> None:
     erased = adjacent_workers(n, code.stride, 42, 102)
     pool = [j for j in range(n) if j not in erased]
     liars = [int(j) for j in np.random.default_rng([0, n, s]).choice(pool, 21, replace=False)]
-    received = {j: v for j, v in honest.items() if j not in erased}
-    for j in liars:
-        received[j] = lie("reverse", j, honest, rng, honest[j])
-    result = code.decode(received, rng=rng)
-    assert rel_err(result.gradient, truth) <= 1e-6
-    assert result.adversaries == frozenset(liars) and result.erasures == frozenset(erased)
+    assert_exact_with_reverse_liars(code, truth, honest, rng, erased, liars)
 
 
 @pytest.mark.parametrize("projection_seed", range(4))
@@ -541,9 +548,4 @@ def test_liars_at_both_ends_of_a_long_erased_arc_need_several_peeling_rounds(
     liars = [adjacent_workers(n, code.stride, 1, p)[0] for p in at]
     erased = adjacent_workers(n, code.stride, 48, 4)
     rng = np.random.default_rng(projection_seed)
-    received = {j: v for j, v in honest.items() if j not in erased}
-    for j in liars:
-        received[j] = lie("reverse", j, honest, rng, honest[j])
-    result = code.decode(received, rng=rng)
-    assert rel_err(result.gradient, truth) <= 1e-6
-    assert result.adversaries == frozenset(liars) and result.erasures == frozenset(erased)
+    assert_exact_with_reverse_liars(code, truth, honest, rng, erased, liars)
