@@ -694,6 +694,8 @@ def locate_cyclic(
     fail = _Location(frozenset(aside), frozenset(aside), np.inf, False)
     if eps > 2 * s:
         return fail
+    if s == 0:  # no parity check: nothing to locate, nothing to verify (eps == 0 here)
+        return _Location(frozenset(), frozenset(), 0.0, True)
     tau = (2 * s - eps) // 2
     aside_set = set(aside)
     clean = [j for j in usable if j not in aside_set]

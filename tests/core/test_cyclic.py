@@ -549,3 +549,18 @@ def test_liars_at_both_ends_of_a_long_erased_arc_need_several_peeling_rounds(
     erased = adjacent_workers(n, code.stride, 48, 4)
     rng = np.random.default_rng(projection_seed)
     assert_exact_with_reverse_liars(code, truth, honest, rng, erased, liars)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_no_adversaries_decodes_every_worker_and_refuses_a_missing_one(n: int) -> None:
+    """s = 0 (make_code allows it): no parity check, the sum of all n rows / n; one
+    missing row is beyond the budget (the locator used to raise IndexError here)."""
+    code = cyclic(n, 0)
+    truth, honest, rng = setup(code, 9, n)
+    result = code.decode(honest, rng=rng)
+    assert rel_err(result.gradient, truth) <= 1e-6 and not result.adversaries
+    assert code.ready(honest)
+    partial = {j: v for j, v in honest.items() if j != 0}
+    assert not code.ready(partial)
+    with pytest.raises(DecodeError):
+        code.decode(partial, rng=rng)
