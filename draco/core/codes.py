@@ -51,6 +51,7 @@ from draco.core.decoding import (
     locate_cyclic,
     project_rows,
     repetition_ready,
+    roots_of_unity,
 )
 from draco.errors import ConfigError, DecodeError
 
@@ -260,7 +261,8 @@ def window_condition(n: int, s: int, stride: int) -> float:
 
 def circle_nodes(n: int, stride: int) -> np.ndarray:
     """x_j = exp(-2 pi i a j / n) for every worker j (a = ``stride``), shape (n,), complex128."""
-    return np.exp(-2j * np.pi * ((stride * np.arange(n)) % n) / n)
+    nodes: np.ndarray = roots_of_unity(n)[(stride * np.arange(n)) % n]
+    return nodes
 
 
 def adjacent_workers(n: int, stride: int, count: int, first: int = 0) -> list[int]:

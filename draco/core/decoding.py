@@ -44,6 +44,7 @@ __all__ = [
     "project_rows",
     "recovery_weights",
     "repetition_ready",
+    "roots_of_unity",
 ]
 
 
@@ -1171,6 +1172,13 @@ _REFINE_FRACTION = 0.1
 _TIKHONOV_GRID = (0.1, 1.0, 10.0)
 
 
+def roots_of_unity(n: int) -> np.ndarray:
+    """exp(-2 pi i m / n) for m = 0..n-1, shape (n,), complex128: the one table every node
+    and node power of a code is read from (``codes.circle_nodes``, ``node_powers``)."""
+    roots: np.ndarray = np.exp(-2j * np.pi * np.arange(n) / n)
+    return roots
+
+
 def extended_roots(k: np.ndarray, n: int) -> np.ndarray:
     """exp(-2 pi i k / n) in long double (np.clongdouble), same shape as the integers k."""
     theta = -2 * _PI_EXTENDED * np.mod(k, n).astype(np.longdouble) / n
@@ -1190,10 +1198,10 @@ def node_powers(nodes: np.ndarray, exponents: np.ndarray, extended: bool = False
     n = nodes.size
     k = np.mod(np.round(-np.angle(nodes) * n / (2 * np.pi)).astype(np.int64), n)
     index = np.outer(np.asarray(exponents, dtype=np.int64), k) % n
-    if extended:
-        return extended_roots(index, n)
-    roots: np.ndarray = np.exp(-2j * np.pi * np.arange(n) / n)  # as codes.circle_nodes
-    return roots[index]
+    # n distinct values whatever the exponents: evaluate each root once, then look up.
+    roots = extended_roots(np.arange(n), n) if extended else roots_of_unity(n)
+    out: np.ndarray = roots[index]
+    return out
 
 
 def _householder_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
