@@ -12,9 +12,10 @@ For every s in ``--adversaries`` (default 1 3 5), with s liars actually present 
    float32. Time ``X.mean(axis=0)`` (``numpy_mean``, the reference) and every rule of
    ``draco.core.aggregators`` with f = s (bulyan only where n >= 4s+3).
 3. Repetition and cyclic codes (``draco.core.codes.make_code``): every worker really encodes
-   its partitions with ``code.encode``; the liars' payloads are attacked; time
-   ``code.decode(received)`` and check it against the true sum (relative error, liars
-   located).
+   its partitions with ``code.encode``; the liars' payloads are attacked, once per lie family
+   of ``--families`` (``draco.core.lies``; default the constant attack and the cyclic
+   decoder's slowest family, ``SLOWEST``); time ``code.decode(received)`` and check it
+   against the true sum (relative error, liars located).
 
 ``seconds`` is the median of ``--repeats`` timed runs (after one untimed warm-up run);
 ``ratio_to_mean`` divides it by ``numpy_mean``'s median at the same s, measured in the same
@@ -53,6 +54,9 @@ _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 CODES = ("repetition", "cyclic")
 _SETTLE = 0.25
 ATTACK = "constant"
+#: The lie family that cost the cyclic decoder the most time in ``draco-bench adversary``
+#: (benchmarks/results.md): liars adjacent... see there.
+SLOWEST = "sparse1_each"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -84,6 +88,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeats", type=int, default=5, help="timed runs per method; median reported (5)"
     )
     parser.add_argument("--seed", type=int, default=0, help="data and liar seed (default 0)")
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        default=[f"attack:{ATTACK}", SLOWEST],
+        metavar="FAMILY",
+        help=f"lie families the codes are timed against (default attack:{ATTACK} {SLOWEST})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -148,6 +159,11 @@ def _check(args: argparse.Namespace) -> str | None:
     bad = [s for s in args.adversaries if s < 1 or 2 * s + 1 > args.workers]
     if bad:
         return f"--adversaries {bad}: each s needs 1 <= s and 2s+1 <= --workers ({args.workers})"
+    from draco.core.lies import LIE_FAMILIES
+
+    unknown = sorted(set(args.families) - set(LIE_FAMILIES))
+    if unknown:
+        return f"unknown --families {unknown}; choose from {', '.join(LIE_FAMILIES)}"
     return None
 
 
@@ -158,24 +174,23 @@ def _bench_codes(
     s: int,
     repeats: int,
     seed: int,
+    families: list[str],
 ) -> list[dict[str, Any]]:
-    """Encode for real, attack, time ``decode`` for both DRACO codes."""
+    """Encode for real, attack with each lie family, time ``decode`` for both DRACO codes."""
+    from draco.core.lies import apply_lie
+
     n = grads.shape[0]
     truth = grads.sum(axis=0, dtype=np.float64)
-    attack = make_attack(ATTACK)
     out = []
-    for name in CODES:
-        entry: dict[str, Any] = {"method": f"{name}_decode", "adversaries": s}
+    for name, family in ((name, family) for name in CODES for family in families):
+        entry: dict[str, Any] = {"method": f"{name}_decode", "adversaries": s, "family": family}
         try:
             code = make_code(name, n, s)
-            received: dict[int, np.ndarray] = {}
-            for j in range(n):
-                payload = code.encode(j, grads[list(code.partitions_of(j))])
-                if j in liars:
-                    payload = attack.apply(
-                        payload, rng=np.random.default_rng(seed), n_workers=n, n_adversaries=s
-                    )
-                received[j] = payload
+            honest = {j: code.encode(j, grads[list(code.partitions_of(j))]) for j in range(n)}
+            received = apply_lie(
+                family, code, honest, [int(j) for j in liars], np.random.default_rng(seed)
+            )
+            del honest
             result = code.decode(received, rng=np.random.default_rng([seed, s]))
             err = float(np.linalg.norm(result.gradient - truth) / np.linalg.norm(truth))
             decode_rng = np.random.default_rng([seed, s, 1])
@@ -237,7 +252,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             }
         ]
         mean_seconds = rows[0]["seconds"]
-        rows += _bench_codes(make_code, grads, liars, s, args.repeats, args.seed)  # step 3
+        rows += _bench_codes(
+            make_code, grads, liars, s, args.repeats, args.seed, list(args.families)
+        )  # step 3
         rows += _bench_aggregators(X, s, args.repeats)
         del X
         for row in rows:
@@ -254,6 +271,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "repeats": args.repeats,
             "seed": args.seed,
             "attack": ATTACK,
+            "families": list(args.families),
             "liars": liar_sets,
             "timing": "median of repeats after one warm-up; ratio_to_mean vs numpy_mean at "
             "the same s",
@@ -281,8 +299,8 @@ def _table(report: dict[str, Any]) -> str:
         notes = r.get("error", "")
         if "relative_error" in r:
             notes = (
-                f"rel.err {r['relative_error']:.1e}, liars located: {r['liars_located']}, "
-                f"payload {r['payload_dtype']}"
+                f"{r['family']}: rel.err {r['relative_error']:.1e}, liars located: "
+                f"{r['liars_located']}, payload {r['payload_dtype']}"
             )
         lines.append(f"{r['adversaries']:>2}  {r['method']:<20} {sec:>10} {ratio:>8}  {notes}")
     lines.append(f"peak RSS {report['peak_rss_mb']:.0f} MB, total {report['total_seconds']:.1f} s")

@@ -24,6 +24,8 @@ alie          mean(H) - z(n, s) * std(H)                        honest payloads 
 ipm           -eps * mean(H) (default eps 0.1)                  honest payloads H
 label_flip    own, computed on labels y -> C-1-y                own data
 colluding     scale * median(H) (default -1), same on all       honest payloads H
+sparse        own + value on ``count`` coordinates (default     own payload
+              +50 on 5, the same coordinates on every liar)
 ============  ================================================  ========================
 """
 
@@ -48,6 +50,7 @@ ATTACKS: tuple[str, ...] = (
     "ipm",
     "label_flip",
     "colluding",
+    "sparse",
 )
 
 
@@ -385,9 +388,44 @@ class Colluding(Attack):
         return _from_real(self.scale * np.asarray(med, dtype=np.float64), own)
 
 
+@dataclass(frozen=True)
+class Sparse(Attack):
+    """Add ``value`` to ``count`` coordinates of the honest payload, leave the rest honest.
+
+    payload = own + value * 1_C, |C| = count (real part for complex payloads). ``shared``
+    (default): C is the same on every liar (drawn from a generator seeded by the payload
+    length, so colluders agree without talking); otherwise each liar draws its own from
+    ``rng``. A lie that touches a few coordinates hides from any check that samples
+    coordinates, and lands in few lanes of a projection: it broke the cyclic decoder's
+    first design (issue 9). Knows: its own honest payload.
+    """
+
+    name: ClassVar[str] = "sparse"
+    count: int = 5
+    value: float = 50.0
+    shared: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise ConfigError(f"sparse: count must be an integer >= 1, got {self.count!r}")
+        object.__setattr__(self, "value", _finite(self.value, "sparse: value"))
+        if not isinstance(self.shared, bool):
+            raise ConfigError(f"sparse: shared must be true or false, got {self.shared!r}")
+
+    def _craft(
+        self, own: np.ndarray, rng: np.random.Generator, honest: Any, n: int, s: int
+    ) -> np.ndarray:
+        d = own.shape[0]
+        pick = np.random.default_rng(d) if self.shared else rng
+        coords = pick.choice(d, size=min(d, self.count), replace=False)
+        out = own.copy()
+        (out.real if np.iscomplexobj(out) else out)[coords] += self.value
+        return out
+
+
 _CLASSES: dict[str, type[Attack]] = {
     cls.name: cls
-    for cls in (Constant, Reverse, Gaussian, SignFlip, Alie, Ipm, LabelFlip, Colluding)
+    for cls in (Constant, Reverse, Gaussian, SignFlip, Alie, Ipm, LabelFlip, Colluding, Sparse)
 }
 assert tuple(_CLASSES) == ATTACKS
 

@@ -465,12 +465,7 @@ class CyclicCode:
         self.payload_dtype = np.dtype(payload_dtype)
         self.options: dict[str, Any] = {"stride": stride, "payload_dtype": payload_dtype}
         if decoder is None:
-            if self.payload_dtype == np.complex64:
-                decoder = CyclicDecoderConfig()
-            else:  # float64 accumulation of complex128 payloads
-                decoder = CyclicDecoderConfig(
-                    noise_floor=1e-15, noise_growth=1e-16, min_scale=1.0, rounding=3e-17
-                )
+            decoder = CyclicDecoderConfig.for_dtype(self.payload_dtype, s)
         self.decoder = decoder
         self.nodes = circle_nodes(n, stride)
         self.assignment = np.zeros((n, n), dtype=bool)
@@ -541,13 +536,12 @@ class CyclicCode:
         if len(arrays) != len(present) or len({a.size for a in arrays.values()}) != 1:
             return False
         d = next(iter(arrays.values())).size
-        z = project_rows(arrays, d, np.random.default_rng())
-        if not all(np.isfinite(v).all() for v in z.values()):
+        proj = project_rows(arrays, d, np.random.default_rng())
+        if len(proj.finite().z) != len(proj.z):
             return False
         try:
             missing_ids = frozenset(set(range(n)) - set(present))
-            noise = self.decoder.relative_noise(d)
-            loc = locate_cyclic(self.nodes, s, z, missing_ids, self.decoder, noise)
+            loc = locate_cyclic(self.nodes, s, proj, missing_ids, self.decoder)
         except DecodeError:
             return False
         return (

@@ -34,6 +34,7 @@ from draco.errors import DecodeError
 __all__ = [
     "CyclicDecoderConfig",
     "DecodeResult",
+    "Projections",
     "bitwise_equal",
     "check_weights",
     "decode_cyclic",
@@ -294,17 +295,22 @@ def decode_repetition(
 # Cyclic code: secret projection, errors-and-erasures location, least-squares recovery
 # ---------------------------------------------------------------------------------------------
 
-#: Coordinates per float32 partial dot product in ``project_rows``; partials are summed in
-#: float64. Bounds the float32 accumulation error (measured ~2e-6 relative at 2**15).
-_PROJECTION_CHUNK = 1 << 16
-#: Number of secret projections per decode (coordinates i = k mod K go to projection k).
-PROJECTIONS = 8
+#: Payload rows per float64 partial product in ``project_rows`` (rows of the (d/K, 2K) view):
+#: each chunk is cast to float64 in cache before the product, so the projection's own
+#: arithmetic adds about 1e-16 x sqrt(chunk) relative error, far below complex64 rounding.
+_PROJECTION_CHUNK = 1 << 10
+#: Lanes per projection weight vector: coordinate i goes to lane i mod PROJECTIONS.
+PROJECTIONS = 64
+#: Independent secret weight vectors per lane (every coordinate is seen by this many lanes,
+#: so a lie on one coordinate is missed only if all its weights are small: probability
+#: ~ eps**WEIGHTS instead of eps).
+WEIGHTS = 2
 #: Coordinates per block of the recovery pass (``_recover``): 40 complex64 rows of a block
 #: take 5 MB, staged once and read back from cache by the gemv. Measured at n = 45,
 #: d = 1,033,510 (whole pass): 4096: 24.6 ms, 8192: 21.2, 16384: 19.3, 32768: 24.3.
 _RECOVERY_BLOCK = 1 << 14
-#: Payloads with at least this many projection blocks are located on a secret random sample
-#: of 1 / _SAMPLE_FRACTION of the blocks; the recovery pass then verifies the kept rows on all
+#: Payloads with at least this many projection chunks are located on a secret random sample
+#: of 1 / _SAMPLE_FRACTION of the chunks; the recovery pass then checks the kept rows on all
 #: coordinates (``decode_cyclic``).
 _SAMPLE_MIN_BLOCKS = 8
 _SAMPLE_FRACTION = 8
@@ -315,31 +321,39 @@ _SAMPLE_FRACTION = 8
 #: n=57, s=20 (18): 1.3e-7 / 1.7e-7 / 1.7e-7. 256 keeps n = 45 in one gemv per block.
 _GROUP_BUDGET = 256.0
 #: A locator candidate whose kept rows fit within this many noise units ends the search
-#: (``locate_cyclic`` step 4; any candidate within config.factor = 50 is safe). Honest rows
-#: fit within 9 units in the measured sweep (complex128, n = 110); 1.0 sent most large-n
-#: decodes through every candidate search (0.75 s instead of 0.02 s at n = 110).
-_SETTLED = 10.0
+#: (``locate_cyclic`` step 4): honest rows fit within about 0.6 whitened units (the noise
+#: bound is about sqrt(3) above the rounding's actual spread). A candidate above it is
+#: refined by swaps (step 4b): a near-miss that keeps some liars (their lies absorbed by
+#: an ill-conditioned cluster of suspects) fits worse than the true set.
+_SETTLED = 1.0
+#: A candidate this many times past config.factor is not brought back by swapping one row at
+#: a time (``locate_cyclic`` step 5b): the lie kept in it is far outside the noise.
+_HOPELESS = 1e3
+#: Sets kept per size in the last-resort forward selection (``locate_cyclic`` step 4c).
+_BEAM = 16
 
 
 @dataclass(frozen=True)
 class CyclicDecoderConfig:
-    """Tolerances of the cyclic decoder.
+    """Tolerances of the cyclic decoder. Noise is measured, not guessed: see ``unit``.
 
     Attributes
     ----------
-    noise_floor, noise_growth : float
-        Relative noise of a projected honest payload, modelled as
-        noise_floor + noise_growth * sqrt(L) with L = min(ceil(d / K), chunk rows): payload
-        rounding plus the float32 accumulation inside one projection block. Calibrated on
-        honest payloads (docs/numerics.md): complex64 measured 8e-8 (d = 5) to 4.3e-6
-        (d = 3e5); the model gives 2.2e-7 to 2.8e-6 and ``factor`` covers the rest.
+    unit : float
+        Bound on the relative rounding error of one payload coordinate: the honest
+        projection z = sum_i r_i y_i (r_i uniform in [-1, 1)) is off from the exact codeword
+        by at most ``unit`` x sqrt(sum_i |y_i|^2 / 3) in standard deviation over the secret r
+        (``project_rows`` returns the sums of squares). complex64: 2**-24 (round to
+        nearest); complex128: ``for_dtype`` adds the float64 arithmetic of encoding and
+        projection.
     factor : float
-        Kept rows are consistent while their normalised residual is <= ``factor`` noise units.
+        Kept rows are consistent while their residual is <= ``factor`` noise units
+        (whitened: an honest component has standard deviation <= 1).
     clear_factor : float
         A suspect is named a liar when its projection deviates from the codeword predicted
-        by the kept rows by more than ``clear_factor`` standard deviations (prediction noise
-        plus its own; the noise unit is rescaled by the kept rows' measured residual, never
-        below 1/5 of the model). Otherwise it is not named.
+        by the kept rows by more than ``clear_factor`` x (its own noise bound + the
+        prediction's), in some lane. Between ``factor`` and this a suspect is left out of
+        the sum but not named.
     power : float
         A suspect that is not named goes back into the recovery only if its prediction is
         sharp (std <= ``power`` x the typical honest |z|) and the kept rows stay consistent;
@@ -348,13 +362,12 @@ class CyclicDecoderConfig:
     huge : float
         A projection more than ``huge`` x the (s+1)-th largest one is set aside before the
         locator runs (it would swamp the syndromes in float64); it is named a liar.
-    min_scale : float
-        The noise unit of step 5 of ``locate_cyclic`` follows the kept rows' measured
-        residual down to this fraction of the model, no lower. 0.2 for complex64 (the
-        model's float32 accumulation term is pessimistic at large d); 1.0 for complex128,
-        whose model (1e-15) is already within a few float64 roundings of the fit's own
-        arithmetic: with exactly rounded rows the residual measured 0.25 units while an
-        honest suspect's prediction was off by 2 (n = 23, s = 8), and 0.2 named it.
+    check_factor : float
+        The recovery pass's check (``_recover``) passes while its 2-norm is <=
+        ``check_factor`` x its noise bound (``check_unit`` x the kept rows' energy).
+    check_unit : float
+        Bound on the relative error of one coordinate of a weighted sum of payload rows in
+        the payload precision (rounding of the rows plus the gemv's accumulation).
     rounding : float
         Relative error of the decoded sum per unit of recovery amplification
         sqrt(n) ||w||_2 (payload rounding): 2.2e-8 for complex64, the largest measured
@@ -368,20 +381,57 @@ class CyclicDecoderConfig:
         the budget would hit this (``COMPLEX64_MAX_ERASURE_AMPLIFICATION``).
     """
 
-    noise_floor: float = 2e-7
-    noise_growth: float = 2e-8
-    factor: float = 50.0
-    clear_factor: float = 5.0
+    unit: float = 2.0**-24
+    factor: float = 8.0
+    clear_factor: float = 30.0
     power: float = 1e-3
     huge: float = 1e6
-    min_scale: float = 0.2
+    check_factor: float = 3.0
+    check_unit: float = 4 * 2.0**-24
     rounding: float = 2.2e-8
     max_error: float = 1e-5
 
-    def relative_noise(self, d: int) -> float:
-        """The relative noise level of a projection of d-coordinate payloads."""
-        rows = min(-(-d // PROJECTIONS), max(1, _PROJECTION_CHUNK // PROJECTIONS))
-        return self.noise_floor + self.noise_growth * float(np.sqrt(rows))
+    @classmethod
+    def for_dtype(cls, dtype: np.dtype, s: int) -> CyclicDecoderConfig:
+        """The defaults for payloads of ``dtype`` of a code with s adversaries.
+
+        complex128: the payload's own rounding (2**-53) is no longer the largest error; the
+        float64 encoding (2s+1 products with coefficients rounded once) and the float64
+        projection (sums of ``_PROJECTION_CHUNK`` products) add about (2s + 2) and
+        sqrt(chunk) units of 2**-53; the bound takes twice their sum.
+        """
+        if np.dtype(dtype) == np.complex64:
+            return cls()
+        eps = 2.0**-53
+        arithmetic = 2 * (2 * s + 2 + float(np.sqrt(_PROJECTION_CHUNK)))
+        return cls(unit=eps * arithmetic, check_unit=4 * eps * arithmetic, rounding=3e-17)
+
+
+@dataclass(frozen=True)
+class Projections:
+    """Secret projections of the payload rows and their measured noise.
+
+    Attributes
+    ----------
+    z : dict int -> ndarray, shape (L,), complex128
+        L = WEIGHTS x PROJECTIONS lanes: z[j][a K + k] = sum_m r^(a)_m y_j[m K + k].
+    energy : dict int -> ndarray, shape (L,), float64
+        sum of |y_j[i]|^2 over the coordinates of each lane: the noise basis (the rounding
+        of lane l of row j has standard deviation <= unit x sqrt(energy[j][l] / 3)).
+    coordinates : int
+        How many coordinates were projected (d, or fewer for a sample).
+    """
+
+    z: dict[int, np.ndarray]
+    energy: dict[int, np.ndarray]
+    coordinates: int
+
+    def finite(self) -> Projections:
+        """The rows whose projections are finite (NaN/Inf payloads are erasures)."""
+        keep = [j for j, v in self.z.items() if np.isfinite(v).all()]
+        return Projections(
+            {j: self.z[j] for j in keep}, {j: self.energy[j] for j in keep}, self.coordinates
+        )
 
 
 def project_rows(
@@ -389,18 +439,22 @@ def project_rows(
     d: int,
     rng: np.random.Generator,
     blocks: Sequence[int] | None = None,
-) -> dict[int, np.ndarray]:
-    """Project each payload on K = ``PROJECTIONS`` secret random vectors in one pass.
+) -> Projections:
+    """Project each payload on WEIGHTS x K secret random vectors in one pass.
 
-    Projection k sees the coordinates i = k (mod K): z_{j,k} = sum_m r_m y_{j, mK+k}, with
-    r_m uniform in [-1, 1) (and extra weights for the d mod K trailing coordinates). Each
-    z_{j,k} is complex-linear in y_j, so the projected payloads of every k form a codeword
+    Lane (a, k) sees the coordinates i = k (mod K): z_{j,(a,k)} = sum_m r^(a)_m y_j[mK+k],
+    with r^(a)_m uniform in [-1, 1) (and extra weights for the d mod K trailing coordinates).
+    Each z is complex-linear in y_j, so every lane of the projected payloads is a codeword
     of the same Reed-Solomon code plus the projected errors [CWCP18, section 5]. A nonzero
     error changes some projection with probability one [Fre97]; r is drawn here, after the
-    payloads arrived, so a liar cannot aim at its null space. One pass: the payload viewed
-    as a (d/K, 2K) float matrix times r (a gemv), accumulated in float64 over blocks of
-    ``_PROJECTION_CHUNK`` coordinates to bound float32 rounding. Several projections make the
-    error locator far better determined than one (docs/numerics.md).
+    payloads arrived, so a liar cannot aim at its null space.
+
+    Steps, per chunk of ``_PROJECTION_CHUNK`` rows of the (d/K, 2K) real view
+    -------------------------------------------------------------------------
+    1. Cast the chunk to float64 (in cache): the projection adds no float32 accumulation
+       error, so the only noise left is the payload's own rounding.
+    2. (WEIGHTS, chunk) @ (chunk, 2K): the lanes' partial projections, summed over chunks.
+    3. The chunk's sum of squares per column: the lanes' energies (the noise basis).
 
     Parameters
     ----------
@@ -408,39 +462,49 @@ def project_rows(
     d : int
     rng : numpy Generator
     blocks : sequence of int or None
-        None: every coordinate. Otherwise only these blocks of ``_PROJECTION_CHUNK``
+        None: every coordinate. Otherwise only these chunks of ``_PROJECTION_CHUNK`` x K
         coordinates (a secret random sample, see ``decode_cyclic``; the tail is skipped).
 
     Returns
     -------
-    dict int -> ndarray, shape (K,), complex128
+    Projections
         Non-finite entries when the payload holds NaN/Inf (they propagate through the sums).
     """
     k = PROJECTIONS
     m = d // k
     head = m * k
-    r = rng.random(m, dtype=np.float32)
-    r *= 2
-    r -= 1
-    r_tail = rng.random(d - head) * 2 - 1
-    step = max(1, _PROJECTION_CHUNK // k)
-    starts = range(0, m, step) if blocks is None else [b * step for b in blocks]
-    out: dict[int, np.ndarray] = {}
+    r = rng.random((WEIGHTS, m)) * 2 - 1
+    r_tail = rng.random((WEIGHTS, d - head)) * 2 - 1
+    step = _PROJECTION_CHUNK
+    starts = list(range(0, m, step)) if blocks is None else [b * step for b in blocks]
+    coordinates = sum(min(m, b + step) - b for b in starts) * k
+    if blocks is None:
+        coordinates += d - head
+    z: dict[int, np.ndarray] = {}
+    energy: dict[int, np.ndarray] = {}
     for j, y in rows.items():
         real = y.view(np.float32 if y.dtype == np.complex64 else np.float64)
-        acc = np.zeros(2 * k)
+        acc = np.zeros((WEIGHTS, 2 * k))
+        sq = np.zeros(2 * k)
         if m:
             mat = real[: 2 * head].reshape(m, 2 * k)
             for start in starts:
                 stop = min(m, start + step)
-                acc += r[start:stop].astype(mat.dtype, copy=False) @ mat[start:stop]
-        if blocks is not None:
-            out[j] = acc[0::2] + 1j * acc[1::2]
-            continue
-        for t in range(d - head):
-            acc[2 * t : 2 * t + 2] += r_tail[t] * real[2 * (head + t) : 2 * (head + t) + 2]
-        out[j] = acc[0::2] + 1j * acc[1::2]
-    return out
+                # Step 1.
+                chunk = mat[start:stop].astype(np.float64, copy=False)
+                # Step 2.
+                acc += r[:, start:stop] @ chunk
+                # Step 3 (a dot per column: no squared temporary).
+                sq += np.einsum("ij,ij->j", chunk, chunk)
+        if blocks is None:
+            for t in range(d - head):
+                pair = real[2 * (head + t) : 2 * (head + t) + 2].astype(np.float64)
+                acc[:, 2 * t : 2 * t + 2] += r_tail[:, t : t + 1] * pair
+                sq[2 * t : 2 * t + 2] += pair * pair
+        lanes = acc[:, 0::2] + 1j * acc[:, 1::2]  # (WEIGHTS, K)
+        z[j] = lanes.reshape(-1)
+        energy[j] = np.tile(sq[0::2] + sq[1::2], WEIGHTS)
+    return Projections(z, energy, coordinates)
 
 
 @dataclass(frozen=True)
@@ -458,8 +522,8 @@ class _Fit:
     residual: float  # normalised: O(1) when the kept rows are consistent
     score: np.ndarray  # (m,) worst-lane |deviation| / std of every clean row, in noise units
     sharp: np.ndarray  # (m,) bool: the row's codeword value is pinned down (std small)
-    rms: float  # rms of the residual components in noise units (~1 if nu is exact)
-    samples: int  # number of complex residual components behind ``rms``
+    evidence: np.ndarray  # (m,) suspects: worst-lane |deviation| / (own noise + prediction's)
+    deviation: np.ndarray  # (m,) suspects: worst-lane |z_j - c_j| (units of nu)
 
 
 def _fit_outside(
@@ -469,6 +533,7 @@ def _fit_outside(
     suspects: Sequence[int],
     nu: float,
     sharp_level: float,
+    own: np.ndarray,
 ) -> _Fit:
     """Fit the code to the clean rows outside ``suspects``; score every clean row against it.
 
@@ -487,6 +552,8 @@ def _fit_outside(
         Noise standard deviation of one projection.
     sharp_level : float
         A suspect's predicted value counts as pinned down when its std is below this.
+    own : ndarray, shape (m, K), float64
+        Each clean row's own noise bound per lane, in units of nu.
 
     Steps (the excluded rows' values never enter the arithmetic, however huge they are)
     -----------------------------------------------------------------------------------
@@ -499,7 +566,8 @@ def _fit_outside(
        has noise std nu sqrt(n) exactly.
     4. Scores: kept row j: |u_j| / (nu sqrt(h_j)), h_j = ||Q2^H g_j||^2 / n its leverage;
        suspect j: |z_j - c_j| / (nu (1 + sqrt(n ||row j of R1^{-1}||^2 - 1))), prediction
-       noise plus its own.
+       noise plus its own; its evidence (step 5 of ``locate_cyclic``): the same deviation
+       over the row's OWN noise bound plus the prediction's, worst lane.
     """
     m = zs.shape[0]
     n_check = g.shape[0]
@@ -522,11 +590,12 @@ def _fit_outside(
     dof = n_check - n_x
     if dof > 0:
         residual = float(np.max(np.linalg.norm(t, axis=0)) / (nu * np.sqrt(n * dof)))
-        rms = float(np.linalg.norm(t) / (nu * np.sqrt(n * t.size)))
     else:
-        residual, rms = 0.0, 1.0
+        residual = 0.0
     # Step 4.
     score = np.zeros(m)
+    evidence = np.zeros(m)
+    deviation = np.zeros(m)
     sharp = np.zeros(m, dtype=bool)
     proj = q2.conj().T @ g  # (dof, m)
     lev = np.sum(np.abs(proj) ** 2, axis=0) / n
@@ -541,10 +610,14 @@ def _fit_outside(
         rinv = np.linalg.solve(r1, np.eye(n_x, dtype=complex))
         c_x = -(rinv @ (q1.conj().T @ s_tilde))[g_known.shape[1] :]
         amp = np.linalg.norm(rinv, axis=1)[g_known.shape[1] :]
-        std = nu * (1.0 + np.sqrt(np.maximum(n * amp**2 - 1.0, 0.0)))
-        score[sus] = np.max(np.abs(zs[sus] - c_x), axis=1) / std
+        spread = np.sqrt(np.maximum(n * amp**2 - 1.0, 0.0))
+        std = nu * (1.0 + spread)
+        dev = np.abs(zs[sus] - c_x)
+        score[sus] = np.max(dev, axis=1) / std
+        evidence[sus] = np.max(dev / (nu * (own[sus] + spread[:, None])), axis=1)
+        deviation[sus] = np.max(dev, axis=1)
         sharp[sus] = std <= sharp_level
-    return _Fit(residual, score, sharp, rms, int(t.size))
+    return _Fit(residual, score, sharp, evidence, deviation)
 
 
 def _pgz_ranking(
@@ -580,18 +653,18 @@ def _pgz_ranking(
     peak = float(np.max(np.abs(gamma)))
     gamma = gamma / peak if peak > 0 else gamma  # |Gamma| up to 2^eps: normalise
     xi = powers[: 2 * s - eps] @ (gamma[:, None] * zs)  # (2s - eps, K)
-    blocks = []
-    for p in range(xi.shape[1]):
-        # Newton's identities sum_k sigma_k Xi_{m-k} = 0, m = tau+1 .. 2s-eps (Xi_m = xi[m-1]).
-        block = np.array(
-            [[xi[mm - k - 1, p] for k in range(tau + 1)] for mm in range(tau + 1, 2 * s - eps + 1)]
-        )
-        norm = np.linalg.norm(block)
-        if norm > 0 and np.isfinite(norm):
-            blocks.append(block / norm)
-    if not blocks:
+    # Newton's identities sum_k sigma_k Xi_{m-k} = 0, m = tau+1 .. 2s-eps (Xi_m = xi[m-1]),
+    # one block of rows per lane. Lanes are whitened (``locate_cyclic`` step 1): a lane
+    # holding only rounding weighs O(1), a lane holding a lie weighs as much as the lie.
+    # (Scaling each lane to unit norm instead let noise-only lanes outvote the lie's lane:
+    # sparse lies failed.)
+    mm = np.arange(tau + 1, 2 * s - eps + 1)
+    index = mm[:, None] - np.arange(tau + 1)[None, :] - 1  # (rows, tau + 1)
+    blocks = np.moveaxis(xi[index], 2, 0)  # (K, rows, tau + 1)
+    blocks = blocks[np.isfinite(blocks).all(axis=(1, 2))]
+    if not blocks.size:
         return np.arange(nodes.size)
-    stacked = np.vstack(blocks)
+    stacked = blocks.reshape(-1, tau + 1)
     # vh[-1] is the smallest right singular vector; a tall matrix needs no full U (at
     # n = 100 the full one took 90 % of the decode).
     _, _, vh = np.linalg.svd(stacked, full_matrices=stacked.shape[0] < stacked.shape[1])
@@ -603,10 +676,9 @@ def _pgz_ranking(
 def locate_cyclic(
     nodes: np.ndarray,
     s: int,
-    z: Mapping[int, np.ndarray],
+    proj: Projections,
     erasures: frozenset[int],
     config: CyclicDecoderConfig,
-    noise: float,
 ) -> _Location:
     """Locate the liars from the projected payloads (Reed-Solomon errors and erasures).
 
@@ -615,18 +687,20 @@ def locate_cyclic(
     nodes : ndarray, shape (n,), complex128
         x_j, the DFT node of worker j (all n-th roots of unity, in the code's stride order).
     s : int
-    z : mapping int -> ndarray, shape (K,), complex128
-        Finite projections of the usable payloads (keys = usable workers).
+    proj : Projections
+        Finite projections of the usable payloads (keys = usable workers) and their energies.
     erasures : frozenset of int
         Known bad positions (missing or unusable payloads).
     config : CyclicDecoderConfig
-    noise : float
-        Relative noise of a projection (``config.relative_noise(d)``).
 
     Steps [Bla03, ch. 6 and 7.4; For65]
     -----------------------------------
-    1. Noise level nu = noise x median_j rms_k |z_jk| (robust: most rows are honest; honest
-       rows have comparable magnitudes because every window is a rotation of the same one).
+    1. Whiten: row j's lane l has rounding noise sigma_jl <= config.unit x
+       sqrt(energy_jl / 3) (``Projections``); lane l is divided by its scale, the (s+1)-th
+       largest sigma_jl (at most s liars can inflate their own energy, so the scale is at
+       most the largest honest one, and at least the (s+1)-th largest honest one). Every
+       lane then has honest noise of standard deviation <= 1 (nu = 1), whatever the lie's
+       shape: a lane that holds only rounding stays O(1), a lane that holds a lie is large.
        Rows with |z_j| > config.huge x (the (s+1)-th largest |z|) are set aside (they would
        swamp the float64 syndromes); together with the erasures they are the e known bad
        rows. tau = floor((2s - e) / 2) more rows may be liars.
@@ -679,13 +753,16 @@ def locate_cyclic(
        degree < n - 2s: the decoded codeword is the true one.
     6. No candidate consistent: report failure (the caller raises DecodeError).
     """
-    usable = sorted(z)
-    zs_all = np.array([z[j] for j in usable])  # (m, K)
+    usable = sorted(proj.z)
+    zs_all = np.array([proj.z[j] for j in usable])  # (m, L)
+    # Step 1.
+    sigma = config.unit * np.sqrt(np.array([proj.energy[j] for j in usable]) / 3.0)
+    lane = _lane_scale(sigma, s)
+    zs_all = zs_all / lane
+    own_all = sigma / lane  # each row's own noise bound in lane units (naming, step 5)
     mags = np.abs(zs_all)
-    # Step 1. One noise level for all lanes: a projection can be small by cancellation
-    # while its rounding error is not (it scales with sum_i |r_i y_i|, i.e. the typical |z|).
-    level = _level(z)
-    nu = noise * level if level > 0 else 1e-300
+    level = _level(dict(enumerate(zs_all)))
+    nu = 1.0
     size = np.linalg.norm(mags, axis=1)
     order = np.argsort(-size, kind="stable")
     ref = size[order[min(s, len(usable) - 1)]]
@@ -700,14 +777,21 @@ def locate_cyclic(
     tau = (2 * s - eps) // 2
     aside_set = set(aside)
     clean = [j for j in usable if j not in aside_set]
-    zs = np.array([z[j] for j in clean]).reshape(len(clean), zs_all.shape[1])
+    clean_idx = [i for i, j in enumerate(usable) if j not in aside_set]
+    zs = zs_all[clean_idx].reshape(len(clean), zs_all.shape[1])
+    own = own_all[clean_idx].reshape(zs.shape)
     parity = node_powers(nodes, np.arange(1, 2 * s + 1))  # (2s, n)
     g = parity[:, clean]
     g_known = parity[:, known]
     sharp_level = config.power * level
 
+    kept_forced: set[int] = set()  # rows a search may not leave out (step 5)
+
     def fit(sus: Sequence[int]) -> _Fit:
-        return _fit_outside(g, zs, g_known, sus, nu, sharp_level)
+        f = _fit_outside(g, zs, g_known, sus, nu, sharp_level, own)
+        if kept_forced:
+            f.score[list(kept_forced)] = -np.inf  # never proposed as a suspect
+        return f
 
     wide = min(2 * s - eps, len(clean))  # suspects that leave exactly n - 2s rows
 
@@ -770,6 +854,14 @@ def locate_cyclic(
             sus = [sus[int(i)] for i in keep]
         return sus
 
+    def ranking(rest: list[int], erased: list[int], count: int) -> list[int]:
+        # The PGZ ranking of the rows ``rest`` (indices into clean) with ``erased`` (nodes
+        # of rows left out) as erasures; rows forced in are never proposed.
+        order = _pgz_ranking(
+            nodes[[clean[i] for i in rest]], g[:, rest], zs[rest], nodes[erased], s, count
+        )
+        return [rest[int(i)] for i in order if rest[int(i)] not in kept_forced]
+
     def peel(sus: list[int], rounds: int) -> list[int]:
         # Treat the suspects as erasures and locate again with the budget they leave
         # (liars next to a long erased arc are swamped in the first syndromes by the
@@ -780,61 +872,160 @@ def locate_cyclic(
             more = (2 * s - eps - len(sus)) // 2
             if more <= 0 or not rest:
                 break
-            again = _pgz_ranking(
-                nodes[[clean[i] for i in rest]],
-                g[:, rest],
-                zs[rest],
-                nodes[known + [clean[i] for i in sus]],
-                s,
-                more,
-            )
-            sus = sus + [rest[int(i)] for i in again[:more]]
+            sus = sus + ranking(rest, known + [clean[i] for i in sus], more)[:more]
         return backward(sus)
 
-    # Step 2, built lazily: most decodes are settled by the first candidate (step 4).
-    starts: list[Callable[[], list[int]]] = []
-    if tau > 0 and clean:
-        ranked = _pgz_ranking(nodes[clean], g, zs, nodes[known], s, tau)
-        starts.append(lambda: [int(i) for i in ranked[:tau]])
-        if wide > tau:
-            starts.append(lambda: backward([int(i) for i in ranked[:wide]]))
-    if tau > 0 and clean:
-        starts.append(greedy)
-    if wide > tau > 0 and clean:
-        starts.append(lambda: peel([int(i) for i in ranked[:tau]], 1))
-        starts.append(lambda: peel([int(i) for i in ranked[:tau]], tau))
-    if not starts:
-        starts.append(list)
-    # Step 4: the most consistent refined candidate; stop early at one within the noise.
-    chosen: tuple[list[int], _Fit] | None = None
-    for start in starts:
-        cand = concentrate(start())
-        if chosen is None or cand[1].residual < chosen[1].residual:
-            chosen = cand
-        if chosen[1].residual <= _SETTLED:
-            break
-    assert chosen is not None
-    if chosen[1].residual > config.factor and 0 < tau < len(clean):
-        # Step 2e. Liars adjacent on the circle are the ill-conditioned case for every
-        # locator above; try every arc of tau consecutive nodes as the suspect set.
-        angle = np.mod(np.round(np.angle(nodes[clean]) * nodes.size / (2 * np.pi)), nodes.size)
-        by_angle = np.argsort(angle, kind="stable")
-        m = len(clean)
-        arcs = [[int(by_angle[(a + i) % m]) for i in range(tau)] for a in range(m)]
-        best_arc = min(arcs, key=lambda a: fit(a).residual)
-        arc_fit = concentrate(best_arc)
-        if arc_fit[1].residual < chosen[1].residual:
-            chosen = arc_fit
+    circle = np.mod(np.round(-np.angle(nodes) * nodes.size / (2 * np.pi)), nodes.size)
+    where = circle[clean].astype(int)
+
+    def swaps(
+        sus: list[int], f: _Fit, rounds: int, rows: Sequence[int] | None = None
+    ) -> tuple[list[int], _Fit]:
+        # Step 4b: swap one suspect for a kept row next to a suspect on the circle (or
+        # among the worst-fitting kept rows) while that lowers the residual. With ``rows``:
+        # only suspects among ``rows`` for kept rows among ``rows`` (a local search).
+        n_nodes = nodes.size
+        for _ in range(rounds):
+            if rows is None:
+                near = {int((where[i] + d) % n_nodes) for i in sus for d in (-2, -1, 1, 2)}
+                pool = [
+                    i
+                    for i in range(len(clean))
+                    if i not in sus and i not in kept_forced and int(where[i]) in near
+                ]
+                pool += [i for i in top(f.score, 2 * tau) if i not in sus and i not in pool]
+            else:
+                pool = [i for i in rows if i not in sus]
+            best = (sus, f)
+            for a in range(len(sus)):
+                if rows is not None and sus[a] not in rows:
+                    continue
+                for b in pool:
+                    trial = [*sus[:a], b, *sus[a + 1 :]]
+                    ft = fit(trial)
+                    if ft.residual < best[1].residual:
+                        best = (trial, ft)
+            if best[0] is sus:
+                break
+            sus, f = best
+            if f.residual <= _SETTLED:
+                break
+        return sus, f
+
+    def search(rounds: int) -> tuple[list[int], _Fit]:
+        # Steps 2-4: the most consistent candidate of size <= tau that keeps kept_forced.
+        # No suspect at all when every row fits (most rounds): the decode then depends on
+        # the payloads only, not on the secret projection (reproducible bit for bit).
+        nobody: tuple[list[int], _Fit] = ([], fit([]))
+        if nobody[1].residual <= _SETTLED:
+            return nobody
+        full = [i for i in range(len(clean))]
+        starts: list[Callable[[], list[int]]] = []
+        if tau > 0 and clean:
+            ranked = ranking(full, list(known), tau)
+            starts.append(lambda: ranked[:tau])
+            if wide > tau:
+                starts.append(lambda: backward(ranked[:wide]))
+            starts.append(greedy)
+            if wide > tau:
+                starts.append(lambda: peel(ranked[:tau], 1))
+                starts.append(lambda: peel(ranked[:tau], tau))
+        if not starts:
+            starts.append(list)
+        # Step 4: the most consistent refined candidate; stop early at one within the noise.
+        chosen: tuple[list[int], _Fit] | None = None
+        for start in starts:
+            cand = concentrate(start())
+            if chosen is None or cand[1].residual < chosen[1].residual:
+                chosen = cand
+            if chosen[1].residual <= _SETTLED:
+                break
+        assert chosen is not None
+        if chosen[1].residual > config.factor and 0 < tau < len(clean):
+            # Step 2e. Liars adjacent on the circle are the ill-conditioned case for every
+            # locator above; try every arc of tau consecutive nodes as the suspect set.
+            by_angle = np.argsort(where, kind="stable")
+            m = len(clean)
+            arcs = [[int(by_angle[(a + i) % m]) for i in range(tau)] for a in range(m)]
+            arcs = [arc for arc in arcs if not kept_forced.intersection(arc)]
+            if arcs:
+                best_arc = min(arcs, key=lambda a: fit(a).residual)
+                arc_fit = concentrate(best_arc)
+                if arc_fit[1].residual < chosen[1].residual:
+                    chosen = arc_fit
+        if chosen[1].residual > _SETTLED and 0 < tau < len(clean):
+            chosen = swaps(*chosen, rounds)
+        if chosen[1].residual > config.factor and 0 < tau < len(clean):
+            chosen = min(chosen, beam(chosen[0]), key=lambda c: c[1].residual)
+        return chosen
+
+    def beam(seed: list[int]) -> tuple[list[int], _Fit]:
+        # Step 4c, the last resort: forward selection by the residual itself (not by the
+        # misfit scores, which a contaminated fit spreads over honest rows), keeping the
+        # _BEAM best sets, over a pool of the rows every other step pointed at.
+        f0 = fit([])
+        pool = set(seed) | set(top(f0.score, 2 * tau))
+        pool |= set(ranking(list(range(len(clean))), list(known), tau)[: 2 * tau])
+        pool |= {int(i) for i in top(fit(seed).score, 2 * tau)}
+        pool -= kept_forced
+        layer: list[tuple[list[int], _Fit]] = [([], f0)]
+        best = layer[0]
+        for _ in range(tau):
+            grown: dict[tuple[int, ...], tuple[list[int], _Fit]] = {}
+            for sus, _f in layer:
+                for i in pool - set(sus):
+                    key = tuple(sorted([*sus, i]))
+                    if key not in grown:
+                        grown[key] = (list(key), fit(list(key)))
+            layer = sorted(grown.values(), key=lambda c: c[1].residual)[:_BEAM]
+            if not layer:
+                break
+            if layer[0][1].residual < best[1].residual:
+                best = layer[0]
+            if best[1].residual <= _SETTLED:
+                break
+        return best
+
+    def certainly_lies(sus: list[int], i: int) -> bool:
+        # Step 5: suspect i is named only if no candidate that keeps it is consistent.
+        # The rows whose lies an ill-conditioned fit can absorb and push onto an honest
+        # suspect are its neighbours on the circle (a codeword within the noise on the kept
+        # rows can be 1e8 times larger at a node inside a gap of 2s adjacent nodes, n = 45,
+        # s = 5). a. Quick proof: the code cannot fit row i even with its tau nearest kept
+        # rows left out as well. b. Else a local search with row i kept: the suspects but i
+        # plus one of its 2 tau nearest kept rows, then swaps.
+        gap = np.abs(((where - where[i]) + nodes.size / 2) % nodes.size - nodes.size / 2)
+        near = [int(k) for k in np.argsort(gap, kind="stable") if k != i and k not in sus]
+        others = [k for k in sus if k != i]
+        if fit(others + near[:tau]).residual > config.factor:
+            return True
+        kept_forced.add(i)
+        try:
+            local = near[: 2 * tau]
+            trials = [[*others, k] for k in local] if len(sus) == tau else [others]
+            best = min(((t, fit(t)) for t in trials), key=lambda c: c[1].residual)
+            if best[1].residual > _HOPELESS * config.factor:
+                return True
+            # The region: the local kept rows and the suspects among them on the circle.
+            reach = max(float(gap[k]) for k in local) if local else 0.0
+            region = local + [k for k in others if gap[k] <= reach]
+            return swaps(*best, rounds=2, rows=region)[1].residual > config.factor
+        finally:
+            kept_forced.discard(i)
+
+    chosen = search(rounds=4 * tau + 8)
     if chosen[1].residual > config.factor:
         return _Location(frozenset(aside), frozenset(aside), chosen[1].residual, False)
     # Step 5.
     sus, f = chosen
-    # The noise model is an upper bound (float32 accumulation at large d); the kept rows'
-    # residual measures the actual noise. Trusted only with enough components, and never
-    # below config.min_scale of the model (rows differ in magnitude, so per-row noise
-    # differs too; and the fit's own float64 arithmetic is not in the residual).
-    scale = min(1.0, max(f.rms, config.min_scale)) if f.samples >= 16 else 1.0
-    liars = [i for i in sus if f.score[i] > config.clear_factor * scale]
+    # A gross lie (a deviation as large as a typical honest projection) is named at once;
+    # a subtler one only once the search that keeps it fails (``certainly_lies``).
+    liars = [
+        i
+        for i in sus
+        if f.evidence[i] > config.clear_factor
+        and (f.deviation[i] >= level or certainly_lies(sus, i))
+    ]
     back = [i for i in sus if i not in liars and f.sharp[i]]
     excluded = [i for i in sus if i not in back]
     if back:
@@ -914,51 +1105,59 @@ def check_weights(
     return delta * (norm / np.linalg.norm(delta))
 
 
+@dataclass(frozen=True)
+class _Check:
+    """What the recovery pass measured of the kept rows' consistency (``_recover``).
+
+    ``parity`` = ||delta^T Y_kept||_2 and ``imaginary`` = ||Im(w^T Y_kept)||_2 over every
+    coordinate: both are payload rounding on consistent rows (the sum of real gradients is
+    real; delta annihilates codewords)."""
+
+    parity: float
+    imaginary: float
+
+
 def _recover(
     rows: Mapping[int, np.ndarray],
     weights: np.ndarray,
     d: int,
-    rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Re(sum_j omega_j y_j) as float32 in one pass over the payloads; optionally its check.
+    delta: np.ndarray | None = None,
+) -> tuple[np.ndarray, _Check | None]:
+    """Re(sum_j w_j y_j) as float32 in one pass over the payloads; optionally its check.
 
-    ``weights`` omega = w (``recovery_weights``) for the sum alone, or w + delta with delta a
-    secret parity check (``check_weights``): Re(delta^T c) = 0 on codewords, so the real
-    part is still the sum, and Im(omega^T c) = Im(p(0)) + Im(delta^T c) = 0 (the sum of real
-    gradients is real) - the imaginary part of the same product checks the kept rows on
-    every coordinate at no extra cost.
+    The gradient depends on the kept rows and ``weights`` only, never on a random draw:
+    a decode is reproducible bit for bit (a resumed run ends on the same model).
 
     Steps, per block of ``_RECOVERY_BLOCK`` coordinates
     ---------------------------------------------------
     1. Stage the kept rows' block into one (rows, block) complex matrix S (a copy at memory
        speed: the rows are separate arrays and BLAS needs one matrix). S stays in cache for
-       step 2, so every payload byte is read from memory once.
-    2. u = omega_G^T S_G, one complex gemv per group G of consecutive rows, summed in
+       steps 2-3, so every payload byte is read from memory once.
+    2. u = w_G^T S_G, one complex gemv per group G of consecutive rows, summed in
        complex128 across groups. Why groups: the gemv sums in the payload
        precision; with liars or erasures the weights grow and the terms cancel, so a group
-       holds at most _GROUP_BUDGET / amplification rows (amplification sqrt(n) ||omega||_2,
+       holds at most _GROUP_BUDGET / amplification rows (amplification sqrt(n) ||w||_2,
        1 without liars), bounding the rounding to about that many payload roundings.
-    3. With ``rng``: the imaginary parts are projected on a fresh secret vector. Lane k of
-       a block is its k-th run of block / K consecutive coordinates; lane k gets
-       sum_i r_i Im(u_i) over its runs (fresh r in [-1, 1) per block), summed in float64.
+       Re(u) is the block of the sum.
+    3. With ``delta`` (a secret parity check of the kept rows, ``check_weights``): c =
+       delta^T S the same way; accumulate ||c||^2 and ||Im(u)||^2 in float64.
 
     Returns
     -------
     gradient : ndarray, shape (d,), float32
-    check : ndarray, shape (K,), float64, or None without ``rng``
-        Near zero (payload rounding) when the kept rows are consistent; non-finite when a
-        kept payload holds NaN/Inf.
+    check : _Check or None (without ``delta``)
+        Non-finite when a kept payload holds NaN/Inf.
     """
     out = np.empty(d, dtype=np.float32)
-    k = PROJECTIONS
-    check = np.zeros(k) if rng is not None else None
     keys = [j for j in sorted(rows) if weights[j] != 0]
     if not keys:
         out[:] = 0.0
-        return out, check
+        return out, (_Check(0.0, 0.0) if delta is not None else None)
     dtype = np.result_type(*(rows[j].dtype for j in keys))
     arrays = [rows[j].astype(dtype, copy=False) for j in keys]
-    omega = weights[keys].astype(dtype)
+    vectors = [weights[keys].astype(dtype)]
+    if delta is not None:
+        vectors.append(delta[keys].astype(dtype))
     amplification = float(np.sqrt(weights.size) * np.linalg.norm(weights))
     group = max(1, min(len(keys), int(_GROUP_BUDGET // max(amplification, 1.0))))
     bounds = [(g, min(len(keys), g + group)) for g in range(0, len(keys), group)]
@@ -966,6 +1165,7 @@ def _recover(
     block = _RECOVERY_BLOCK if dtype == np.complex64 else _RECOVERY_BLOCK // 2
     staging = np.empty((len(keys), min(d, block)), dtype=dtype)
     acc = np.empty(staging.shape[1], dtype=np.complex128)
+    parity = imaginary = 0.0
     for start in range(0, d, block):
         stop = min(d, start + block)
         size = stop - start
@@ -973,26 +1173,24 @@ def _recover(
         s_mat = staging if size == staging.shape[1] else np.empty((len(keys), size), dtype)
         # One C call (np.stack would add a Python-level expand_dims per row and block).
         np.concatenate([a[start:stop] for a in arrays], out=s_mat.reshape(-1))
-        # Step 2.
-        if len(bounds) == 1:
-            u = omega @ s_mat
-        else:
-            u = acc[:size]
-            u[:] = 0.0
-            for g0, g1 in bounds:
-                u += omega[g0:g1] @ s_mat[g0:g1]
-        out[start:stop] = u.real
-        # Step 3.
-        if check is not None and rng is not None:
-            run = size // k
-            imag = np.ascontiguousarray(u.imag)
-            if run:
-                r = rng.random(run) * 2 - 1
-                check += imag[: run * k].reshape(k, run) @ r
-            tail = size - run * k  # the < K trailing coordinates of a short block
-            if tail:
-                check[:tail] += (rng.random(tail) * 2 - 1) * imag[run * k :]
-    return out, check
+        for which, vec in enumerate(vectors):
+            # Steps 2 and 3.
+            if len(bounds) == 1:
+                u = vec @ s_mat
+            else:
+                u = acc[:size]
+                u[:] = 0.0
+                for g0, g1 in bounds:
+                    u += vec[g0:g1] @ s_mat[g0:g1]
+            if which == 0:
+                out[start:stop] = u.real
+                if delta is not None:
+                    im = np.ascontiguousarray(u.imag, dtype=np.float64)
+                    imaginary += float(im @ im)
+            else:
+                parity += float(np.vdot(u, u).real)
+    check = _Check(float(np.sqrt(parity)), float(np.sqrt(imaginary)))
+    return out, (check if delta is not None else None)
 
 
 def decode_cyclic(
@@ -1009,25 +1207,22 @@ def decode_cyclic(
     -----
     1. Usable payloads: 1-D arrays of ``dtype`` whose length is the most common one (honest
        rows outnumber the liars, who may split over several lengths); the rest are erasures.
-    2. Fast path, payloads of >= _SAMPLE_MIN_BLOCKS projection blocks (d >= 524,288):
-       a. project every usable payload on a fresh secret random vector restricted to a
-          secret random sample of 1/_SAMPLE_FRACTION of the blocks (``project_rows`` with
+    2. Fast path, payloads of >= _SAMPLE_MIN_BLOCKS projection chunks (d >= 524,288):
+       a. project every usable payload on fresh secret random vectors restricted to a
+          secret random sample of 1/_SAMPLE_FRACTION of the chunks (``project_rows`` with
           ``blocks``): one eighth of the memory traffic;
-       b. locate on those projections (``locate_cyclic``), recovery weights w;
-       c. one pass over the kept rows with weights w + delta, delta a fresh secret parity
-          check of the kept rows (``check_weights``, ||delta|| = ||w||): the real part is
-          the sum, the imaginary part checks every coordinate (``_recover`` with ``rng``);
-       d. (skipped when the recovery is too amplified, see step 5, or 2s rows are bad;
-          the weights are those of step 5)
-          accept if the result is finite and the check's lanes are within config.factor
-          noise units: noise unit = relative_noise(d) x the median row level on the SAMPLE
-          x ||w + delta|| (a row's projection grows with the coordinates it covers, so the
-          sample's level is at most the full one's: the test is at least as strict as the
-          full path's). Otherwise (a lie or NaN outside the sample, a failed check, nothing
-          left to check) fall through to the full path.
-       Sound: what is returned was checked on every coordinate.
-    3. Full path: project every usable payload on a fresh secret random vector over all
-       coordinates (``project_rows``); non-finite projections (NaN/Inf) are erasures.
+       b. locate on those projections (``locate_cyclic``), recovery weights w (step 5);
+       c. one pass over the kept rows (``_recover``): the sum Re(w^T Y) and, on every
+          coordinate, two checks: ||delta^T Y|| for a fresh secret parity check delta of the
+          kept rows (``check_weights``) and ||Im(w^T Y)||;
+       d. accept if the result is finite and each check is <= config.check_factor x its
+          noise bound, config.check_unit x sqrt(sum_j |v_j|^2 E_j) for its weights v, with
+          E_j row j's energy estimated from the sample (sample energy x d / sampled
+          coordinates: a lie outside the sample cannot raise it). Otherwise (a lie or NaN
+          outside the sample, a failed check, nothing left to check) fall through to the
+          full path. Sound: what is returned was checked on every coordinate.
+    3. Full path: project every usable payload over all coordinates (``project_rows``);
+       non-finite projections (NaN/Inf) are erasures.
     4. Locate the liars (``locate_cyclic``: PGZ locator, refits, self-check).
     5. Recovery weights over all presumed-honest rows (``_weights``: the float64
        minimum-norm ones, or, when the bad rows cluster on the circle, regularised ones
@@ -1035,7 +1230,7 @@ def decode_cyclic(
        (``_expected_error``: payload rounding x sqrt(n) ||w|| plus the weights' own error)
        still exceeds config.max_error: the payload precision cannot pin the sum down
        (complex128 payloads decode most such patterns). Then one pass over the payloads:
-       gradient = Re(sum_j w_j y_j) (``_recover``).
+       gradient = Re(sum_j w_j y_j) (``_recover``), the same arithmetic as step 2c.
     6. Check the result is finite.
 
     Raises
@@ -1063,34 +1258,38 @@ def decode_cyclic(
     arrays = {j: a for j, a in arrays.items() if a.size == d}
     # Step 2 (fast path): locate on a secret sample of the coordinates, then recover and
     # check the kept rows on ALL coordinates in the same pass.
-    n_blocks = -(-(d // PROJECTIONS) // max(1, _PROJECTION_CHUNK // PROJECTIONS))
+    n_blocks = -(-(d // PROJECTIONS) // _PROJECTION_CHUNK)
     if n_blocks >= _SAMPLE_MIN_BLOCKS:
         size = max(1, n_blocks // _SAMPLE_FRACTION)
         blocks = sorted(int(b) for b in rng.choice(n_blocks, size, replace=False))
-        z = project_rows(arrays, d, rng, blocks)
-        usable = {j: v for j, v in z.items() if np.isfinite(v).all()}
-        erasures = frozenset(range(n)) - frozenset(usable)
+        sample = project_rows(arrays, d, rng, blocks).finite()
+        erasures = frozenset(range(n)) - frozenset(sample.z)
         if len(erasures) <= 2 * s:
-            loc = locate_cyclic(nodes, s, usable, erasures, config, config.relative_noise(d))
+            loc = locate_cyclic(nodes, s, sample, erasures, config)
             bad = sorted(erasures | loc.excluded)
             located = loc.within_budget and loc.residual <= config.factor and len(bad) < 2 * s
             w, expected = _weights(nodes, s, bad, config) if located else (None, np.inf)
             if w is not None and expected <= config.max_error:
-                omega = w + check_weights(nodes, s, bad, rng, float(np.linalg.norm(w)))
-                kept = {j: arrays[j] for j in usable if j not in bad}
-                gradient, check = _recover(kept, omega, d, rng)
-                unit = config.relative_noise(d) * _level(usable) * float(np.linalg.norm(omega))
+                delta = check_weights(nodes, s, bad, rng, float(np.linalg.norm(w)))
+                kept = {j: arrays[j] for j in sample.z if j not in bad}
+                gradient, check = _recover(kept, w, d, delta)
+                scale = d / max(sample.coordinates, 1)
+                energy = np.zeros(n)
+                for j in kept:
+                    energy[j] = float(np.sum(sample.energy[j][:PROJECTIONS])) * scale
+                bound_parity = config.check_unit * float(np.sqrt(np.abs(delta) ** 2 @ energy))
+                bound_imag = config.check_unit * float(np.sqrt(np.abs(w) ** 2 @ energy))
                 if (
                     check is not None
                     and np.isfinite(gradient).all()
-                    and np.isfinite(check).all()
-                    and float(np.max(np.abs(check))) <= config.factor * unit
+                    and np.isfinite([check.parity, check.imaginary]).all()
+                    and check.parity <= config.check_factor * bound_parity
+                    and check.imaginary <= config.check_factor * bound_imag
                 ):
                     return DecodeResult(gradient, loc.liars, erasures)
     # Step 3 (full path).
-    z = project_rows(arrays, d, rng)
-    usable = {j: v for j, v in z.items() if np.isfinite(v).all()}
-    erasures = frozenset(range(n)) - frozenset(usable)
+    full = project_rows(arrays, d, rng).finite()
+    erasures = frozenset(range(n)) - frozenset(full.z)
     if len(erasures) > 2 * s:
         raise DecodeError(
             f"{len(erasures)} of {n} workers missing or unusable ({sorted(erasures)}): the "
@@ -1098,7 +1297,7 @@ def decode_cyclic(
             f"workers (raise the round timeout)."
         )
     # Step 4.
-    loc = locate_cyclic(nodes, s, usable, erasures, config, config.relative_noise(d))
+    loc = locate_cyclic(nodes, s, full, erasures, config)
     if not (loc.within_budget and loc.residual <= config.factor):
         raise DecodeError(
             f"cyclic decode failed its self-check (residual {loc.residual:.3g} noise units "
@@ -1122,12 +1321,25 @@ def decode_cyclic(
             f"amplification {float(np.sqrt(n) * np.linalg.norm(w)):.3g}). Wait for more "
             f"workers{tip}."
         )
-    honest = {j: arrays[j] for j in usable if j not in loc.excluded}
+    honest = {j: arrays[j] for j in full.z if j not in loc.excluded}
     gradient, _ = _recover(honest, w, d)
     # Step 6.
     if not np.isfinite(gradient).all():
         raise DecodeError("cyclic decode produced non-finite values (payloads overflow float32)")
     return DecodeResult(gradient, loc.liars, erasures)
+
+
+def _lane_scale(sigma: np.ndarray, s: int) -> np.ndarray:
+    """Per-lane noise scale (L,) from the rows' noise bounds sigma (m, L): the (s+1)-th
+    largest of each lane (liars may inflate their own bound, at most s of them), floored
+    at 1e-12 x the largest lane scale (a lane no honest coordinate reaches is exactly zero
+    in every honest row; any lie in it is then very large, never a division by zero)."""
+    m = sigma.shape[0]
+    lane = -np.sort(-sigma, axis=0)[min(s, m - 1)]
+    peak = float(np.max(lane)) if lane.size else 0.0
+    floor = peak * 1e-12 if peak > 0 else 1e-300
+    out: np.ndarray = np.maximum(lane, floor)
+    return out
 
 
 def _level(z: Mapping[int, np.ndarray]) -> float:

@@ -49,6 +49,7 @@ def test_registry_names_and_flags() -> None:
         "ipm",
         "label_flip",
         "colluding",
+        "sparse",
     )
     omniscient = {name for name in ATTACKS if make_attack(name).omniscient}
     assert omniscient == {"alie", "ipm", "colluding"}
@@ -200,3 +201,26 @@ def test_apply_checks_its_inputs() -> None:
         make_attack("constant").apply(np.arange(4), rng=rng, n_workers=7, n_adversaries=2)
     with pytest.raises(ConfigError):
         make_attack("constant").apply(OWN, rng=rng, n_workers=3, n_adversaries=4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_sparse_adds_value_on_count_coordinates_shared_by_colluders(dtype: type) -> None:
+    own = np.arange(1000, dtype=dtype)
+    attack = make_attack("sparse", count=7, value=3.5)
+    a = attack.apply(own, rng=np.random.default_rng(1), n_workers=5, n_adversaries=2)
+    b = attack.apply(own * 2, rng=np.random.default_rng(2), n_workers=5, n_adversaries=2)
+    changed_a = np.flatnonzero(a != own)
+    assert changed_a.size == 7 and np.all((a - own)[changed_a] == 3.5)
+    assert np.array_equal(changed_a, np.flatnonzero(b != own * 2))  # same coordinates
+    c = make_attack("sparse", count=7, shared=False).apply(
+        own, rng=np.random.default_rng(3), n_workers=5, n_adversaries=2
+    )
+    assert not np.array_equal(np.flatnonzero(c != own), changed_a)
+
+
+@pytest.mark.parametrize(
+    "params", [{"count": 0}, {"count": 1.5}, {"value": float("nan")}, {"shared": "yes"}]
+)
+def test_sparse_rejects_bad_parameters(params: dict) -> None:
+    with pytest.raises(ConfigError):
+        make_attack("sparse", **params)

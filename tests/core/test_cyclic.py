@@ -374,17 +374,27 @@ def test_recover_check_is_noise_for_honest_rows_and_catches_one_coordinate() -> 
     d = 40_000
     truth, honest, rng = setup(code, d, 12)
     w = recovery_weights(code.nodes, 3, [4])
-    omega = w + check_weights(code.nodes, 3, [4], rng, float(np.linalg.norm(w)))
+    delta = check_weights(code.nodes, 3, [4], rng, float(np.linalg.norm(w)))
     kept = {j: honest[j] for j in range(15) if j != 4}
-    gradient, check = _recover(kept, omega, d, rng)
-    assert check is not None and check.shape == (8,)
+    gradient, check = _recover(kept, w, d, delta)
+    assert check is not None
     assert rel_err(gradient, truth) <= 1e-6
-    honest_check = float(np.max(np.abs(check)))
+    # The sum does not depend on the secret check (a decode is reproducible).
+    plain, none = _recover(kept, w, d)
+    assert none is None and np.array_equal(gradient, plain)
+    # Honest rows: both checks are payload rounding, within their noise bound.
+    energy = np.array(
+        [float(np.vdot(kept[j], kept[j]).real) if j in kept else 0.0 for j in range(15)]
+    )
+    unit = code.decoder.check_unit
+    assert check.parity <= unit * np.sqrt(np.abs(delta) ** 2 @ energy)
+    assert check.imaginary <= unit * np.sqrt(np.abs(w) ** 2 @ energy)
+    honest_parity = check.parity
     lied = dict(kept)
     lied[9] = honest[9].copy()
     lied[9][31_337] += 0.5  # one coordinate, far below the payload's magnitude
-    _, check = _recover(lied, omega, d, rng)
-    assert check is not None and float(np.max(np.abs(check))) > 1e3 * honest_check
+    _, check = _recover(lied, w, d, delta)
+    assert check is not None and check.parity > 1e3 * honest_parity
 
 
 def test_large_payloads_take_the_fast_path_unless_a_lie_hides_outside_the_sample(
