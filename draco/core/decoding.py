@@ -298,7 +298,9 @@ def decode_repetition(
 #: Payload rows per float64 partial product in ``project_rows`` (rows of the (d/K, 2K) view):
 #: each chunk is cast to float64 in cache before the product, so the projection's own
 #: arithmetic adds about 1e-16 x sqrt(chunk) relative error, far below complex64 rounding.
-_PROJECTION_CHUNK = 1 << 10
+_PROJECTION_CHUNK = 1 << 13
+#: Rows of the (d/K, 2K) view per block of the fast path's secret sample (65,536 coordinates).
+_SAMPLE_BLOCK = 1 << 10
 #: Lanes per projection weight vector: coordinate i goes to lane i mod PROJECTIONS.
 PROJECTIONS = 64
 #: Independent secret weight vectors per lane (every coordinate is seen by this many lanes,
@@ -462,7 +464,7 @@ def project_rows(
     d : int
     rng : numpy Generator
     blocks : sequence of int or None
-        None: every coordinate. Otherwise only these chunks of ``_PROJECTION_CHUNK`` x K
+        None: every coordinate. Otherwise only these blocks of ``_SAMPLE_BLOCK`` x K
         coordinates (a secret random sample, see ``decode_cyclic``; the tail is skipped).
 
     Returns
@@ -475,11 +477,16 @@ def project_rows(
     head = m * k
     r = rng.random((WEIGHTS, m)) * 2 - 1
     r_tail = rng.random((WEIGHTS, d - head)) * 2 - 1
-    step = _PROJECTION_CHUNK
-    starts = list(range(0, m, step)) if blocks is None else [b * step for b in blocks]
-    coordinates = sum(min(m, b + step) - b for b in starts) * k
     if blocks is None:
-        coordinates += d - head
+        spans = [(a, min(m, a + _PROJECTION_CHUNK)) for a in range(0, m, _PROJECTION_CHUNK)]
+    else:
+        spans = [(b * _SAMPLE_BLOCK, min(m, (b + 1) * _SAMPLE_BLOCK)) for b in blocks]
+        # The sampled blocks are gathered into one chunk per row (few, large BLAS calls).
+        r = np.concatenate([r[:, a:b] for a, b in spans], axis=1)
+        spans = [(0, r.shape[1])]
+    coordinates = sum(b - a for a, b in spans) * k
+    tail = d - head if blocks is None else 0
+    coordinates += tail
     z: dict[int, np.ndarray] = {}
     energy: dict[int, np.ndarray] = {}
     for j, y in rows.items():
@@ -488,19 +495,20 @@ def project_rows(
         sq = np.zeros(2 * k)
         if m:
             mat = real[: 2 * head].reshape(m, 2 * k)
-            for start in starts:
-                stop = min(m, start + step)
+            if blocks is not None:
+                gathered = [mat[b * _SAMPLE_BLOCK : (b + 1) * _SAMPLE_BLOCK] for b in blocks]
+                mat = np.concatenate(gathered)
+            for start, stop in spans:
                 # Step 1.
                 chunk = mat[start:stop].astype(np.float64, copy=False)
                 # Step 2.
                 acc += r[:, start:stop] @ chunk
                 # Step 3 (a dot per column: no squared temporary).
                 sq += np.einsum("ij,ij->j", chunk, chunk)
-        if blocks is None:
-            for t in range(d - head):
-                pair = real[2 * (head + t) : 2 * (head + t) + 2].astype(np.float64)
-                acc[:, 2 * t : 2 * t + 2] += r_tail[:, t : t + 1] * pair
-                sq[2 * t : 2 * t + 2] += pair * pair
+        if tail:
+            pairs = real[2 * head : 2 * d].astype(np.float64)  # (2 tail,) re, im, re, ...
+            acc[:, : 2 * tail] += np.repeat(r_tail, 2, axis=1) * pairs
+            sq[: 2 * tail] += pairs * pairs
         lanes = acc[:, 0::2] + 1j * acc[:, 1::2]  # (WEIGHTS, K)
         z[j] = lanes.reshape(-1)
         energy[j] = np.tile(sq[0::2] + sq[1::2], WEIGHTS)
@@ -726,6 +734,8 @@ def locate_cyclic(
        e. only if a-d give no consistent candidate: every arc of tau nodes consecutive on
           the circle (liars adjacent on the circle are the ill-conditioned case), the most
           consistent one.
+       Before all of them: no suspect at all, if every row fits within _SETTLED (most
+       rounds; the decode then depends on the payloads only).
     3. Refine each candidate by concentration steps (as in least trimmed squares): refit
        without the suspects, take as new suspects the rows with the largest standardised
        misfit, while the residual falls and the set changes. If that ends inconsistent,
@@ -738,19 +748,24 @@ def locate_cyclic(
        residual is backward stable whatever their clustering: its sensitivity is that of
        one Vandermonde matrix, not of its square.
     4. Take the refined candidate with the smallest residual (stop at the first one whose
-       residual is <= _SETTLED noise units: any consistent candidate decodes the true
-       codeword, see step 5); accept it if its kept rows are consistent (residual <=
-       config.factor noise units).
-    5. Reporting and exclusion: a suspect is a liar when its projection deviates from the
-       codeword predicted by the kept rows by more than config.clear_factor standard
-       deviations (prediction noise + its own) in some lane. A suspect within the noise
-       whose prediction is sharp (std <= config.power x typical |z|) is put back into the
-       recovery if the kept rows stay consistent; one whose prediction is not sharp (a
-       gap of adjacent liars) stays excluded but is not named. Safety: with e known bad
-       rows, t <= tau liars and b <= tau excluded suspects, the kept rows are consistent
-       with the true codeword on >= n - e - b - t >= n - 2s rows (even for one liar beyond
-       the budget, 2t + e = 2s + 1), which determine a codeword of
-       degree < n - 2s: the decoded codeword is the true one.
+       residual is <= _SETTLED noise units). Above _SETTLED: b. swaps of one suspect for a
+       neighbour on the circle or a badly fitting row while the residual falls; above
+       config.factor: c. forward selection by the residual itself (a beam of _BEAM sets)
+       over the rows every other step pointed at. Accept if the kept rows are consistent
+       (residual <= config.factor). Safety: with e known bad rows, t <= tau liars and
+       b <= tau excluded suspects, the kept rows are consistent with the true codeword on
+       >= n - e - b - t >= n - 2s rows, which determine a codeword of degree < n - 2s:
+       the decoded codeword is the true one, up to lies within the tolerance.
+    5. Naming: a suspect's evidence is its deviation from the codeword predicted by the
+       kept rows over its own noise bound plus the prediction's (worst lane). It is named
+       a liar when the evidence exceeds config.clear_factor AND the lie is gross (as large
+       as a typical honest projection) or certain (``certainly_lies``: no fit keeps the row
+       even with its tau nearest kept rows left out instead, nor does a local search that
+       keeps it). Why not the evidence alone: a fit that keeps liars on nearly dependent
+       (clustered) nodes absorbs their lies and pushes them, amplified, onto the honest
+       suspects next to them. A suspect not named goes back into the recovery if its
+       prediction is sharp (std <= config.power x typical |z|) and the kept rows stay
+       consistent; otherwise it stays out of the sum, unnamed.
     6. No candidate consistent: report failure (the caller raises DecodeError).
     """
     usable = sorted(proj.z)
@@ -1105,24 +1120,12 @@ def check_weights(
     return delta * (norm / np.linalg.norm(delta))
 
 
-@dataclass(frozen=True)
-class _Check:
-    """What the recovery pass measured of the kept rows' consistency (``_recover``).
-
-    ``parity`` = ||delta^T Y_kept||_2 and ``imaginary`` = ||Im(w^T Y_kept)||_2 over every
-    coordinate: both are payload rounding on consistent rows (the sum of real gradients is
-    real; delta annihilates codewords)."""
-
-    parity: float
-    imaginary: float
-
-
 def _recover(
     rows: Mapping[int, np.ndarray],
     weights: np.ndarray,
     d: int,
     delta: np.ndarray | None = None,
-) -> tuple[np.ndarray, _Check | None]:
+) -> tuple[np.ndarray, float | None]:
     """Re(sum_j w_j y_j) as float32 in one pass over the payloads; optionally its check.
 
     The gradient depends on the kept rows and ``weights`` only, never on a random draw:
@@ -1140,19 +1143,22 @@ def _recover(
        1 without liars), bounding the rounding to about that many payload roundings.
        Re(u) is the block of the sum.
     3. With ``delta`` (a secret parity check of the kept rows, ``check_weights``): c =
-       delta^T S the same way; accumulate ||c||^2 and ||Im(u)||^2 in float64.
+       delta^T S the same way (a second gemv on the staged block, still in cache);
+       accumulate ||c||^2 in float64. delta^T c = 0 on codewords: on consistent rows c is
+       payload rounding, on every coordinate.
 
     Returns
     -------
     gradient : ndarray, shape (d,), float32
-    check : _Check or None (without ``delta``)
-        Non-finite when a kept payload holds NaN/Inf.
+    check : float or None (without ``delta``)
+        ||delta^T Y_kept||_2 over all coordinates; non-finite when a kept payload holds
+        NaN/Inf.
     """
     out = np.empty(d, dtype=np.float32)
     keys = [j for j in sorted(rows) if weights[j] != 0]
     if not keys:
         out[:] = 0.0
-        return out, (_Check(0.0, 0.0) if delta is not None else None)
+        return out, (0.0 if delta is not None else None)
     dtype = np.result_type(*(rows[j].dtype for j in keys))
     arrays = [rows[j].astype(dtype, copy=False) for j in keys]
     vectors = [weights[keys].astype(dtype)]
@@ -1165,7 +1171,7 @@ def _recover(
     block = _RECOVERY_BLOCK if dtype == np.complex64 else _RECOVERY_BLOCK // 2
     staging = np.empty((len(keys), min(d, block)), dtype=dtype)
     acc = np.empty(staging.shape[1], dtype=np.complex128)
-    parity = imaginary = 0.0
+    parity = 0.0
     for start in range(0, d, block):
         stop = min(d, start + block)
         size = stop - start
@@ -1184,13 +1190,9 @@ def _recover(
                     u += vec[g0:g1] @ s_mat[g0:g1]
             if which == 0:
                 out[start:stop] = u.real
-                if delta is not None:
-                    im = np.ascontiguousarray(u.imag, dtype=np.float64)
-                    imaginary += float(im @ im)
             else:
                 parity += float(np.vdot(u, u).real)
-    check = _Check(float(np.sqrt(parity)), float(np.sqrt(imaginary)))
-    return out, (check if delta is not None else None)
+    return out, (float(np.sqrt(parity)) if delta is not None else None)
 
 
 def decode_cyclic(
@@ -1213,12 +1215,13 @@ def decode_cyclic(
           ``blocks``): one eighth of the memory traffic;
        b. locate on those projections (``locate_cyclic``), recovery weights w (step 5);
        c. one pass over the kept rows (``_recover``): the sum Re(w^T Y) and, on every
-          coordinate, two checks: ||delta^T Y|| for a fresh secret parity check delta of the
-          kept rows (``check_weights``) and ||Im(w^T Y)||;
-       d. accept if the result is finite and each check is <= config.check_factor x its
-          noise bound, config.check_unit x sqrt(sum_j |v_j|^2 E_j) for its weights v, with
-          E_j row j's energy estimated from the sample (sample energy x d / sampled
-          coordinates: a lie outside the sample cannot raise it). Otherwise (a lie or NaN
+          coordinate, the check ||delta^T Y|| for a fresh secret parity check delta of the
+          kept rows (``check_weights``, complex: a lie e_j is missed only if |delta_j e_j|
+          is small, probability ~ eps^2 over the secret draw);
+       d. accept if the result is finite and the check is <= config.check_factor x its
+          noise bound, config.check_unit x sqrt(sum_j |delta_j|^2 E_j), with E_j row j's
+          energy estimated from the sample (sample energy x d / sampled coordinates: a lie
+          outside the sample cannot raise it). Otherwise (a lie or NaN
           outside the sample, a failed check, nothing left to check) fall through to the
           full path. Sound: what is returned was checked on every coordinate.
     3. Full path: project every usable payload over all coordinates (``project_rows``);
@@ -1258,7 +1261,7 @@ def decode_cyclic(
     arrays = {j: a for j, a in arrays.items() if a.size == d}
     # Step 2 (fast path): locate on a secret sample of the coordinates, then recover and
     # check the kept rows on ALL coordinates in the same pass.
-    n_blocks = -(-(d // PROJECTIONS) // _PROJECTION_CHUNK)
+    n_blocks = -(-(d // PROJECTIONS) // _SAMPLE_BLOCK)
     if n_blocks >= _SAMPLE_MIN_BLOCKS:
         size = max(1, n_blocks // _SAMPLE_FRACTION)
         blocks = sorted(int(b) for b in rng.choice(n_blocks, size, replace=False))
@@ -1277,14 +1280,12 @@ def decode_cyclic(
                 energy = np.zeros(n)
                 for j in kept:
                     energy[j] = float(np.sum(sample.energy[j][:PROJECTIONS])) * scale
-                bound_parity = config.check_unit * float(np.sqrt(np.abs(delta) ** 2 @ energy))
-                bound_imag = config.check_unit * float(np.sqrt(np.abs(w) ** 2 @ energy))
+                bound = config.check_unit * float(np.sqrt(np.abs(delta) ** 2 @ energy))
                 if (
                     check is not None
                     and np.isfinite(gradient).all()
-                    and np.isfinite([check.parity, check.imaginary]).all()
-                    and check.parity <= config.check_factor * bound_parity
-                    and check.imaginary <= config.check_factor * bound_imag
+                    and np.isfinite(check)
+                    and check <= config.check_factor * bound
                 ):
                     return DecodeResult(gradient, loc.liars, erasures)
     # Step 3 (full path).
