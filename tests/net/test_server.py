@@ -175,7 +175,9 @@ async def honest_worker(
             y = make_attack(ev.attack).apply(
                 y, rng=rng, n_workers=cfg["n_workers"], n_adversaries=cfg["n_adversaries"]
             )
-        out: Any = m.Gradient(round_index=ev.round_index, payload=y, compute_seconds=0.001)
+        out: Any = m.Gradient(
+            round_index=ev.round_index, payload=y, compute_seconds=0.001, attempt=ev.attempt
+        )
         if misbehave is not None:
             out = misbehave(ev.round_index, y)
         if delay:
@@ -462,20 +464,77 @@ async def test_too_many_messages_in_a_round_is_a_violation() -> None:
     assert [r["erasures"] for r in rec.records] == [[], [], [3]]
 
 
-async def test_failed_rounds_stop_the_run_without_updating_the_model() -> None:
+async def test_failed_attempts_with_every_worker_connected_stop_the_run() -> None:
     rec = Recorder()
     server, task = make_server(
-        n=3, s=1, rounds=5, hooks=rec, round_timeout=0.3, join_timeout=0.5, max_failed_rounds=2
+        n=3, s=1, rounds=5, hooks=rec, round_timeout=0.3, max_failed_rounds=2
     )
     await server.start()
     w0 = server.engine.params.copy()
+    silent = lambda t, y: None  # noqa: E731 - connected, never answers
+    tasks = [asyncio.create_task(honest_worker(server, task, 0))]
+    tasks += [asyncio.create_task(honest_worker(server, task, j, misbehave=silent)) for j in (1, 2)]
+    outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert outcome.exit_code == 1 and "--max-failed-rounds 2" in outcome.reason
+    # One record for the round, with its attempts: the same round was retried.
+    assert [(r["round"], r["failed"], r["attempts"]) for r in rec.records] == [(0, True, 2)]
+    assert server.engine.params.tobytes() == w0.tobytes()
+
+
+async def test_missing_workers_are_waited_for_with_backoff_then_the_run_stops() -> None:
+    rec = Recorder()
+    server, task = make_server(
+        n=3, s=1, rounds=5, hooks=rec, round_timeout=0.3, join_timeout=0.3, rejoin_timeout=1.5,
+        max_failed_rounds=1,
+    )  # fmt: skip
+    await server.start()
     only = asyncio.create_task(honest_worker(server, task, 0))  # 1 of 3: below the budget
     outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
     await asyncio.wait_for(only, TIMEOUT)
-    assert outcome.exit_code == 1 and "consecutive" in outcome.reason
-    assert [r["failed"] for r in rec.records] == [True, True]
-    assert [r["round"] for r in rec.records] == [0, 0]  # the same round is retried
-    assert server.engine.params.tobytes() == w0.tobytes()
+    # Not --max-failed-rounds 1: attempts without the workers are not honest attempts.
+    assert outcome.exit_code == 1 and "--rejoin-timeout 1.5" in outcome.reason
+    assert "[1, 2]" in outcome.reason
+    [record] = rec.records
+    # Backoff 0.25, 0.5, 1 s: a handful of attempts in 1.5 s, not a hot loop.
+    assert record["failed"] and 3 <= record["attempts"] <= 6, record
+
+
+async def test_a_round_heals_when_the_missing_workers_rejoin() -> None:
+    rec = Recorder()
+    server, task = make_server(
+        n=3, s=1, rounds=3, hooks=rec, round_timeout=0.3, join_timeout=0.3, max_failed_rounds=1
+    )
+    await server.start()
+
+    async def late(j: int) -> int:
+        await asyncio.sleep(1.0)
+        return await honest_worker(server, task, j)
+
+    tasks = [asyncio.create_task(honest_worker(server, task, 0))]
+    tasks += [asyncio.create_task(late(j)) for j in (1, 2)]
+    outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert outcome.completed, outcome.reason
+    assert [r["round"] for r in rec.records] == [0, 1, 2]  # one record per round
+    assert rec.records[0]["attempts"] >= 2 and not rec.records[0]["failed"]
+    assert "retry_error" in rec.records[0]
+    assert server.engine.totals.failed_rounds == rec.records[0]["attempts"] - 1
+
+
+async def test_a_round_timeout_shorter_than_the_round_is_reported_with_the_measurement() -> None:
+    rec = Recorder()
+    server, task = make_server(
+        n=3, s=1, rounds=3, hooks=rec, round_timeout=0.2, max_failed_rounds=3
+    )
+    await server.start()
+    # Every answer comes 0.5 s after its RoundStart: later than the deadline, every attempt.
+    tasks = [asyncio.create_task(honest_worker(server, task, j, delay=0.5)) for j in range(3)]
+    outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert outcome.exit_code == 1
+    assert "--round-timeout 0.2 s" in outcome.reason and "raise --round-timeout" in outcome.reason
+    assert server.refused == 0  # the late answers to failed attempts were never violations
 
 
 async def test_no_worker_joined_is_a_failed_run() -> None:
