@@ -32,6 +32,7 @@ from draco.net.server import ParameterServer, Peer
 from draco.optim import SGD, SGDConfig
 
 N, S, DIM = 15, 2, 1_000_000
+REPEATS = 3
 BOUND = 120.0  # seconds: a hang fails the test instead of blocking CI
 
 
@@ -174,15 +175,27 @@ def test_cyclic_ready_and_decode_run_off_the_event_loop() -> None:
     payloads = {j: code.encode(j, grads[list(code.partitions_of(j))]) for j in range(N)}
     expected = grads.astype(np.float64).sum(axis=0)
     del grads
-    idle = asyncio.run(_idle_gap(1.0))
-    off = asyncio.run(_one_round(payloads, expected, inline=False))
-    inline = asyncio.run(_one_round(payloads, expected, inline=True))
+    # Three rounds per mode, alternating, and the median of each figure: on a shared machine
+    # one round's largest gap is as much the scheduler's as ours.
+    idle, offs, inlines = [], [], []
+    for _ in range(REPEATS):
+        idle.append(asyncio.run(_idle_gap(1.0)))
+        offs.append(asyncio.run(_one_round(payloads, expected, inline=False)))
+        inlines.append(asyncio.run(_one_round(payloads, expected, inline=True)))
+
+    def med(rows: list[dict[str, Any]], key: str) -> float:
+        return float(np.median([r[key] for r in rows]))
+
     print(
-        f"\ncyclic n={N} s={S} d={DIM}, largest event-loop (heartbeat) gap: {idle:.1f} ms idle; "
-        f"{off['max_gap_ms']:.1f} ms with ready()/decode off the loop ({off['ready_calls']} "
-        f"ready calls, longest {off['longest_ready_ms']:.0f} ms, none on the loop; decode "
-        f"{off['decode_ms']:.0f} ms); {inline['max_gap_ms']:.1f} ms with ready() inline "
-        f"(longest call on the loop {inline['longest_ready_on_loop_ms']:.0f} ms)"
+        f"\ncyclic n={N} s={S} d={DIM}, largest event-loop (heartbeat) gap, median of "
+        f"{REPEATS} rounds: {np.median(idle):.1f} ms idle; {med(offs, 'max_gap_ms'):.1f} ms "
+        f"with ready()/decode off the loop (longest ready() {med(offs, 'longest_ready_ms'):.0f} "
+        f"ms, none on the loop; decode {med(offs, 'decode_ms'):.0f} ms); "
+        f"{med(inlines, 'max_gap_ms'):.1f} ms with ready() inline (longest call on the loop "
+        f"{med(inlines, 'longest_ready_on_loop_ms'):.0f} ms). Per round: idle "
+        f"{[round(x, 1) for x in idle]}, off {[round(r['max_gap_ms'], 1) for r in offs]}, "
+        f"inline {[round(r['max_gap_ms'], 1) for r in inlines]}"
     )
-    assert off["ready_calls"] >= 1 and off["ready_calls_off_loop"] == off["ready_calls"]
-    assert inline["ready_calls_off_loop"] == 0  # the comparison really ran inline
+    for off, inline in zip(offs, inlines, strict=True):
+        assert off["ready_calls"] >= 1 and off["ready_calls_off_loop"] == off["ready_calls"]
+        assert inline["ready_calls_off_loop"] == 0  # the comparison really ran inline
