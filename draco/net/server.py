@@ -723,7 +723,20 @@ class ParameterServer:
         self._ready_task = asyncio.ensure_future(self._check_ready(rnd))
 
     async def _check_ready(self, rnd: RoundCollector) -> None:
-        """``code.ready`` in the helper thread on snapshots, until ready or nothing new came."""
+        """``code.ready`` in the helper thread on snapshots, until ready or nothing new came.
+
+        Arrivals while a check runs only set ``_ready_dirty``; if the attempt changed
+        meanwhile, the payloads of the new one get their own check when this one ends.
+        """
+        try:
+            await self._check_ready_of(rnd)
+        finally:
+            current = self._round
+            if current is not None and current is not rnd and self._ready_dirty:
+                self._ready_task = None
+                self._maybe_close_round(current)
+
+    async def _check_ready_of(self, rnd: RoundCollector) -> None:
         loop = asyncio.get_running_loop()
         while self._round is rnd:
             self._ready_dirty = False
