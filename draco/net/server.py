@@ -91,6 +91,9 @@ RETRY_BACKOFF_BASE = 0.25
 RETRY_BACKOFF_CAP = 4.0
 # At most one warning about a round's failed attempts per this many seconds.
 WARN_INTERVAL = 5.0
+# A successful attempt that waited longer than this fraction of --round-timeout is warned
+# about (rate-limited): the deadline has little margin over the measured round time.
+NEAR_TIMEOUT = 0.5
 # Codes whose ``ready`` is a cheap byte comparison and may run on the event loop; any other
 # code's check runs in the helper thread (the cyclic one projects every payload: O(n d)).
 INLINE_READY_CODES = frozenset({"repetition", "none"})
@@ -371,6 +374,7 @@ class ParameterServer:
         self._late_answer_seconds = 0.0
         self._absent_in_attempt: set[int] = set()
         self._last_warning = -math.inf
+        self._last_time_warning = -math.inf
         self._suppressed_warnings = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -523,11 +527,30 @@ class ParameterServer:
             if self._stop_reason is not None:
                 return
         record = result.record
+        self._check_round_time(record)
         record["wall_seconds"] = time.perf_counter() - t_round
         if record["attempts"] > 1 and last_error:
             record["retry_error"] = last_error  # the last failed attempt's, for the record
         if self.hooks is not None:
             self.hooks.round_done(record, engine)
+
+    def _check_round_time(self, record: dict[str, Any]) -> None:
+        """Warn (rate-limited) when an attempt's measured wait nears ``--round-timeout``."""
+        wait, limit = float(record["wait_seconds"]), self.config.round_timeout
+        now = time.monotonic()
+        if record["failed"] or wait <= NEAR_TIMEOUT * limit:
+            return
+        if now - self._last_time_warning < WARN_INTERVAL:
+            return
+        self._last_time_warning = now
+        log.warning(
+            "round %d took %.3g s to collect, more than %d%% of --round-timeout %g s: a "
+            "slower round will miss the deadline and be retried; consider raising it",
+            record["round"],
+            wait,
+            int(100 * NEAR_TIMEOUT),
+            limit,
+        )
 
     def _warn_failed(self, result: Any, absent: set[int]) -> None:
         """A failed attempt: a warning at the round's first failure, then rate-limited."""

@@ -537,6 +537,60 @@ async def test_a_round_timeout_shorter_than_the_round_is_reported_with_the_measu
     assert server.refused == 0  # the late answers to failed attempts were never violations
 
 
+async def test_a_backlog_answered_after_a_pause_is_late_not_a_violation() -> None:
+    rec = Recorder()
+    server, task = make_server(n=5, s=1, rounds=10, hooks=rec)  # one group: 2 copies suffice
+    await server.start()
+    answered: list[tuple[int, int]] = []
+
+    async def lazy() -> Any:
+        c = await Client.connect(server)
+        assert isinstance(await c.handshake(4), m.Welcome)
+        code = make_code("repetition", 5, 1)
+        backlog: list[m.RoundStart] = []
+        while True:
+            ev = await c.recv()
+            if ev is CLOSED or isinstance(ev, m.Bye | m.Error):
+                c.close()
+                return ev
+            backlog.append(ev)
+            if len(backlog) < 6 and ev.round_index < 9:
+                continue  # "paused": the rounds go on without us
+            for rs in backlog:  # then every missed round answered, back to back
+                y = code.encode(
+                    4, task.partition_gradients(rs.params, rs.round_index, [0, 1, 2, 3, 4])
+                )
+                c.send(m.Gradient(rs.round_index, y, 0.0, attempt=rs.attempt))
+                answered.append((rs.round_index, rs.attempt))
+            backlog.clear()
+
+    # The others answer 0.1 s after each RoundStart, so the backlog (answered back to back,
+    # within a few ms) lands inside one round, after one RoundStart.
+    tasks = [asyncio.create_task(honest_worker(server, task, j, delay=0.1)) for j in range(4)]
+    lazy_task = asyncio.create_task(lazy())
+    outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    last = await asyncio.wait_for(lazy_task, TIMEOUT)
+    assert outcome.completed
+    assert len(answered) >= 6  # more than max_messages_per_round (4) in one go
+    assert isinstance(last, m.Bye) and server.refused == 0  # not kicked
+
+
+async def test_a_round_close_to_its_deadline_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rec = Recorder()
+    server, task = make_server(n=3, s=1, rounds=2, hooks=rec, round_timeout=0.5)
+    await server.start()
+    tasks = [asyncio.create_task(honest_worker(server, task, j, delay=0.3)) for j in range(3)]
+    with caplog.at_level("WARNING", logger="draco.ps"):
+        outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert outcome.completed
+    warnings = [r.message for r in caplog.records if "of --round-timeout 0.5 s" in r.message]
+    assert len(warnings) == 1, warnings  # rate-limited: once for the two rounds
+
+
 async def test_no_worker_joined_is_a_failed_run() -> None:
     server, _ = make_server(join_timeout=0.2)
     outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
