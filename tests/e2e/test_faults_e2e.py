@@ -112,7 +112,9 @@ def test_more_than_s_workers_of_a_group_killed_and_restarted(
             assert finish(again)[0] == 0
             assert finish(rest)[0] == 0  # nobody was kicked
     assert status == 0, err
-    assert killed_at < ROUNDS and stalled_at <= killed_at + 1
+    # Stalled while they were gone: at most the round in flight (and one record still being
+    # written when killed_at was read) completed after the kill.
+    assert killed_at < ROUNDS and stalled_at <= killed_at + 2
     records = _check_clean_end(run_dir, clean_sha)
     healed = [r for r in records if r["attempts"] > 1]
     assert healed and "retry_error" in healed[0]
