@@ -99,11 +99,12 @@ NEAR_TIMEOUT = 0.5
 INLINE_READY_CODES = frozenset({"repetition", "none"})
 # CPython's GIL switch interval while serving, seconds. The helper thread (decode, cyclic
 # ready) runs Python between its numpy calls; at the default 5 ms the event loop can wait that
-# long for the GIL at each handoff. Measured with a thread running the cyclic ready() at
-# n = 15, d = 1M: largest loop gap 23 ms at 5 ms, 9 ms at 0.5 ms (idle machine noise: 6 ms).
+# long for the GIL at each handoff. Measured (shared 2-core VM, load 7-9) with a thread
+# running the cyclic ready() at n = 15, d = 1M, the main thread's largest sleep(1 ms) gap:
+# 19-27 ms at 5 ms, 8-10 ms at 1 ms (idle: 4-11 ms); decode 13-16 ms vs 7-8 ms.
 GIL_SWITCH_INTERVAL = 0.001
-# Erasure reasons that mean "this worker held no seat": such a failed attempt is waited out
-# (--rejoin-timeout), not counted against --max-failed-rounds.
+# Erasure reason of a worker that held no seat when the attempt was broadcast (with the ones
+# lost during it, such a failed attempt is waited out under --rejoin-timeout, not counted).
 _ABSENT = "not connected"
 
 
