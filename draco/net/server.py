@@ -478,12 +478,20 @@ class ParameterServer:
             f"row failed with every worker connected (--max-failed-rounds "
             f"{engine.max_failed_rounds}); model not updated in those attempts"
         )
+        timeout = self.config.round_timeout
         if self._late_answer_seconds > 0:
             # The workers did answer, only after the deadline: say so, with the measurement.
             reason += (
-                f". The attempts ran into --round-timeout {self.config.round_timeout:g} s, but "
-                f"answers arrived up to {self._late_answer_seconds:.3g} s after the broadcast: "
-                "the timeout is shorter than a round takes here; raise --round-timeout above that"
+                f". The attempts ran into --round-timeout {timeout:g} s, but answers arrived "
+                f"up to {self._late_answer_seconds:.3g} s after the broadcast: the timeout is "
+                "shorter than a round takes here; raise --round-timeout above that"
+            )
+        elif self._timed_out:
+            waited = time.perf_counter() - min(self._timed_out.values())
+            reason += (
+                f". {len(self._timed_out)} of them ran into --round-timeout {timeout:g} s and "
+                f"no answer to any came in the {waited:.3g} s since the first: the workers take "
+                "longer than the timeout to compute a round (or to start); raise --round-timeout"
             )
         return reason
 

@@ -477,6 +477,7 @@ async def test_failed_attempts_with_every_worker_connected_stop_the_run() -> Non
     outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
     await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
     assert outcome.exit_code == 1 and "--max-failed-rounds 2" in outcome.reason
+    assert "2 of them ran into --round-timeout 0.3 s and no answer" in outcome.reason
     # One record for the round, with its attempts: the same round was retried.
     assert [(r["round"], r["failed"], r["attempts"]) for r in rec.records] == [(0, True, 2)]
     assert server.engine.params.tobytes() == w0.tobytes()
