@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.rejoin_timeout,
         metavar="SEC",
-        help="a round that cannot decode because workers are not connected is retried "
-        "(with backoff) this long while they rejoin, then the run stops",
+        help="a round that cannot decode because workers are not connected (or have not "
+        "answered it at all yet) is retried with backoff this long, then the run stops",
     )
     net.add_argument(
         "--shutdown-grace",
@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.max_failed_rounds,
         metavar="K",
         help="stop after K failed attempts of a round in a row with every worker connected "
-        "(retries wait with backoff; attempts with workers missing count against "
-        "--rejoin-timeout instead)",
+        "and answering (retries wait with backoff; attempts with workers missing or silent "
+        "count against --rejoin-timeout instead)",
     )
     run.add_argument(
         "--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K", help="0 = never"

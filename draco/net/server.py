@@ -473,27 +473,31 @@ class ParameterServer:
 
     def _stopped_reason(self) -> str:
         engine = self.engine
-        reason = (
+        return (
             f"round {engine.next_round}: {engine.totals.consecutive_failures} attempts in a "
-            f"row failed with every worker connected (--max-failed-rounds "
+            f"row failed with every worker connected and answering (--max-failed-rounds "
             f"{engine.max_failed_rounds}); model not updated in those attempts"
+            f"{self._timeout_note()}"
         )
+
+    def _timeout_note(self) -> str:
+        """What the measured round time says about --round-timeout ("" if nothing)."""
         timeout = self.config.round_timeout
         if self._late_answer_seconds > 0:
             # The workers did answer, only after the deadline: say so, with the measurement.
-            reason += (
-                f". The attempts ran into --round-timeout {timeout:g} s, but answers arrived "
-                f"up to {self._late_answer_seconds:.3g} s after the broadcast: the timeout is "
+            return (
+                f". Attempts ran into --round-timeout {timeout:g} s, but answers arrived up "
+                f"to {self._late_answer_seconds:.3g} s after the broadcast: the timeout is "
                 "shorter than a round takes here; raise --round-timeout above that"
             )
-        elif self._timed_out:
+        if self._timed_out:
             waited = time.perf_counter() - min(self._timed_out.values())
-            reason += (
-                f". {len(self._timed_out)} of them ran into --round-timeout {timeout:g} s and "
+            return (
+                f". {len(self._timed_out)} attempts ran into --round-timeout {timeout:g} s and "
                 f"no answer to any came in the {waited:.3g} s since the first: the workers take "
                 "longer than the timeout to compute a round (or to start); raise --round-timeout"
             )
-        return reason
+        return ""
 
     async def _run_round(self) -> None:
         """One round: attempts until one decodes, the run stops, or a stop request.
@@ -511,20 +515,20 @@ class ParameterServer:
             attempt = await self._run_attempt()
             if attempt is None:
                 return  # shutting down: leave the round unfinished (the model stays)
-            result, absent = attempt
+            result, absent, silent = attempt
             if result.ok:
                 break
             last_error = result.error
             now = time.perf_counter()
-            self._warn_failed(result, absent)
-            if absent:
+            self._warn_failed(result, absent, silent)
+            if absent or silent:
                 absent_since = now if absent_since is None else absent_since
                 if now - absent_since > self.config.rejoin_timeout:
                     self.request_stop(
                         f"round {result.record['round']} could not be decoded for "
-                        f"{now - absent_since:.0f} s: workers {sorted(absent)} are not "
-                        f"connected (--rejoin-timeout {self.config.rejoin_timeout:g} s); "
-                        f"last error: {result.error}"
+                        f"{now - absent_since:.0f} s: {self._who(absent, silent)} "
+                        f"(--rejoin-timeout {self.config.rejoin_timeout:g} s); last error: "
+                        f"{result.error}{self._timeout_note()}"
                     )
             else:
                 absent_since = None
@@ -561,7 +565,16 @@ class ParameterServer:
             limit,
         )
 
-    def _warn_failed(self, result: Any, absent: set[int]) -> None:
+    @staticmethod
+    def _who(absent: set[int], silent: set[int]) -> str:
+        parts = []
+        if absent:
+            parts.append(f"workers {sorted(absent)} are not connected")
+        if silent:
+            parts.append(f"workers {sorted(silent)} have not answered this round yet")
+        return " and ".join(parts)
+
+    def _warn_failed(self, result: Any, absent: set[int], silent: set[int]) -> None:
         """A failed attempt: a warning at the round's first failure, then rate-limited."""
         now = time.monotonic()
         first = result.record["attempts"] == 1
@@ -575,8 +588,8 @@ class ParameterServer:
         )
         self._last_warning, self._suppressed_warnings = now, 0
         why = (
-            f"workers {sorted(absent)} not connected, waiting for them to rejoin"
-            if absent
+            f"{self._who(absent, silent)}: waiting for them"
+            if absent or silent
             else f"{self.engine.totals.consecutive_failures}/{self.engine.max_failed_rounds} "
             "counted failures"
         )
@@ -609,11 +622,15 @@ class ParameterServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), remaining)
 
-    async def _run_attempt(self) -> tuple[Any, set[int]] | None:
+    async def _run_attempt(self) -> tuple[Any, set[int], set[int]] | None:
         """One attempt: broadcast, collect until close, decode + update off the loop.
 
-        Returns (RoundRecord, workers that held no seat during the attempt), or None when a
-        stop was requested meanwhile.
+        Returns (RoundRecord, absent, silent), or None when a stop was requested meanwhile.
+        absent: workers that held no seat during the attempt. silent: seated workers that
+        delivered nothing and have answered no attempt of this round yet (still computing
+        their first answer, frozen, or not reading). A failed attempt with either counts
+        against ``--rejoin-timeout`` (time), not ``--max-failed-rounds``: retrying cannot
+        help until they are back, and the retry's RoundStart is queued behind their work.
         """
         assert self._wake is not None
         loop = asyncio.get_running_loop()
@@ -661,12 +678,20 @@ class ParameterServer:
             self._timed_out[key] = t0
         wait = time.perf_counter() - t0
         absent = set(self._absent_in_attempt)
+        silent = set()
+        for j, peer in self.seats.items():
+            if j in rnd.received or j in absent:
+                continue
+            stuck = rnd.erased.get(j, "").startswith("not reading")
+            if stuck or (j not in rnd.erased and peer.last_answered < (rnd.index, 0)):
+                silent.add(j)
+        counted = not absent and not silent
         result = await loop.run_in_executor(
             self._executor,
-            lambda: engine.finish(rnd, wait_seconds=wait, count_failure=not absent),
+            lambda: engine.finish(rnd, wait_seconds=wait, count_failure=counted),
         )
         result.record["wall_seconds"] = time.perf_counter() - t0
-        return result, absent
+        return result, absent, silent
 
     async def shutdown(self, reason: str) -> None:
         """Stop accepting, Bye to every peer, wait up to the grace period, abort the rest."""
@@ -868,6 +893,10 @@ class ParameterServer:
         if seconds <= self._late_answer_seconds:
             return
         self._late_answer_seconds = seconds
+        now = time.monotonic()
+        if now - self._last_time_warning < WARN_INTERVAL:
+            return  # measured (for the stop message), not logged again so soon
+        self._last_time_warning = now
         log.warning(
             "round %d attempt %d hit --round-timeout %g s, but worker %d answered after %.3g s: "
             "the timeout is shorter than the measured round time",
