@@ -757,8 +757,6 @@ class ParameterServer:
                 rnd.erase(j, reason)
                 self._absent_in_attempt.add(j)
                 self._maybe_close_round(rnd)
-        if self._wake is not None and self._round is None:
-            self._wake.set()  # a retry pause waits for seats: recount
 
     def _maybe_close_round(self, rnd: RoundCollector) -> None:
         """Wake the round when it can close: complete, or ``code.ready`` (maybe off-loop)."""
