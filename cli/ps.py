@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.round_timeout,
         metavar="SEC",
-        help="close a round after this long; missing workers are erasures",
+        help="close a round attempt after this long; missing workers are erasures (answers "
+        "that arrive later are measured and reported if the run gives up)",
     )
     net.add_argument(
         "--handshake-timeout",
@@ -103,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.join_timeout,
         metavar="SEC",
         help="wait this long for all workers before round 0 (then start with those present)",
+    )
+    net.add_argument(
+        "--rejoin-timeout",
+        type=float,
+        default=d.rejoin_timeout,
+        metavar="SEC",
+        help="a round that cannot decode because workers are not connected (or have not "
+        "answered it at all yet) is retried with backoff this long, then the run stops",
     )
     net.add_argument(
         "--shutdown-grace",
@@ -174,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.max_failed_rounds,
         metavar="K",
-        help="stop after K consecutive rounds beyond the code's budget",
+        help="stop after K failed attempts of a round in a row with every worker connected "
+        "and answering (retries wait with backoff; attempts with workers missing or silent "
+        "count against --rejoin-timeout instead)",
     )
     run.add_argument(
         "--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K", help="0 = never"
@@ -315,12 +326,17 @@ class RunRecorder:
         if "test_accuracy" not in self.last_eval and "test_loss" in self.last_eval:
             line += f"  loss {self.last_eval['test_loss']:.4g}"
         if record["failed"]:
-            line += f"  round {record['round']} FAILED: {record.get('error', '')}"
+            line += (
+                f"  round {record['round']} FAILED after {record.get('attempts', 1)} "
+                f"attempt(s): {record.get('error', '')}"
+            )
         else:
             located = record["adversaries_located"]
             line += f"  liars located {located}" if located else "  liars located -"
             if record["erasures"]:
                 line += f"  erasures {record['erasures']}"
+            if record.get("attempts", 1) > 1:
+                line += f"  ({record['attempts']} attempts)"
         print(line, file=self.out, flush=True)
 
     def close(self, engine: Any, *, final_eval: bool) -> dict[str, float]:

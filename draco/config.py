@@ -102,6 +102,9 @@ class PSConfig:
     round_timeout: float = 60.0
     handshake_timeout: float = 10.0
     join_timeout: float = 120.0
+    # A round that cannot decode because workers are not connected waits this long (seconds)
+    # for them to (re)join, retrying with backoff, before the run stops.
+    rejoin_timeout: float = 120.0
     shutdown_grace: float = 5.0
     loop: str = "uvloop"
     tls_cert: Path | None = None
@@ -161,6 +164,7 @@ class PSConfig:
         _check_seconds("--round-timeout", self.round_timeout)
         _check_seconds("--handshake-timeout", self.handshake_timeout)
         _check_seconds("--join-timeout", self.join_timeout)
+        _check_seconds("--rejoin-timeout", self.rejoin_timeout)
         _check_seconds("--shutdown-grace", self.shutdown_grace)
         if self.loop not in LOOPS:
             raise ConfigError(f"--loop must be one of {', '.join(LOOPS)}, got {self.loop!r}")
@@ -253,6 +257,7 @@ class PSConfig:
             round_timeout=args.round_timeout,
             handshake_timeout=args.handshake_timeout,
             join_timeout=args.join_timeout,
+            rejoin_timeout=args.rejoin_timeout,
             shutdown_grace=args.shutdown_grace,
             loop=args.loop,
             tls_cert=args.tls_cert,

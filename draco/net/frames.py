@@ -45,7 +45,9 @@ __all__ = [
 MAGIC = b"DRCO"
 #: The version this code speaks. Bumped on any incompatible change; magic + version (the first
 #: six bytes) keep this position in every future version so a mismatch is always reported.
-PROTOCOL_VERSION = 1
+#: Version 2 added ``attempt`` to ``round_start`` and ``gradient`` (retried rounds); a
+#: version-1 peer would refuse those keys, so it is told "version mismatch" instead.
+PROTOCOL_VERSION = 2
 #: magic, version, flags, header_len, tensor_bytes, n_tensors (network byte order).
 PREFIX = struct.Struct("!4sHHIQI")
 PREFIX_SIZE = PREFIX.size  # 24

@@ -22,6 +22,7 @@ import numpy as np
 from draco.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "MAX_ATTEMPT",
     "MESSAGE_TYPES",
     "NONCE_BYTES",
     "PAYLOAD_DTYPES",
@@ -60,6 +61,8 @@ ERROR_CODES = (
 
 _MAX_WORKER_ID = 2**32 - 1
 _MAX_ROUND = 2**63 - 1
+#: Largest attempt number of one round (a retry counter; the PS gives up long before).
+MAX_ATTEMPT = 2**32 - 1
 _MAX_SEED = 2**64 - 1
 _MAX_TEXT = 4096
 _MAX_CONFIG_DEPTH = 16
@@ -224,6 +227,9 @@ class RoundStart:
         The attack this worker applies this round (None = honest).
     attack_seed : int
         0 .. 2**64-1; seeds ``np.random.default_rng`` for the attack.
+    attempt : int
+        0 .. 2**32-1: which attempt of ``round_index`` this is (0 = first; a failed round is
+        run again with the same index and parameters under the next attempt number).
     """
 
     type_name: ClassVar[str] = "round_start"
@@ -233,6 +239,7 @@ class RoundStart:
     params: np.ndarray
     attack: str | None
     attack_seed: int
+    attempt: int = 0
 
     def __post_init__(self) -> None:
         _check_int(self, "round_index", 0, _MAX_ROUND)
@@ -240,12 +247,14 @@ class RoundStart:
         if self.attack is not None:
             _check_text(self, "attack", ident=True)
         _check_int(self, "attack_seed", 0, _MAX_SEED)
+        _check_int(self, "attempt", 0, MAX_ATTEMPT)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RoundStart):
             return NotImplemented
         return (
             self.round_index == other.round_index
+            and self.attempt == other.attempt
             and self.attack == other.attack
             and self.attack_seed == other.attack_seed
             and _arrays_equal(self.params, other.params)
@@ -266,6 +275,8 @@ class Gradient:
         (d,) float32, complex64 or complex128 (the code's payload dtype).
     compute_seconds : float
         Time the worker spent computing, seconds (finite, >= 0).
+    attempt : int
+        The attempt of ``round_index`` this answers (``RoundStart.attempt``, echoed).
     """
 
     type_name: ClassVar[str] = "gradient"
@@ -274,9 +285,11 @@ class Gradient:
     round_index: int
     payload: np.ndarray
     compute_seconds: float
+    attempt: int = 0
 
     def __post_init__(self) -> None:
         _check_int(self, "round_index", 0, _MAX_ROUND)
+        _check_int(self, "attempt", 0, MAX_ATTEMPT)
         _check_vector(self, "payload", PAYLOAD_DTYPES)
         value = self.compute_seconds
         if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
@@ -291,6 +304,7 @@ class Gradient:
             return NotImplemented
         return (
             self.round_index == other.round_index
+            and self.attempt == other.attempt
             and self.compute_seconds == other.compute_seconds
             and _arrays_equal(self.payload, other.payload)
         )

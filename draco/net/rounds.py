@@ -6,8 +6,9 @@ decides everything else::
     engine = RoundEngine(code, params, SGD(cfg, dim), ...)
     while not engine.finished:
         rnd = engine.start_round()            # RoundCollector: plan (liars, attack seeds)
-        ... broadcast RoundStart(rnd.index, engine.params, *rnd.plan.instruction(j)) ...
-        verdict = rnd.offer(j, round_index, payload, compute_seconds)   # per Gradient
+        ... broadcast RoundStart(rnd.index, engine.params, *rnd.plan.instruction(j),
+                                 attempt=rnd.attempt) ...
+        verdict = rnd.offer(j, round_index, payload, compute_seconds, attempt=a)  # per Gradient
         rnd.erase(j, "disconnected")                                     # per lost worker
         ... until rnd.should_close or the deadline ...
         record = engine.finish(rnd, wait_seconds=...)   # decode + update (or a failed round)
@@ -22,15 +23,20 @@ One round, step by step (``finish``):
 3. ``params <- sgd.step(params, result.gradient / n_partitions)`` (a mean over the batch).
 
 A round whose payloads exceed the code's budget (``DecodeError``) FAILS: the model is not
-updated and the same round index is run again next (same samples, same liars), so the model
-trajectory stays the one of a clean run. After ``max_failed_rounds`` consecutive failures
-the engine stops (``engine.stopped``).
+updated and the same round index is run again next as a new ATTEMPT (same samples, same
+liars, same parameters; ``RoundCollector.attempt`` = 1, 2, ...), so the model trajectory
+stays the one of a clean run. A failed attempt counts against ``max_failed_rounds`` when the
+shell says it was an honest try (``finish(..., count_failure=True)``: every worker was
+connected); after ``max_failed_rounds`` counted failures in a row the engine stops
+(``engine.stopped``). Attempts made while workers were missing are bounded by the shell's
+clock instead (``--rejoin-timeout``).
 
-Validation of a payload (``RoundCollector.offer``):
+Validation of a payload (``RoundCollector.offer``), ordered by (round index, attempt):
 
-- a round index below the current one: a straggler's stale payload, ignored;
-- a round index above it, a second payload in the round, a wrong dtype or shape: a protocol
-  violation (erasure for this round; the shell closes the connection);
+- an earlier round, or an earlier attempt of this round: a straggler's stale payload,
+  ignored (never a violation: a worker answers every RoundStart it read);
+- a later round or attempt, a second payload for this attempt, a wrong dtype or shape: a
+  protocol violation (erasure for this attempt; the shell closes the connection);
 - non-finite values: an erasure (the connection stays).
 """
 
@@ -186,11 +192,10 @@ class RoundCollector:
 
     def __init__(self, plan: RoundPlan, code: CodeLike, dim: int, attempt: int = 0) -> None:
         self.plan = plan
-        # A failed round is run again under the same index with the same params, so a worker
-        # answers every attempt's RoundStart with the same payload: up to ``attempt`` answers
-        # to earlier attempts may still arrive and are ignored, not taken as violations.
+        # Which attempt of the round this is: payloads carry it, so answers to a failed
+        # earlier attempt (which the workers computed before they read the retry) are told
+        # apart from answers to this one and ignored.
         self.attempt = int(attempt)
-        self._answers: dict[int, int] = {}
         self.code = code
         self.dim = dim
         self.dtype = np.dtype(code.payload_dtype)
@@ -212,6 +217,8 @@ class RoundCollector:
         payload: np.ndarray,
         compute_seconds: float = 0.0,
         wire_bytes: int = 0,
+        *,
+        attempt: int = 0,
     ) -> Offer:
         """Validate and keep one worker's payload.
 
@@ -227,24 +234,30 @@ class RoundCollector:
             The worker's reported compute time (metrics only; not trusted otherwise).
         wire_bytes : int
             Frame size on the wire, for the byte counter.
+        attempt : int
+            The attempt of ``round_index`` the payload answers (``Gradient.attempt``).
         """
         self.bytes_in += int(wire_bytes)
         if round_index < self.index:
             return Offer(Verdict.STALE, f"payload for round {round_index} arrived late")
+        if round_index == self.index and attempt < self.attempt:
+            return Offer(
+                Verdict.STALE, f"answer to attempt {attempt} of round {round_index} arrived late"
+            )
         if not 0 <= worker < self.code.n_workers:
             return Offer(Verdict.VIOLATION, f"worker id {worker} out of range")
         if round_index > self.index:
             return self._erase(worker, Verdict.VIOLATION, f"payload for future round {round_index}")
-        answers = self._answers.get(worker, 0) + 1
-        self._answers[worker] = answers
-        if answers > 1 and answers <= 1 + self.attempt:
-            return Offer(Verdict.STALE, f"answer to an earlier attempt of round {round_index}")
+        if attempt > self.attempt:
+            return self._erase(
+                worker, Verdict.VIOLATION, f"payload for attempt {attempt}, never started"
+            )
         if worker in self.received or worker in self.erased:
             # Already counted once: the first payload stays, the duplicate is a violation.
             self.erased.setdefault(worker, "duplicate payload")
             self.received.pop(worker, None)
             self._ready = False
-            return Offer(Verdict.VIOLATION, "second payload in one round")
+            return Offer(Verdict.VIOLATION, "second payload in one attempt")
         if not isinstance(payload, np.ndarray) or payload.dtype != self.dtype:
             got = getattr(payload, "dtype", type(payload).__name__)
             return self._erase(worker, Verdict.VIOLATION, f"dtype {got}, expected {self.dtype}")
@@ -257,7 +270,7 @@ class RoundCollector:
         self.received[worker] = payload
         cs = float(compute_seconds)
         self.compute_seconds[worker] = cs if np.isfinite(cs) and cs >= 0 else 0.0
-        self._ready = False  # recomputed lazily
+        # _ready stays as it is: once True, more payloads cannot make the round undecodable.
         return Offer(Verdict.ACCEPTED)
 
     def _erase(self, worker: int, verdict: Verdict, reason: str) -> Offer:
@@ -279,21 +292,46 @@ class RoundCollector:
         """Every worker delivered or is erased: nothing more can arrive."""
         return self.accounted >= self.code.n_workers
 
+    def readiness_input(self) -> dict[int, np.ndarray]:
+        """A snapshot of the payloads that can make the round decodable (for ``code.ready``).
+
+        A new dict (safe to hand to another thread while more payloads arrive). The
+        scheduled liars of a PS-simulated attack are left out: their payloads will be
+        replaced, so only the others can make the round decodable.
+        """
+        if self.plan.simulated_at_ps:
+            return {j: p for j, p in self.received.items() if j not in self.plan.liars}
+        return dict(self.received)
+
+    def mark_ready(self) -> None:
+        """``code.ready`` said True on a snapshot: readiness only grows with more payloads
+        (ready means "exact whatever the missing workers send"), so the round can close."""
+        self._ready = True
+
+    @property
+    def known_ready(self) -> bool:
+        """Readiness as last established (no ``code.ready`` call)."""
+        return self._ready
+
     @property
     def ready(self) -> bool:
-        """The code can decode exactly whatever the missing workers would send."""
+        """The code can decode exactly whatever the missing workers would send.
+
+        Calls ``code.ready`` inline when not yet known; the server runs expensive codes'
+        checks off its event loop instead (``readiness_input`` + ``mark_ready``).
+        """
         if not self._ready and self.received:
-            received = self.received
-            if self.plan.simulated_at_ps:
-                # The scheduled liars' payloads will be replaced by the PS-simulated attack:
-                # only the others can make the round decodable.
-                received = {j: p for j, p in received.items() if j not in self.plan.liars}
-            self._ready = bool(self.code.ready(received))
+            self._ready = bool(self.code.ready(self.readiness_input()))
         return self._ready
 
     @property
     def should_close(self) -> bool:
         return self.complete or self.ready
+
+    @property
+    def should_close_known(self) -> bool:
+        """``should_close`` as far as known without calling ``code.ready``."""
+        return self.complete or self._ready
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -304,8 +342,8 @@ class EngineTotals:
     """Counters over the whole run (checkpointed)."""
 
     completed_rounds: int = 0
-    failed_rounds: int = 0
-    consecutive_failures: int = 0
+    failed_rounds: int = 0  # failed attempts over the run, counted or not
+    consecutive_failures: int = 0  # counted failed attempts since the last completed round
     adversaries_located: int = 0
 
     def to_dict(self) -> dict[str, int]:
@@ -348,7 +386,7 @@ class RoundEngine:
     schedule : str
         "random" or "fixed" (see ``choose_liars``).
     max_failed_rounds : int
-        Consecutive failed rounds before ``stopped``.
+        Counted failed attempts in a row (see ``finish``) before ``stopped``.
     start_round : int
         Completed rounds so far (a resumed run).
     decode_rng : callable, optional
@@ -391,6 +429,7 @@ class RoundEngine:
         self._decode_rng = decode_rng or (lambda: np.random.default_rng(secrets.randbits(128)))
         self._clock = clock
         self.current: RoundCollector | None = None
+        self.attempt = 0  # attempts of next_round so far (failed ones)
 
     # -- state
 
@@ -441,7 +480,7 @@ class RoundEngine:
             self.plan(self.next_round),
             self.code,
             self.dim,
-            attempt=self.totals.consecutive_failures,
+            attempt=self.attempt,
         )
         return self.current
 
@@ -470,15 +509,20 @@ class RoundEngine:
             received[j] = np.asarray(forged, dtype=rnd.dtype)
         return received
 
-    def finish(self, rnd: RoundCollector, *, wait_seconds: float = 0.0) -> RoundRecord:
-        """Decode and update (steps 1-3 of the module docstring); a failed round keeps params.
+    def finish(
+        self, rnd: RoundCollector, *, wait_seconds: float = 0.0, count_failure: bool = True
+    ) -> RoundRecord:
+        """Decode and update (steps 1-3 of the module docstring); a failed attempt keeps params.
 
         Parameters
         ----------
         rnd : RoundCollector
-            The round to close; workers that did not deliver count as erasures.
+            The attempt to close; workers that did not deliver count as erasures.
         wait_seconds : float
             Seconds from broadcast to close (measured by the shell).
+        count_failure : bool
+            If this attempt fails, count it against ``max_failed_rounds``. The shell passes
+            False when workers were not connected (it bounds those retries by time instead).
 
         Returns
         -------
@@ -526,15 +570,18 @@ class RoundEngine:
             "attack": rnd.plan.attack,
             "attack_simulated_at_ps": rnd.plan.simulated_at_ps,
             "failed": not ok,
+            "attempts": rnd.attempt + 1,
         }
         if ok:
             self.totals.completed_rounds += 1
             self.totals.consecutive_failures = 0
             self.totals.adversaries_located += len(located)
+            self.attempt = 0
         else:
             record["error"] = error
             self.totals.failed_rounds += 1
-            self.totals.consecutive_failures += 1
+            self.totals.consecutive_failures += int(count_failure)
+            self.attempt += 1
         return RoundRecord(record=record, ok=ok, error=error)
 
     # -- checkpoints
@@ -562,3 +609,4 @@ class RoundEngine:
             consecutive_failures=0,  # a resumed run gets a fresh failure budget
             adversaries_located=int(totals.get("adversaries_located", 0)),
         )
+        self.attempt = 0

@@ -17,14 +17,23 @@ What this module does (the round logic itself is ``rounds.RoundEngine``):
    byte is accepted; after it the frame limits are exactly one payload of the run's code.
    One seat per worker id: an authenticated second connection for an occupied seat gets
    ``Error("seat_taken")``. At most ``max_pending_handshakes`` handshakes at once.
-3. Rounds: broadcast RoundStart to every seated worker, offer each Gradient to the round's
-   collector, close the round as soon as ``code.ready`` says so, when every worker is
-   accounted for, or at ``--round-timeout``; decode + update in a helper thread (the loop
-   keeps serving handshakes meanwhile). A worker that joins or reconnects mid-round is
-   welcomed and joins at the next round. A peer whose socket still holds the previous
-   round's parameters (not reading) is skipped for the round rather than buffered without
-   bound. A protocol violation (malformed frame, a wrong-shape payload, too many messages in
-   one round, ...) is an erasure for the round and closes that connection; the server goes on.
+3. Rounds: broadcast RoundStart(round, attempt) to every seated worker, offer each Gradient
+   to the round's collector, close the attempt as soon as ``code.ready`` says so, when every
+   worker is accounted for, or at ``--round-timeout``; decode + update in a helper thread
+   (the loop keeps serving handshakes meanwhile). ``code.ready`` runs inline only for the
+   codes whose check is a byte comparison (repetition, none); the cyclic code's O(n d) check
+   runs in the helper thread, at most one at a time, re-run once for the payloads that
+   arrived meanwhile. A worker that joins or reconnects mid-round is welcomed and joins at
+   the next attempt. A peer whose socket still holds the previous round's parameters (not
+   reading) is skipped for the attempt rather than buffered without bound. A protocol
+   violation (malformed frame, a wrong-shape payload, too many messages, ...) is an erasure
+   for the attempt and closes that connection; the server goes on.
+   A failed attempt is retried under the next attempt number after a pause that doubles
+   (``RETRY_BACKOFF_BASE`` .. ``RETRY_BACKOFF_CAP``) and ends early once every seat is
+   taken again. Attempts made while workers were not connected do not count against
+   ``--max-failed-rounds``; they are bounded by ``--rejoin-timeout`` seconds instead. One
+   metrics record per round (with its attempt count); failed attempts are logged at most
+   once per ``WARN_INTERVAL`` seconds.
 4. Shutdown (end of run, SIGINT/SIGTERM, too many failed rounds): stop accepting, send Bye
    to every peer, wait up to ``--shutdown-grace`` seconds for them to go, abort the rest.
 """
@@ -37,6 +46,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import math
 import os
 import socket
 import ssl
@@ -73,6 +83,29 @@ __all__ = [
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1  # too many failed rounds, no worker joined, or an internal error
+
+# Pause before the next attempt of a failed round, seconds: BASE after the first failure,
+# doubling up to CAP. Why: a failed attempt costs little, so without a pause a round that
+# cannot decode (workers gone) retries thousands of times a second and floods the logs.
+RETRY_BACKOFF_BASE = 0.25
+RETRY_BACKOFF_CAP = 4.0
+# At most one warning about a round's failed attempts per this many seconds.
+WARN_INTERVAL = 5.0
+# A successful attempt that waited longer than this fraction of --round-timeout is warned
+# about (rate-limited): the deadline has little margin over the measured round time.
+NEAR_TIMEOUT = 0.5
+# Codes whose ``ready`` is a cheap byte comparison and may run on the event loop; any other
+# code's check runs in the helper thread (the cyclic one projects every payload: O(n d)).
+INLINE_READY_CODES = frozenset({"repetition", "none"})
+# CPython's GIL switch interval while serving, seconds. The helper thread (decode, cyclic
+# ready) runs Python between its numpy calls; at the default 5 ms the event loop can wait that
+# long for the GIL at each handoff. Measured (shared 2-core VM, load 7-9) with a thread
+# running the cyclic ready() at n = 15, d = 1M, the main thread's largest sleep(1 ms) gap:
+# 19-27 ms at 5 ms, 8-10 ms at 1 ms (idle: 4-11 ms); decode 13-16 ms vs 7-8 ms.
+GIL_SWITCH_INTERVAL = 0.001
+# Erasure reason of a worker that held no seat when the attempt was broadcast (with the ones
+# lost during it, such a failed attempt is waited out under --rejoin-timeout, not counted).
+_ABSENT = "not connected"
 
 
 def retain_freed_memory(max_chunk: int = 32 * 1024 * 1024, keep: int = 1024**3) -> bool:
@@ -137,12 +170,14 @@ class Peer(asyncio.BufferedProtocol):
         The protocol state (server role).
     worker_id : int or None
         The authenticated worker id (None until the handshake succeeded).
-    last_round_sent : int
-        Newest round whose RoundStart this connection was sent (-1: none yet).
-    last_round_answered : int
-        Newest round this connection sent a payload for (-1: none yet).
+    last_sent : tuple[int, int]
+        (round, attempt) of the newest RoundStart sent on this connection ((-1, -1): none).
+    last_answered : tuple[int, int]
+        (round, attempt) of the newest Gradient received on it ((-1, -1): none). Answers must
+        come in increasing (round, attempt) order, at most up to ``last_sent``.
     messages_in_round : int
-        Messages received since the last RoundStart (bounded by the server).
+        Messages received since the last RoundStart sent or the last Gradient that answered
+        a newer (round, attempt): bounded by the server's ``max_messages_per_round``.
     """
 
     def __init__(self, handler: PeerHandler, conn: Connection) -> None:
@@ -151,8 +186,8 @@ class Peer(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.peername: Any = None
         self.worker_id: int | None = None
-        self.last_round_sent = -1
-        self.last_round_answered = -1
+        self.last_sent: tuple[int, int] = (-1, -1)
+        self.last_answered: tuple[int, int] = (-1, -1)
         self.messages_in_round = 0
         self.handshake_timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -330,6 +365,18 @@ class ParameterServer:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="draco-decode"
         )
+        self._inline_ready = getattr(code, "name", None) in INLINE_READY_CODES
+        self._ready_task: asyncio.Future[None] | None = None
+        self._ready_dirty = False
+        self.ready_checks = 0  # code.ready calls made off the loop (tests / metrics)
+        # (round, attempt) -> perf_counter at broadcast, for the current round's attempts
+        # that hit the deadline: a late answer to one of them measures the real round time.
+        self._timed_out: dict[tuple[int, int], float] = {}
+        self._late_answer_seconds = 0.0
+        self._absent_in_attempt: set[int] = set()
+        self._last_warning = -math.inf
+        self._last_time_warning = -math.inf
+        self._suppressed_warnings = 0
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -339,6 +386,8 @@ class ParameterServer:
         self._wake = asyncio.Event()
         cfg = self.config
         retain_freed_memory()
+        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL:
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         try:
             self._listener = await loop.create_server(
                 lambda: Peer(self, Connection(Role.SERVER, self._handshake_limits)),
@@ -403,12 +452,7 @@ class ParameterServer:
         if self._stop_reason is not None:
             return RunOutcome(self._stop_code, self._stop_reason)
         if self.engine.stopped:
-            return RunOutcome(
-                EXIT_FAILED,
-                f"{self.engine.totals.consecutive_failures} consecutive rounds failed "
-                f"(--max-failed-rounds {self.engine.max_failed_rounds}); model not updated "
-                "in those rounds",
-            )
+            return RunOutcome(EXIT_FAILED, self._stopped_reason())
         return RunOutcome(EXIT_COMPLETED, f"completed {self.engine.rounds} rounds")
 
     async def _wait_for_workers(self) -> None:
@@ -427,20 +471,182 @@ class ParameterServer:
             missing = sorted(set(range(self.n_workers)) - set(self.seats))
             log.warning("starting without workers %s (join timeout)", missing)
 
+    def _stopped_reason(self) -> str:
+        engine = self.engine
+        return (
+            f"round {engine.next_round}: {engine.totals.consecutive_failures} attempts in a "
+            f"row failed with every worker connected and answering (--max-failed-rounds "
+            f"{engine.max_failed_rounds}); model not updated in those attempts"
+            f"{self._timeout_note()}"
+        )
+
+    def _timeout_note(self) -> str:
+        """What the measured round time says about --round-timeout ("" if nothing)."""
+        timeout = self.config.round_timeout
+        if self._late_answer_seconds > 0:
+            # The workers did answer, only after the deadline: say so, with the measurement.
+            return (
+                f". Attempts ran into --round-timeout {timeout:g} s, but answers arrived up "
+                f"to {self._late_answer_seconds:.3g} s after the broadcast: the timeout is "
+                "shorter than a round takes here; raise --round-timeout above that"
+            )
+        if self._timed_out:
+            waited = time.perf_counter() - min(self._timed_out.values())
+            return (
+                f". {len(self._timed_out)} attempts ran into --round-timeout {timeout:g} s and "
+                f"no answer to any came in the {waited:.3g} s since the first: the workers take "
+                "longer than the timeout to compute a round (or to start); raise --round-timeout"
+            )
+        return ""
+
     async def _run_round(self) -> None:
-        """One round: broadcast, collect until close, decode + update off the loop."""
+        """One round: attempts until one decodes, the run stops, or a stop request.
+
+        Writes one record per round (``round_done``): the successful attempt's, or the last
+        failed one's when the run gives up, with ``attempts`` and the retry time in it.
+        """
+        engine = self.engine
+        t_round = time.perf_counter()
+        absent_since: float | None = None  # first failed attempt with workers missing
+        last_error = ""
+        self._timed_out.clear()
+        self._late_answer_seconds = 0.0
+        while True:
+            attempt = await self._run_attempt()
+            if attempt is None:
+                return  # shutting down: leave the round unfinished (the model stays)
+            result, absent, silent = attempt
+            if result.ok:
+                break
+            last_error = result.error
+            now = time.perf_counter()
+            self._warn_failed(result, absent, silent)
+            if absent or silent:
+                absent_since = now if absent_since is None else absent_since
+                if now - absent_since > self.config.rejoin_timeout:
+                    self.request_stop(
+                        f"round {result.record['round']} could not be decoded for "
+                        f"{now - absent_since:.0f} s: {self._who(absent, silent)} "
+                        f"(--rejoin-timeout {self.config.rejoin_timeout:g} s); last error: "
+                        f"{result.error}{self._timeout_note()}"
+                    )
+            else:
+                absent_since = None
+            if engine.stopped or self._stop_reason is not None:
+                break
+            failures = engine.attempt
+            delay = min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2 ** (failures - 1))
+            await self._pause_before_retry(delay)
+            if self._stop_reason is not None:
+                return
+        record = result.record
+        self._check_round_time(record)
+        record["wall_seconds"] = time.perf_counter() - t_round
+        if record["attempts"] > 1 and last_error:
+            record["retry_error"] = last_error  # the last failed attempt's, for the record
+        if self.hooks is not None:
+            self.hooks.round_done(record, engine)
+
+    def _check_round_time(self, record: dict[str, Any]) -> None:
+        """Warn (rate-limited) when an attempt's measured wait nears ``--round-timeout``."""
+        wait, limit = float(record["wait_seconds"]), self.config.round_timeout
+        now = time.monotonic()
+        if record["failed"] or wait <= NEAR_TIMEOUT * limit:
+            return
+        if now - self._last_time_warning < WARN_INTERVAL:
+            return
+        self._last_time_warning = now
+        log.warning(
+            "round %d took %.3g s to collect, more than %d%% of --round-timeout %g s: a "
+            "slower round will miss the deadline and be retried; consider raising it",
+            record["round"],
+            wait,
+            int(100 * NEAR_TIMEOUT),
+            limit,
+        )
+
+    @staticmethod
+    def _who(absent: set[int], silent: set[int]) -> str:
+        parts = []
+        if absent:
+            parts.append(f"workers {sorted(absent)} are not connected")
+        if silent:
+            parts.append(f"workers {sorted(silent)} have not answered this round yet")
+        return " and ".join(parts)
+
+    def _warn_failed(self, result: Any, absent: set[int], silent: set[int]) -> None:
+        """A failed attempt: a warning at the round's first failure, then rate-limited."""
+        now = time.monotonic()
+        first = result.record["attempts"] == 1
+        if not first and now - self._last_warning < WARN_INTERVAL:
+            self._suppressed_warnings += 1
+            return
+        more = (
+            f" ({self._suppressed_warnings} more failed attempts not logged)"
+            if self._suppressed_warnings
+            else ""
+        )
+        self._last_warning, self._suppressed_warnings = now, 0
+        why = (
+            f"{self._who(absent, silent)}: waiting for them"
+            if absent or silent
+            else f"{self.engine.totals.consecutive_failures}/{self.engine.max_failed_rounds} "
+            "counted failures"
+        )
+        log.warning(
+            "round %d attempt %d FAILED (%s): %s; model not updated, retrying%s",
+            result.record["round"],
+            result.record["attempts"] - 1,
+            why,
+            result.error,
+            more,
+        )
+
+    async def _pause_before_retry(self, delay: float) -> None:
+        """Pause ``delay`` seconds before the next attempt (a stop request ends it early).
+
+        When seats are empty, the pause also ends as soon as every seat is taken again: the
+        missing workers are what the round waits for.
+        """
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        waiting_for_seats = len(self.seats) < self.n_workers
+        while self._stop_reason is None:
+            if waiting_for_seats and len(self.seats) >= self.n_workers:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+
+    async def _run_attempt(self) -> tuple[Any, set[int], set[int]] | None:
+        """One attempt: broadcast, collect until close, decode + update off the loop.
+
+        Returns (RoundRecord, absent, silent), or None when a stop was requested meanwhile.
+        absent: workers that held no seat during the attempt. silent: seated workers that
+        delivered nothing and have answered no attempt of this round yet (still computing
+        their first answer, frozen, or not reading). A failed attempt with either counts
+        against ``--rejoin-timeout`` (time), not ``--max-failed-rounds``: retrying cannot
+        help until they are back, and the retry's RoundStart is queued behind their work.
+        """
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         engine = self.engine
         t0 = time.perf_counter()
         rnd = engine.start_round()
         params = engine.params  # never mutated: the engine makes a new array per update
+        key = (rnd.index, rnd.attempt)
         self._round = rnd
+        self._absent_in_attempt = set()
         self._wake.clear()
         for j in range(self.n_workers):
             peer = self.seats.get(j)
             if peer is None or peer.closed:
-                rnd.erase(j, "not connected")
+                rnd.erase(j, _ABSENT)
+                self._absent_in_attempt.add(j)
                 continue
             if peer.write_paused:
                 # It has not read the previous round's parameters: do not queue more.
@@ -448,31 +654,44 @@ class ParameterServer:
                 continue
             attack, seed = rnd.plan.instruction(j)
             peer.messages_in_round = 0
-            peer.last_round_sent = rnd.index
+            peer.last_sent = key
             rnd.bytes_out += peer.send(
-                m.RoundStart(round_index=rnd.index, params=params, attack=attack, attack_seed=seed)
+                m.RoundStart(
+                    round_index=rnd.index,
+                    params=params,
+                    attack=attack,
+                    attack_seed=seed,
+                    attempt=rnd.attempt,
+                )
             )
-        if not rnd.should_close:
-            with contextlib.suppress(asyncio.TimeoutError):
+        self._maybe_close_round(rnd)
+        timed_out = False
+        if not rnd.should_close_known:
+            try:
                 await asyncio.wait_for(self._wake.wait(), self.config.round_timeout)
-        self._round = None  # from here, payloads for this round are stale
+            except asyncio.TimeoutError:
+                timed_out = not rnd.complete
+        self._round = None  # from here, payloads for this attempt are stale
         if self._stop_reason is not None:
-            return  # shutting down: leave the round unfinished (the model stays as it was)
+            return None
+        if timed_out:
+            self._timed_out[key] = t0
         wait = time.perf_counter() - t0
+        absent = set(self._absent_in_attempt)
+        silent = set()
+        for j, peer in self.seats.items():
+            if j in rnd.received or j in absent:
+                continue
+            stuck = rnd.erased.get(j, "").startswith("not reading")
+            if stuck or (j not in rnd.erased and peer.last_answered < (rnd.index, 0)):
+                silent.add(j)
+        counted = not absent and not silent
         result = await loop.run_in_executor(
-            self._executor, lambda: engine.finish(rnd, wait_seconds=wait)
+            self._executor,
+            lambda: engine.finish(rnd, wait_seconds=wait, count_failure=counted),
         )
         result.record["wall_seconds"] = time.perf_counter() - t0
-        if not result.ok:
-            log.warning(
-                "round %d FAILED (%d/%d consecutive): %s; model not updated",
-                rnd.index,
-                engine.totals.consecutive_failures,
-                engine.max_failed_rounds,
-                result.error,
-            )
-        if self.hooks is not None:
-            self.hooks.round_done(result.record, engine)
+        return result, absent, silent
 
     async def shutdown(self, reason: str) -> None:
         """Stop accepting, Bye to every peer, wait up to the grace period, abort the rest."""
@@ -534,13 +753,64 @@ class ParameterServer:
         if j is not None and self.seats.get(j) is peer:
             del self.seats[j]
             rnd = self._round
-            if rnd is not None and peer.last_round_sent == rnd.index:
+            if rnd is not None and peer.last_sent == (rnd.index, rnd.attempt):
                 rnd.erase(j, reason)
+                self._absent_in_attempt.add(j)
                 self._maybe_close_round(rnd)
 
     def _maybe_close_round(self, rnd: RoundCollector) -> None:
-        if self._round is rnd and self._wake is not None and rnd.should_close:
+        """Wake the round when it can close: complete, or ``code.ready`` (maybe off-loop)."""
+        if self._round is not rnd or self._wake is None:
+            return
+        if rnd.complete or rnd.known_ready:
             self._wake.set()
+            return
+        if not rnd.received:
+            return
+        if self._inline_ready:
+            if rnd.ready:
+                self._wake.set()
+            return
+        if self._ready_task is not None and not self._ready_task.done():
+            self._ready_dirty = True  # re-checked with these payloads when the one running ends
+            return
+        self._ready_dirty = False
+        self._ready_task = asyncio.ensure_future(self._check_ready(rnd))
+
+    async def _check_ready(self, rnd: RoundCollector) -> None:
+        """``code.ready`` in the helper thread on snapshots, until ready or nothing new came.
+
+        Arrivals while a check runs only set ``_ready_dirty``; if the attempt changed
+        meanwhile, the payloads of the new one get their own check when this one ends.
+        """
+        try:
+            await self._check_ready_of(rnd)
+        finally:
+            current = self._round
+            if current is not None and current is not rnd and self._ready_dirty:
+                self._ready_task = None
+                self._maybe_close_round(current)
+
+    async def _check_ready_of(self, rnd: RoundCollector) -> None:
+        loop = asyncio.get_running_loop()
+        while self._round is rnd:
+            self._ready_dirty = False
+            snapshot = rnd.readiness_input()
+            self.ready_checks += 1
+            try:
+                ok = await loop.run_in_executor(self._executor, self.code.ready, snapshot)
+            except Exception:  # a bug in a code must not kill the round: it closes at timeout
+                log.exception("round %d: code.ready failed", rnd.index)
+                return
+            if self._round is not rnd:
+                return
+            if ok:
+                rnd.mark_ready()
+                if self._wake is not None:
+                    self._wake.set()
+                return
+            if not self._ready_dirty:
+                return
 
     def peer_message(self, peer: Peer, msg: m.Message, wire_bytes: int) -> None:
         if peer.worker_id is None:
@@ -556,6 +826,10 @@ class ParameterServer:
             self._erase_peer(peer, f"error: {msg.code}")
             peer.close()
             return
+        if isinstance(msg, m.Gradient) and (msg.round_index, msg.attempt) > peer.last_answered:
+            # A payload for a newer (round, attempt) opens a new count: a worker answering a
+            # backlog after a pause sends many in a row, each a legitimate (late) answer.
+            peer.messages_in_round = 0
         peer.messages_in_round += 1
         if peer.messages_in_round > self.config.limits.max_messages_per_round:
             self.peer_violation(
@@ -574,25 +848,62 @@ class ParameterServer:
     def _on_gradient(self, peer: Peer, msg: m.Gradient, wire_bytes: int) -> None:
         j = peer.worker_id
         assert j is not None
-        if msg.round_index > peer.last_round_sent:
+        key = (msg.round_index, msg.attempt)
+        if key > peer.last_sent:
             self.peer_violation(
-                peer, ProtocolError(f"payload for round {msg.round_index}, never started for it")
+                peer,
+                ProtocolError(
+                    f"payload for round {msg.round_index} attempt {msg.attempt}, never started "
+                    "for it"
+                ),
             )
             return
-        if msg.round_index == peer.last_round_answered:
-            # Even when its round already closed: one payload per round and connection.
-            self.peer_violation(peer, ProtocolError(f"second payload for round {msg.round_index}"))
+        if key <= peer.last_answered:
+            # Even when its round already closed: one payload per attempt and connection, in
+            # the order the RoundStarts were sent.
+            self.peer_violation(
+                peer,
+                ProtocolError(
+                    f"second or out-of-order payload for round {msg.round_index} attempt "
+                    f"{msg.attempt} (last answered: round {peer.last_answered[0]} attempt "
+                    f"{peer.last_answered[1]})"
+                ),
+            )
             return
-        peer.last_round_answered = max(peer.last_round_answered, msg.round_index)
+        peer.last_answered = key
+        started = self._timed_out.get(key)
+        if started is not None:
+            self._late_answer(j, key, time.perf_counter() - started)
         rnd = self._round
-        if rnd is None or msg.round_index < rnd.index:
-            return  # a straggler's payload for a closed round: useless, harmless
-        offer = rnd.offer(j, msg.round_index, msg.payload, msg.compute_seconds, wire_bytes)
+        if rnd is None or key < (rnd.index, rnd.attempt):
+            return  # a straggler's payload for a closed attempt: useless, harmless
+        offer = rnd.offer(
+            j, msg.round_index, msg.payload, msg.compute_seconds, wire_bytes, attempt=msg.attempt
+        )
         if offer.verdict is Verdict.VIOLATION:
             self.peer_violation(peer, ProtocolError(offer.reason))
         elif offer.verdict is Verdict.ERASURE:
             log.info("round %d: worker %d erased: %s", rnd.index, j, offer.reason)
         self._maybe_close_round(rnd)
+
+    def _late_answer(self, j: int, key: tuple[int, int], seconds: float) -> None:
+        """A worker answered an attempt that had hit the deadline: the round takes longer."""
+        if seconds <= self._late_answer_seconds:
+            return
+        self._late_answer_seconds = seconds
+        now = time.monotonic()
+        if now - self._last_time_warning < WARN_INTERVAL:
+            return  # measured (for the stop message), not logged again so soon
+        self._last_time_warning = now
+        log.warning(
+            "round %d attempt %d hit --round-timeout %g s, but worker %d answered after %.3g s: "
+            "the timeout is shorter than the measured round time",
+            key[0],
+            key[1],
+            self.config.round_timeout,
+            j,
+            seconds,
+        )
 
     # -- handshake
 

@@ -6,11 +6,13 @@ Each logical worker ``j`` (ids ``first_id .. first_id + count - 1``) runs this l
     2. handshake: Hello(version, j) -> Challenge(nonce) -> Auth(mac) -> Welcome(config);
     3. build the code ``make_code(config["code"], n, s, **config["code_options"])`` and the task
        ``make_task(config["task"])`` (one task per spec per process, shared);
-    4. per RoundStart(t, w_t, attack, attack_seed):
+    4. per RoundStart(t, w_t, attack, attack_seed, attempt):
            g   = task.partition_gradients(w_t, t, partitions)     # (r, d) float32
            y_j = code.encode(j, g)                                 # (d,) payload dtype
            y_j = attack.apply(y_j, ...)  if this worker lies this round
-           send Gradient(t, y_j, compute_seconds)
+           send Gradient(t, y_j, compute_seconds, attempt)
+       A RoundStart superseded by a newer (round, attempt) already received is skipped: after
+       a pause the worker answers only the newest (the PS would ignore the others anyway).
     5. Bye -> done; a dropped connection -> back to 1 (rejoin at the next round).
 
 Gradients are computed one at a time in ONE compute thread for the whole process (torch uses
@@ -174,14 +176,15 @@ class _ClientProtocol(asyncio.BufferedProtocol):
     """asyncio shell around a sans-IO ``Connection``: bytes land in its buffers directly.
 
     Parsed messages go to ``events``; ``None`` marks the end of the connection. ``newest_round``
-    lets the worker drop a computation that a newer RoundStart made stale.
+    ((round, attempt) of the newest RoundStart read) lets the worker drop a computation that a
+    newer RoundStart made stale.
     """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.events: asyncio.Queue[m.Message | None] = asyncio.Queue()
         self.transport: asyncio.Transport | None = None
-        self.newest_round = -1
+        self.newest_round: tuple[int, int] = (-1, -1)
         self.error: BaseException | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -238,7 +241,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
                 self._finish()
                 return
             if isinstance(event, m.RoundStart):
-                self.newest_round = max(self.newest_round, event.round_index)
+                self.newest_round = max(self.newest_round, (event.round_index, event.attempt))
             self.events.put_nowait(event)
 
     def _fail(self, exc: BaseException) -> None:
@@ -427,15 +430,24 @@ class LogicalWorker:
                 return self._ended_by(msg)
             if not isinstance(msg, m.RoundStart):
                 raise RemoteProtocolError(f"worker {self.id}: unexpected {type(msg).__name__}")
-            if msg.round_index < proto.newest_round:
-                continue  # a newer round is already queued: this one is stale
+            if self._superseded(msg, proto):
+                continue  # a newer round or attempt is already queued: this one is stale
             payload, seconds = await self._round(setup, msg)
-            if msg.round_index < proto.newest_round:
+            if self._superseded(msg, proto):
                 continue  # the PS moved on while we computed; a late payload is useless
             await proto.send(
-                m.Gradient(round_index=msg.round_index, payload=payload, compute_seconds=seconds)
+                m.Gradient(
+                    round_index=msg.round_index,
+                    payload=payload,
+                    compute_seconds=seconds,
+                    attempt=msg.attempt,
+                )
             )
             self.rounds_sent += 1
+
+    def _superseded(self, msg: m.RoundStart, proto: _ClientProtocol) -> bool:
+        """A newer (round, attempt) has been read: answering ``msg`` would be useless."""
+        return (msg.round_index, msg.attempt) < proto.newest_round
 
     async def _handshake(self, proto: _ClientProtocol) -> m.Message:
         """Hello -> Challenge -> Auth; returns the PS's answer (Welcome, Error or Bye)."""

@@ -485,10 +485,11 @@ def test_mutated_frames_only_raise_remote_errors(data: st.DataObject) -> None:
 def test_golden_bytes_of_the_documented_example() -> None:
     """The example frame in docs/protocol.md, byte for byte."""
     chunks = encode_frame(
-        {"type": "gradient", "round_index": 7, "compute_seconds": 0.5},
+        {"type": "gradient", "round_index": 7, "compute_seconds": 0.5, "attempt": 1},
         [np.array([1 + 2j, 3 - 4j], dtype=np.complex64)],
     )
     head = bytes(chunks[0])
-    assert head[:24].hex() == "4452434f0001000000000059000000000000001000000001"
-    assert head[24:].startswith(b"\x84\xa4type\xa8gradient\xabround_index\x07\xafcompute_seconds")
+    assert head[:24].hex() == "4452434f0002000000000062000000000000001000000001"
+    assert head[24:].startswith(b"\x85\xa4type\xa8gradient\xabround_index\x07\xafcompute_seconds")
+    assert b"\xa7attempt\x01\xa7tensors" in head
     assert bytes(chunks[1]) == np.array([1, 2, 3, -4], dtype="<f4").tobytes()

@@ -81,8 +81,28 @@ def test_welcome_normalizes_numpy_scalars_and_tuples() -> None:
 
 def test_received_tensor_is_not_copied() -> None:
     arr = np.arange(4, dtype=np.float32)
-    msg = from_wire({"type": "gradient", "round_index": 1, "compute_seconds": 0.0}, [arr])
+    msg = from_wire(
+        {"type": "gradient", "round_index": 1, "compute_seconds": 0.0, "attempt": 0}, [arr]
+    )
     assert isinstance(msg, Gradient) and msg.payload is arr
+
+
+def test_attempt_travels_and_is_validated() -> None:
+    # Version 2: a retried round carries its attempt number both ways.
+    params = np.arange(3, dtype=np.float32)
+    rs = RoundStart(round_index=4, params=params, attack=None, attack_seed=1, attempt=3)
+    header, tensors = to_wire(rs)
+    assert header["attempt"] == 3 and from_wire(header, tensors) == rs
+    assert rs != RoundStart(round_index=4, params=params, attack=None, attack_seed=1)
+    g = Gradient(round_index=4, payload=params, compute_seconds=0.0, attempt=3)
+    header, tensors = to_wire(g)
+    assert header["attempt"] == 3 and from_wire(header, tensors) == g
+    for bad in (-1, 2**32, True, 1.0):
+        with pytest.raises(LocalProtocolError, match="attempt"):
+            Gradient(round_index=4, payload=params, compute_seconds=0.0, attempt=bad)
+    # A version-1 gradient (no attempt key) is refused, not guessed at.
+    with pytest.raises(RemoteProtocolError, match="missing keys \\['attempt'\\]"):
+        from_wire({"type": "gradient", "round_index": 1, "compute_seconds": 0.0}, [params])
 
 
 @pytest.mark.parametrize(
@@ -185,17 +205,35 @@ F32 = np.zeros(3, np.float32)
         ({"type": "error", "code": "x", "message": None}, [], "message"),
         ({"type": "bye", "reason": "x"}, [F32], "tensors"),
         (
-            {"type": "round_start", "round_index": 0, "attack": None, "attack_seed": 0},
+            {
+                "type": "round_start",
+                "round_index": 0,
+                "attack": None,
+                "attack_seed": 0,
+                "attempt": 0,
+            },
             [],
             "tensors",
         ),
         (
-            {"type": "round_start", "round_index": 0, "attack": None, "attack_seed": 0},
+            {
+                "type": "round_start",
+                "round_index": 0,
+                "attack": None,
+                "attack_seed": 0,
+                "attempt": 0,
+            },
             [np.zeros(3, np.complex64)],
             "dtype",
         ),
         (
-            {"type": "round_start", "round_index": 0, "attack": None, "attack_seed": 0},
+            {
+                "type": "round_start",
+                "round_index": 0,
+                "attack": None,
+                "attack_seed": 0,
+                "attempt": 0,
+            },
             [np.zeros((3, 1), np.float32)],
             "1-D",
         ),
@@ -206,17 +244,26 @@ F32 = np.zeros(3, np.float32)
                 "params": 1,
                 "attack": None,
                 "attack_seed": 0,
+                "attempt": 0,
             },
             [F32],
             "unexpected",
         ),
         (
-            {"type": "gradient", "round_index": 0, "compute_seconds": 0.0},
+            {"type": "gradient", "round_index": 0, "compute_seconds": 0.0, "attempt": 0},
             [np.zeros(3, "<i8")],
             "dtype",
         ),
-        ({"type": "gradient", "round_index": 0, "compute_seconds": None}, [F32], "compute"),
-        ({"type": "gradient", "round_index": 2**63, "compute_seconds": 0.0}, [F32], "round"),
+        (
+            {"type": "gradient", "round_index": 0, "compute_seconds": None, "attempt": 0},
+            [F32],
+            "compute",
+        ),
+        (
+            {"type": "gradient", "round_index": 2**63, "compute_seconds": 0.0, "attempt": 0},
+            [F32],
+            "round",
+        ),
     ],
 )
 def test_bad_wire_headers_are_remote_errors(

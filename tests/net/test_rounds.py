@@ -53,7 +53,8 @@ def _run_round(
         attack, _ = rnd.plan.instruction(j)
         if attack is not None and forge is not None:
             y = forge(y)
-        assert rnd.offer(j, rnd.index, y, 0.01, y.nbytes).verdict is Verdict.ACCEPTED
+        offer = rnd.offer(j, rnd.index, y, 0.01, y.nbytes, attempt=rnd.attempt)
+        assert offer.verdict is Verdict.ACCEPTED
     return engine.finish(rnd, wait_seconds=0.0)
 
 
@@ -268,18 +269,33 @@ def test_answers_to_a_failed_attempt_are_stale_not_violations() -> None:
     engine = _engine(code, task)
     first = engine.start_round()
     y = _payloads(code, task, engine.params, 0)
-    first.offer(0, 0, y[0])
+    assert first.offer(0, 0, y[0], attempt=0).verdict is Verdict.ACCEPTED
     assert not engine.finish(first).ok  # too few payloads: retried under the same index
     retry = engine.start_round()
-    assert retry.index == 0 and retry.attempt == 1
-    for j in range(5):  # late answers to the failed attempt (identical: same params)
-        if j:
-            assert retry.offer(j, 0, y[j]).verdict is Verdict.ACCEPTED
-    for j in range(1, 5):  # ... then the answers to the retry
-        assert retry.offer(j, 0, y[j]).verdict is Verdict.STALE
-    assert retry.offer(1, 0, y[1]).verdict is Verdict.VIOLATION  # beyond one per attempt
-    assert retry.offer(0, 0, y[0]).verdict is Verdict.ACCEPTED
-    assert engine.finish(retry).ok
+    assert retry.index == 0 and retry.attempt == 1 and engine.attempt == 1
+    for j in range(1, 5):  # late answers to the failed attempt: ignored, whoever sends them
+        assert retry.offer(j, 0, y[j], attempt=0).verdict is Verdict.STALE
+    assert not retry.received
+    assert retry.offer(2, 0, y[2], attempt=2).verdict is Verdict.VIOLATION  # never started
+    for j in (0, 1, 3):  # the answers to the retry
+        assert retry.offer(j, 0, y[j], attempt=1).verdict is Verdict.ACCEPTED
+    assert retry.offer(1, 0, y[1], attempt=1).verdict is Verdict.VIOLATION  # one per attempt
+    rec = engine.finish(retry)
+    assert rec.ok and rec.record["attempts"] == 2 and engine.attempt == 0
+    assert engine.start_round().attempt == 0  # the next round starts afresh
+
+
+def test_uncounted_failures_do_not_use_up_the_budget() -> None:
+    code = make_code("repetition", 5, 1)
+    task = _task(5)
+    engine = _engine(code, task, max_failed_rounds=2)
+    for k in range(1, 6):  # workers missing: the shell bounds these by time, not by count
+        rec = engine.finish(engine.start_round(), count_failure=False)
+        assert not rec.ok and rec.record["attempts"] == k
+    assert not engine.stopped and engine.totals.failed_rounds == 5
+    for _ in range(2):
+        engine.finish(engine.start_round())
+    assert engine.stopped and engine.attempt == 7
 
 
 def test_non_finite_decoded_gradient_fails_the_round() -> None:

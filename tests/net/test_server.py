@@ -154,8 +154,10 @@ async def honest_worker(
     *,
     misbehave: Callable[[int, np.ndarray], Any] | None = None,
     delay: float = 0.0,
+    nan: bool = False,
 ) -> int:
-    """Serve rounds until Bye; ``misbehave(t, y)`` may return a replacement (msg or bytes)."""
+    """Serve rounds until Bye; ``misbehave(t, y)`` may return a replacement (msg or bytes);
+    ``nan`` answers every RoundStart with a NaN payload (an erasure)."""
     client = await Client.connect(server)
     welcome = await client.handshake(j)
     assert isinstance(welcome, m.Welcome), welcome
@@ -175,7 +177,11 @@ async def honest_worker(
             y = make_attack(ev.attack).apply(
                 y, rng=rng, n_workers=cfg["n_workers"], n_adversaries=cfg["n_adversaries"]
             )
-        out: Any = m.Gradient(round_index=ev.round_index, payload=y, compute_seconds=0.001)
+        if nan:
+            y = y * np.nan
+        out: Any = m.Gradient(
+            round_index=ev.round_index, payload=y, compute_seconds=0.001, attempt=ev.attempt
+        )
         if misbehave is not None:
             out = misbehave(ev.round_index, y)
         if delay:
@@ -462,20 +468,135 @@ async def test_too_many_messages_in_a_round_is_a_violation() -> None:
     assert [r["erasures"] for r in rec.records] == [[], [], [3]]
 
 
-async def test_failed_rounds_stop_the_run_without_updating_the_model() -> None:
+async def test_failed_attempts_with_every_worker_connected_stop_the_run() -> None:
     rec = Recorder()
     server, task = make_server(
-        n=3, s=1, rounds=5, hooks=rec, round_timeout=0.3, join_timeout=0.5, max_failed_rounds=2
+        n=3, s=1, rounds=5, hooks=rec, round_timeout=0.3, max_failed_rounds=2
     )
     await server.start()
     w0 = server.engine.params.copy()
-    only = asyncio.create_task(honest_worker(server, task, 0))  # 1 of 3: below the budget
+    tasks = [asyncio.create_task(honest_worker(server, task, 0))]
+    # Workers 1 and 2 answer every attempt, but with NaN payloads: erasures, honestly tried.
+    tasks += [asyncio.create_task(honest_worker(server, task, j, nan=True)) for j in (1, 2)]
     outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
-    await asyncio.wait_for(only, TIMEOUT)
-    assert outcome.exit_code == 1 and "consecutive" in outcome.reason
-    assert [r["failed"] for r in rec.records] == [True, True]
-    assert [r["round"] for r in rec.records] == [0, 0]  # the same round is retried
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert outcome.exit_code == 1 and "--max-failed-rounds 2" in outcome.reason
+    # One record for the round, with its attempts: the same round was retried.
+    assert [(r["round"], r["failed"], r["attempts"]) for r in rec.records] == [(0, True, 2)]
     assert server.engine.params.tobytes() == w0.tobytes()
+
+
+async def test_missing_workers_are_waited_for_with_backoff_then_the_run_stops() -> None:
+    rec = Recorder()
+    server, task = make_server(
+        n=3, s=1, rounds=5, hooks=rec, round_timeout=0.3, join_timeout=0.3, rejoin_timeout=1.5,
+        max_failed_rounds=1,
+    )  # fmt: skip
+    await server.start()
+    silent = lambda t, y: None  # noqa: E731 - connected, never answers (frozen, say)
+    tasks = [asyncio.create_task(honest_worker(server, task, 0))]  # 1 of 3: below the budget
+    tasks.append(asyncio.create_task(honest_worker(server, task, 1, misbehave=silent)))
+    outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    # Not --max-failed-rounds 1: attempts without the workers are not honest attempts.
+    assert outcome.exit_code == 1 and "--rejoin-timeout 1.5" in outcome.reason
+    assert "workers [2] are not connected" in outcome.reason
+    assert "workers [1] have not answered this round yet" in outcome.reason
+    assert "no answer to any came" in outcome.reason  # the deadline was hit, nobody late
+    [record] = rec.records
+    # Backoff 0.25, 0.5, 1 s: a handful of attempts in 1.5 s, not a hot loop.
+    assert record["failed"] and 3 <= record["attempts"] <= 6, record
+
+
+async def test_a_round_heals_when_the_missing_workers_rejoin() -> None:
+    rec = Recorder()
+    server, task = make_server(
+        n=3, s=1, rounds=3, hooks=rec, round_timeout=0.3, join_timeout=0.3, max_failed_rounds=1
+    )
+    await server.start()
+
+    async def late(j: int) -> int:
+        await asyncio.sleep(1.0)
+        return await honest_worker(server, task, j)
+
+    tasks = [asyncio.create_task(honest_worker(server, task, 0))]
+    tasks += [asyncio.create_task(late(j)) for j in (1, 2)]
+    outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert outcome.completed, outcome.reason
+    assert [r["round"] for r in rec.records] == [0, 1, 2]  # one record per round
+    assert rec.records[0]["attempts"] >= 2 and not rec.records[0]["failed"]
+    assert "retry_error" in rec.records[0]
+    assert server.engine.totals.failed_rounds == rec.records[0]["attempts"] - 1
+
+
+async def test_a_round_timeout_shorter_than_the_round_is_reported_with_the_measurement() -> None:
+    rec = Recorder()
+    server, task = make_server(
+        n=3, s=1, rounds=3, hooks=rec, round_timeout=0.2, max_failed_rounds=3
+    )
+    await server.start()
+    # Every answer comes 0.5 s after its RoundStart: later than the deadline, every attempt.
+    tasks = [asyncio.create_task(honest_worker(server, task, j, delay=0.5)) for j in range(3)]
+    outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert outcome.exit_code == 1
+    assert "--round-timeout 0.2 s" in outcome.reason and "raise --round-timeout" in outcome.reason
+    assert server.refused == 0  # the late answers to failed attempts were never violations
+
+
+async def test_a_backlog_answered_after_a_pause_is_late_not_a_violation() -> None:
+    rec = Recorder()
+    server, task = make_server(n=5, s=1, rounds=10, hooks=rec)  # one group: 2 copies suffice
+    await server.start()
+    answered: list[tuple[int, int]] = []
+
+    async def lazy() -> Any:
+        c = await Client.connect(server)
+        assert isinstance(await c.handshake(4), m.Welcome)
+        code = make_code("repetition", 5, 1)
+        backlog: list[m.RoundStart] = []
+        while True:
+            ev = await c.recv()
+            if ev is CLOSED or isinstance(ev, m.Bye | m.Error):
+                c.close()
+                return ev
+            backlog.append(ev)
+            if len(backlog) < 6 and ev.round_index < 9:
+                continue  # "paused": the rounds go on without us
+            for rs in backlog:  # then every missed round answered, back to back
+                y = code.encode(
+                    4, task.partition_gradients(rs.params, rs.round_index, [0, 1, 2, 3, 4])
+                )
+                c.send(m.Gradient(rs.round_index, y, 0.0, attempt=rs.attempt))
+                answered.append((rs.round_index, rs.attempt))
+            backlog.clear()
+
+    # The others answer 0.1 s after each RoundStart, so the backlog (answered back to back,
+    # within a few ms) lands inside one round, after one RoundStart.
+    tasks = [asyncio.create_task(honest_worker(server, task, j, delay=0.1)) for j in range(4)]
+    lazy_task = asyncio.create_task(lazy())
+    outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    last = await asyncio.wait_for(lazy_task, TIMEOUT)
+    assert outcome.completed
+    assert len(answered) >= 6  # more than max_messages_per_round (4) in one go
+    assert isinstance(last, m.Bye) and server.refused == 0  # not kicked
+
+
+async def test_a_round_close_to_its_deadline_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rec = Recorder()
+    server, task = make_server(n=3, s=1, rounds=2, hooks=rec, round_timeout=0.5)
+    await server.start()
+    tasks = [asyncio.create_task(honest_worker(server, task, j, delay=0.3)) for j in range(3)]
+    with caplog.at_level("WARNING", logger="draco.ps"):
+        outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert outcome.completed
+    warnings = [r.message for r in caplog.records if "of --round-timeout 0.5 s" in r.message]
+    assert len(warnings) == 1, warnings  # rate-limited: once for the two rounds
 
 
 async def test_no_worker_joined_is_a_failed_run() -> None:
@@ -548,6 +669,7 @@ def _ps_config(tmp_path: Path, run_dir: Path, **kw: Any) -> PSConfig:
         round_timeout=0.5,
         join_timeout=10.0,
         max_failed_rounds=1,
+        rejoin_timeout=1.0,  # silent workers: waited for this long, then the run stops
         shutdown_grace=1.0,
     )
     return dataclasses.replace(base, **kw)
