@@ -188,3 +188,24 @@ def flags(**kw: Any) -> Sequence[str]:
     for k, v in kw.items():
         out += [f"--{k.replace('_', '-')}", str(v)]
     return out
+
+
+def assert_resume_reproduces(tmp_path: Path, args: Sequence[Any]) -> None:
+    """A ``draco-run`` with ``args`` killed (SIGTERM) after its first checkpoint and resumed
+    ends on the same ``model_sha256`` as the same run left alone."""
+    whole = tmp_path / "whole"
+    status, _, err = draco_run(whole, *args)
+    assert status == 0, err
+    cut = tmp_path / "cut"
+    proc = start("run", "--run-dir", cut, *args)
+    with reaped(proc):
+        ckpts = cut / "checkpoints"
+        wait_for(lambda: ckpts.is_dir() and any(ckpts.glob("ckpt-*.npz")), 90, "a checkpoint")
+        os.kill(proc.pid, signal.SIGTERM)
+        status, _, err = finish(proc)
+    assert status == 128 + signal.SIGTERM, err
+    assert not (cut / "summary.json").exists(), "the run ended before the kill"
+    status, _, err = draco_run(cut, "--resume", cut)
+    assert status == 0, err
+    assert summary(cut)["rounds"] == summary(whole)["rounds"]
+    assert summary(cut)["model_sha256"] == summary(whole)["model_sha256"]

@@ -12,23 +12,18 @@ these runs use n = 15 > 2s + 1 so that the decoder's location and recovery reall
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from e2e_helpers import (
+    assert_resume_reproduces,
     draco_run,
     final_params,
-    finish,
     metrics,
-    reaped,
     rel_diff,
-    start,
     summary,
-    wait_for,
 )
 
 from draco.core.attacks import ATTACKS
@@ -77,20 +72,4 @@ def test_killed_and_resumed_cyclic_run_ends_on_the_same_model(tmp_path: Path) ->
     args = [*TRAIN, "--attack", "constant"]
     args[args.index("--rounds") + 1] = rounds
     args[args.index("--checkpoint-every") + 1] = every
-    whole = tmp_path / "whole"
-    status, _, err = draco_run(whole, *args)
-    assert status == 0, err
-
-    cut = tmp_path / "cut"
-    proc = start("run", "--run-dir", cut, *args)
-    with reaped(proc):
-        ckpts = cut / "checkpoints"
-        wait_for(lambda: ckpts.is_dir() and any(ckpts.glob("ckpt-*.npz")), 90, "a checkpoint")
-        os.kill(proc.pid, signal.SIGTERM)
-        status, _, err = finish(proc)
-    assert status == 128 + signal.SIGTERM, err
-    assert not (cut / "summary.json").exists(), "the run ended before the kill"
-    status, _, err = draco_run(cut, "--resume", cut)
-    assert status == 0, err
-    assert summary(cut)["rounds"] == rounds
-    assert summary(cut)["model_sha256"] == summary(whole)["model_sha256"]
+    assert_resume_reproduces(tmp_path, args)

@@ -15,7 +15,6 @@ Real ``draco-run`` processes training the torch ``logreg`` model on the syntheti
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,12 @@ import pytest
 from e2e_helpers import (
     ROOT,
     assert_liars_located,
+    assert_resume_reproduces,
     draco_run,
     final_params,
-    finish,
     metrics,
-    reaped,
     rel_diff,
-    start,
     summary,
-    wait_for,
 )
 
 from draco.core.attacks import ATTACKS
@@ -109,24 +105,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_model(tmp_path: Path
         *["--workers", N, "--adversaries", S, "--attack", "constant", "--rounds", rounds],
         *["--checkpoint-every", every, "--eval-every", "0", "--worker-procs", "1"],
     ]
-    whole = tmp_path / "whole"
-    status, _, err = draco_run(whole, *args)
-    assert status == 0, err
-
-    cut = tmp_path / "cut"
-    proc = start("run", "--run-dir", cut, *args)
-    with reaped(proc):
-        ckpts = cut / "checkpoints"
-        wait_for(lambda: ckpts.is_dir() and any(ckpts.glob("ckpt-*.npz")), 90, "a checkpoint")
-        os.kill(proc.pid, signal.SIGTERM)
-        status, _, err = finish(proc)
-    assert status == 128 + signal.SIGTERM, err
-    assert not (cut / "summary.json").exists(), "the run ended before the kill"
-
-    status, _, err = draco_run(cut, "--resume", cut)
-    assert status == 0, err
-    assert summary(cut)["rounds"] == rounds
-    assert summary(cut)["model_sha256"] == summary(whole)["model_sha256"]
+    assert_resume_reproduces(tmp_path, args)
 
 
 def test_demonstration_defaults(tmp_path: Path) -> None:
