@@ -1,4 +1,4 @@
-"""draco.core.blas_threads: one OpenBLAS thread inside the block, the old count after it."""
+"""draco.core.blas_threads: one BLAS thread inside the block, the old count after it."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_concurrent_blocks_restore_the_count_once_all_leave() -> None:
 
 
 def test_without_openblas_it_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(blas_threads, "_FUNCS", None)
+    monkeypatch.setattr(blas_threads, "_CONTROLLER", None)
     assert blas_threads.blas_threads() is None
     with single_blas_thread():
         pass
