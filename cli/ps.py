@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.handshake_timeout,
         metavar="SEC",
-        help="a connection must authenticate within this time",
+        help="a connection must authenticate within this time (TLS handshake included)",
     )
     net.add_argument(
         "--join-timeout",
@@ -134,7 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pending-handshakes",
         type=int,
         default=lim.max_pending_handshakes,
-        help="unauthenticated connections held at once; more are closed",
+        help="pre-authentication connections (TLS handshakes included) held at once, all "
+        "sources; when full the oldest idle one is evicted for a newcomer",
+    )
+    lg.add_argument(
+        "--max-pending-per-source",
+        type=int,
+        default=lim.max_pending_per_source,
+        help="the same per source IP address (a flood from one host evicts its own oldest)",
+    )
+    lg.add_argument(
+        "--auth-failure-burst",
+        type=int,
+        default=lim.auth_failure_burst,
+        help="authentication failures one source may have at once before it is throttled",
+    )
+    lg.add_argument(
+        "--auth-failure-rate",
+        type=float,
+        default=lim.auth_failure_rate,
+        metavar="PER_SEC",
+        help="after the burst, a source's authentication attempts are answered at this rate",
     )
     run = p.add_argument_group("run")
     run.add_argument(
