@@ -283,12 +283,29 @@ class RunRecorder:
         self.last_eval: dict[str, float] = {}
         self.last_eval_round = -1
         self.first_round_started: float | None = None
+        # The server's admission counters (refused / evicted / auth_failed / throttled /
+        # handshake_timeouts ...), set by ``serve``; each record gets what changed since the
+        # previous record, nonzero keys only, so a quiet run adds nothing to metrics.jsonl.
+        self.counters: dict[str, int] | None = None
+        self._counters_seen: dict[str, int] = {}
+
+    def admission_delta(self) -> dict[str, int]:
+        """Admission counters that changed since the previous call (nonzero deltas only)."""
+        if self.counters is None:
+            return {}
+        now = dict(self.counters)
+        delta = {k: v - self._counters_seen.get(k, 0) for k, v in now.items()}
+        self._counters_seen = now
+        return {k: v for k, v in delta.items() if v and k != "admitted"}
 
     @property
     def wall_seconds(self) -> float:
         return self.wall_offset + (time.perf_counter() - self.t0)
 
     def round_done(self, record: dict[str, Any], engine: Any) -> None:
+        admission = self.admission_delta()
+        if admission:
+            record["admission"] = admission
         done = engine.next_round
         every = self.config.eval_every
         fut = None
@@ -456,6 +473,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
         hooks=recorder,
         ssl_context=ssl_context,
     )
+    recorder.counters = server.admission.counters
     loop = asyncio.get_running_loop()
     for sig, status in _SIGNAL_EXIT.items():
         with contextlib.suppress(NotImplementedError, RuntimeError):  # non-POSIX loops
@@ -482,6 +500,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
         "wall_seconds": recorder.wall_seconds,
         "adversaries_located": engine.totals.adversaries_located,
         "failed_rounds": engine.totals.failed_rounds,
+        "admission": {k: v for k, v in server.admission.counters.items() if v},
         "code": config.code,
         "workers": config.n_workers,
         "adversaries": config.n_adversaries,
