@@ -8,8 +8,9 @@ evaluation). Under a flood, a child process holds N idle TCP connections to the 
 same source address (127.0.0.1), opened before the workers join and held to the end; a
 connection the PS drops is replaced after ``--flood-pause`` seconds (a slowloris; 0 =
 hammering). The rate is ``rounds / sum(wall_seconds)`` over the run's metrics records after
-``--warmup`` rounds (joining excluded). While flooded, the PS's RSS (MB) and open fds are
-sampled every 0.2 s (max reported).
+``--warmup`` rounds (joining excluded). The PS's RSS (MB) and open fds are sampled every
+0.2 s (max reported), and the CPU seconds of the PS and of the flood process over the run
+(the flood runs on the same machine: on few cores its own CPU competes with the run).
 
 Output (one JSON object): per configuration (``alone``, ``flood_64``, ...) the median, min and
 max rounds/s over ``--repeats`` runs (alternating alone / flooded, so drift in the machine's
@@ -115,6 +116,15 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _fds(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -145,6 +155,7 @@ def one_run(args: argparse.Namespace, folder: Path, flood: int) -> dict[str, Any
     stop, flooded = spawn.Event(), spawn.Event()
     child = None
     samples: list[tuple[float, int]] = []
+    cpu = {"ps": 0.0, "flood": 0.0}
     sampling = threading.Event()
     try:
         deadline = time.monotonic() + 60
@@ -167,6 +178,9 @@ def one_run(args: argparse.Namespace, folder: Path, flood: int) -> dict[str, Any
         def sample() -> None:
             while not sampling.wait(0.2):
                 samples.append((_rss_mb(ps.pid), _fds(ps.pid)))
+                cpu["ps"] = max(cpu["ps"], _cpu_seconds(ps.pid))
+                if child is not None and child.pid is not None:
+                    cpu["flood"] = max(cpu["flood"], _cpu_seconds(child.pid))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -200,6 +214,8 @@ def one_run(args: argparse.Namespace, folder: Path, flood: int) -> dict[str, Any
         "rounds_per_second": len(records) / wall if wall > 0 else float("nan"),
         "max_rss_mb": round(max((s[0] for s in samples), default=0.0), 1),
         "max_fds": max((s[1] for s in samples), default=0),
+        "ps_cpu_seconds": round(cpu["ps"], 2),
+        "flood_cpu_seconds": round(cpu["flood"], 2),
         "admission": summary.get("admission", {}),
         "model_sha256": summary["model_sha256"],
     }
@@ -240,6 +256,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "rounds_per_second_max": round(max(rates), 2),
             "max_rss_mb": max(r["max_rss_mb"] for r in runs[n]),
             "max_fds": max(r["max_fds"] for r in runs[n]),
+            "ps_cpu_seconds_median": round(
+                statistics.median(r["ps_cpu_seconds"] for r in runs[n]), 2
+            ),
+            "flood_cpu_seconds_median": round(
+                statistics.median(r["flood_cpu_seconds"] for r in runs[n]), 2
+            ),
             "same_model_as_alone": all(
                 r["model_sha256"] == runs[0][0]["model_sha256"] for r in runs[n]
             ),

@@ -69,7 +69,7 @@ class ServerLimits:
     max_header_bytes: int = 64 * 1024  # a Gradient header is ~100 bytes
     max_handshake_header_bytes: int = 4 * 1024  # Hello / Auth are ~60 bytes
     max_messages_per_round: int = 4  # one Gradient (+ a late one, + Bye) is all that is needed
-    max_pending_handshakes: int = 256  # one idle socket costs ~1 fd + ~10 KB (TLS: ~70 KB)
+    max_pending_handshakes: int = 256  # each: 1 fd and memory (TLS: ~120 KB)
     max_pending_per_source: int = 16  # a worker host needs 1 per logical worker joining at once
     auth_failure_burst: int = 20
     auth_failure_rate: float = 5.0  # per second
