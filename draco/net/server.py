@@ -170,6 +170,13 @@ class Peer(asyncio.BufferedProtocol):
         # here and handed to the TLS layer (bounded: a ClientHello is a few KB).
         self._tls_early = bytearray()
         self._tls_buffer: bytearray | None = None
+        # True while bytes come from the raw TCP transport, i.e. until the TLS layer took
+        # over (its decrypted data may arrive before start_tls returns to us).
+        self._raw_phase = tls is not None
+        # Frames sent after the TLS handshake completed but before start_tls handed us the
+        # TLS transport (a Challenge answering an early Hello); flushed on the hand-over.
+        self._tls_outbox: list[bytes | memoryview] = []
+        self._close_after_tls = False
         self.worker_id: int | None = None
         self.last_round_sent = -1
         self.last_round_answered = -1
@@ -207,6 +214,7 @@ class Peer(asyncio.BufferedProtocol):
             loop.call_soon(loop.call_soon, self._feed_early_bytes)
 
     def _feed_early_bytes(self) -> None:
+        self._raw_phase = False  # from here on, get_buffer is the TLS layer's
         early, self._tls_early = self._tls_early, bytearray()
         self._tls_buffer = None
         raw = self.transport
@@ -240,27 +248,35 @@ class Peer(asyncio.BufferedProtocol):
             tell = getattr(self.handler, "peer_tls_failed", None)
             if tell is not None:
                 tell(self, exc)
+            # The traceback's frames hold start_tls's future, which holds exc: a cycle that
+            # keeps this peer and its TLS state alive until a full GC. Cut it.
+            exc.__traceback__ = None
             raw.abort()
             self.connection_lost(exc)  # idempotent; a failed upgrade may not report it
             return
         finally:
             self._tls_task = None
-        if tls is None or self.closed:
+        if tls is None or (self.closed and not self._close_after_tls):
             raw.abort()
             self.connection_lost(None)
             return
         self.transport = cast(asyncio.Transport, tls)
         self.tls_pending = False
+        outbox, self._tls_outbox = self._tls_outbox, []
+        if outbox:
+            self.transport.writelines(outbox)
+        if self._close_after_tls:
+            self.transport.close()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.tls_pending:
+        if self._raw_phase:
             if self._tls_buffer is None:
                 self._tls_buffer = bytearray(16 * 1024)
             return memoryview(self._tls_buffer)
         return self.conn.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.tls_pending:
+        if self._raw_phase:
             assert self._tls_buffer is not None
             self._tls_early += self._tls_buffer[:nbytes]
             if len(self._tls_early) > 64 * 1024:
@@ -270,7 +286,7 @@ class Peer(asyncio.BufferedProtocol):
         self._pump()
 
     def eof_received(self) -> bool | None:
-        if self.tls_pending:
+        if self._raw_phase:
             return None  # gone before its TLS handshake: close
         self.conn.receive_data(b"")
         self._pump()
@@ -322,22 +338,27 @@ class Peer(asyncio.BufferedProtocol):
         """Queue ``msg`` on the transport; returns the bytes queued (0 if closed)."""
         if self.closed or self.transport is None or self.transport.is_closing():
             return 0
-        if self.tls_pending:
-            return 0  # plain-text bytes must not go onto a connection meant to be TLS
         if self.conn.state in (State.CLOSED,):
             return 0
         try:
             chunks = self.conn.send(msg)
         except ProtocolError:
             return 0
-        self.transport.writelines(chunks)
+        if self.tls_pending:
+            # Never plain text onto a connection meant to be TLS: held for the TLS transport.
+            self._tls_outbox.extend(chunks)
+        else:
+            self.transport.writelines(chunks)
         return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
 
     def close(self, last: m.Bye | m.Error | None = None) -> None:
         """Send ``last`` (if any), flush and close."""
         if last is not None:
             self.send(last)
-        if self.transport is not None and not self.transport.is_closing():
+        if self.tls_pending and not self._raw_phase and self._tls_task is not None:
+            # TLS is up but not yet handed over: close once the held frames are flushed.
+            self._close_after_tls = True
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.closed = True
 
