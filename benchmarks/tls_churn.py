@@ -4,7 +4,8 @@
 
 Runs a ``ParameterServer`` (TLS, lstsq task, nobody ever joins) in THIS process and a churn
 client in a child process that, ``--concurrency`` at a time, opens a TLS connection to it,
-completes the TLS handshake, sends nothing and closes. Every ``--every`` seconds it prints
+completes the TLS handshake, sends nothing and closes; every ``--plain-every``-th connection
+is plain text instead (a failed TLS upgrade on the server). Every ``--every`` seconds it prints
 one JSON line: the PS's RSS (MB, /proc/self/status), glibc's ``mallinfo2`` in-use bytes
 (``uordblks + hblkhd``, MB: memory the program still holds) and arena bytes (``arena``: memory
 glibc holds from the OS), the number of open fds and the connections done so far. At the end
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import json
 import multiprocessing as mp
@@ -77,14 +79,24 @@ def sample(done: int, t0: float, server: Any) -> dict[str, Any]:
     }
 
 
-def _churn(port: int, concurrency: int, seconds: float, counter: Any) -> None:
+def _churn(port: int, concurrency: int, seconds: float, counter: Any, plain_every: int) -> None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
 
     async def one() -> None:
         deadline = time.monotonic() + seconds
+        k = 0
         while time.monotonic() < deadline:
+            k += 1
+            if plain_every and k % plain_every == 0:
+                # A plain-text client on the TLS port: the server's failed-upgrade path.
+                with contextlib.suppress(OSError, asyncio.TimeoutError):
+                    r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+                    w.write(b"DRCO" + bytes(60))
+                    await asyncio.wait_for(r.read(), 10)
+                    w.close()
+                continue
             try:
                 _, w = await asyncio.wait_for(
                     asyncio.open_connection("127.0.0.1", port, ssl=ctx), 10
@@ -111,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=float, default=15.0)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument(
+        "--plain-every", type=int, default=4, help="every K-th connection is plain text (0: none)"
+    )
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "net"))
     from test_server import make_server  # the tests' in-memory lstsq server
@@ -125,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         spawn = mp.get_context("spawn")
         counter = spawn.Value("q", 0)
         child = spawn.Process(
-            target=_churn, args=(port, args.concurrency, args.seconds, counter), daemon=True
+            target=_churn,
+            args=(port, args.concurrency, args.seconds, counter, args.plain_every),
+            daemon=True,
         )
         t0 = time.monotonic()
         print(json.dumps(sample(0, t0, server)), flush=True)
