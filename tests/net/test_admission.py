@@ -164,3 +164,33 @@ def test_rate_limited_log(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger=logger.name):
         assert say(logging.WARNING, "evict", "evicted %s", "c")
     assert "and 1000 more like it" in caplog.records[-1].getMessage()
+
+
+def test_server_limits_validate_the_admission_flags() -> None:
+    from draco.config import ServerLimits
+    from draco.errors import ConfigError
+
+    for bad in (
+        {"max_pending_per_source": 0},
+        {"auth_failure_burst": 0},
+        {"auth_failure_rate": 0.0},
+        {"auth_failure_rate": float("nan")},
+        {"auth_failure_rate": True},
+    ):
+        with pytest.raises(ConfigError, match="--"):
+            ServerLimits(**bad)  # type: ignore[arg-type]
+
+
+def test_draco_ps_has_the_admission_flags() -> None:
+    from draco.cli.ps import build_parser
+    from draco.config import PSConfig
+
+    args = build_parser().parse_args(
+        ["--max-pending-per-source", "3", "--max-pending-handshakes", "9",
+         "--auth-failure-burst", "4", "--auth-failure-rate", "0.5"]
+    )  # fmt: skip
+    config = PSConfig.from_args(args, {"model": "lstsq"})
+    lim = config.limits
+    assert (lim.max_pending_per_source, lim.max_pending_handshakes) == (3, 9)
+    assert (lim.auth_failure_burst, lim.auth_failure_rate) == (4, 0.5)
+    assert PSConfig.from_dict(config.to_dict()).limits == lim  # saved with the run
