@@ -161,6 +161,8 @@ class Peer(asyncio.BufferedProtocol):
         self.conn = conn
         self.transport: asyncio.Transport | None = None
         self.peername: Any = None
+        # False: set TCP_NODELAY in connection_made; the server sets it only once seated.
+        self.handler_sets_nodelay = bool(getattr(handler, "sets_nodelay", False))
         self.tls = tls  # upgrade to TLS right after connection_made (server side)
         self.tls_timeout = float(tls_timeout)  # seconds for the TLS handshake
         self.tls_pending = tls is not None  # True until the TLS handshake completed
@@ -197,11 +199,8 @@ class Peer(asyncio.BufferedProtocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.peername = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Control frames (RoundStart headers, Bye) must not wait for Nagle's timer.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self.handler_sets_nodelay:
+            self.set_nodelay()
         if self.tls is not None:
             # Not a byte is read in plain text: start_tls takes over the reading.
             self.transport.pause_reading()
@@ -267,6 +266,17 @@ class Peer(asyncio.BufferedProtocol):
             self.transport.writelines(outbox)
         if self._close_after_tls:
             self.transport.close()
+
+    def set_nodelay(self) -> None:
+        """TCP_NODELAY: control frames (RoundStart headers, Bye) must not wait for Nagle.
+
+        The server calls it once a peer is seated (not for every unauthenticated socket of a
+        flood: each call costs a syscall and, under uvloop, a socket wrapper object).
+        """
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._raw_phase:
@@ -449,6 +459,7 @@ class ParameterServer:
             self.n_workers,
         )
         self._admission_log = RateLimitedLog(log, interval=5.0)
+        self.sets_nodelay = True  # Peer: TCP_NODELAY only once seated (see Peer.set_nodelay)
         self._listener: asyncio.base_events.Server | None = None
         self._round: RoundCollector | None = None
         self._wake: asyncio.Event | None = None
@@ -815,6 +826,7 @@ class ParameterServer:
         peer.worker_id = j
         self.seats[j] = peer
         self.admission.release(peer)  # authenticated: no longer a pre-auth slot
+        peer.set_nodelay()
         peer.conn.limits = self._payload_limits  # before Welcome: applies from READY on
         peer.send(m.Welcome(config=self.welcome_config(j)))
         log.info("worker %d joined from %s", j, peer.peername)
