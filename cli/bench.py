@@ -1,8 +1,9 @@
 """``draco-bench``: benchmarks that print one JSON object measured side by side in one run.
 
 Subcommands: ``decode`` (decoders vs. aggregators, see ``draco.cli.bench_decode``), ``adversary``
-(both codes against every lie family, see ``draco.cli.bench_adversary``) and ``net`` (PS
-ingest vs. a raw-socket baseline, see ``draco.cli.bench_net``).
+(both codes against every lie family, see ``draco.cli.bench_adversary``), ``net`` (PS ingest
+vs. a raw-socket baseline, see ``draco.cli.bench_net``) and ``siege`` (rounds/s alone vs.
+under a flood of idle connections, see ``draco.cli.bench_siege``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="draco-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    from draco.cli import bench_adversary, bench_decode, bench_net
+    from draco.cli import bench_adversary, bench_decode, bench_net, bench_siege
 
     bench_decode.add_parser(sub)
     bench_adversary.add_parser(sub)
     bench_net.add_parser(sub)
+    bench_siege.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.handshake_timeout,
         metavar="SEC",
-        help="a connection must authenticate within this time",
+        help="a connection must authenticate within this time (TLS handshake included)",
     )
     net.add_argument(
         "--join-timeout",
@@ -143,7 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pending-handshakes",
         type=int,
         default=lim.max_pending_handshakes,
-        help="unauthenticated connections held at once; more are closed",
+        help="pre-authentication connections (TLS handshakes included) held at once, all "
+        "sources; when full the oldest idle one is evicted for a newcomer",
+    )
+    lg.add_argument(
+        "--max-pending-per-source",
+        type=int,
+        default=lim.max_pending_per_source,
+        help="the same per source IP address (a flood from one host evicts its own oldest)",
+    )
+    lg.add_argument(
+        "--auth-failure-burst",
+        type=int,
+        default=lim.auth_failure_burst,
+        help="authentication failures one source may have at once before it is throttled",
+    )
+    lg.add_argument(
+        "--auth-failure-rate",
+        type=float,
+        default=lim.auth_failure_rate,
+        metavar="PER_SEC",
+        help="after the burst, a source's authentication attempts are answered at this rate",
     )
     run = p.add_argument_group("run")
     run.add_argument(
@@ -274,12 +294,29 @@ class RunRecorder:
         self.last_eval: dict[str, float] = {}
         self.last_eval_round = -1
         self.first_round_started: float | None = None
+        # The server's admission counters (refused / evicted / auth_failed / throttled /
+        # handshake_timeouts ...), set by ``serve``; each record gets what changed since the
+        # previous record, nonzero keys only, so a quiet run adds nothing to metrics.jsonl.
+        self.counters: dict[str, int] | None = None
+        self._counters_seen: dict[str, int] = {}
+
+    def admission_delta(self) -> dict[str, int]:
+        """Admission counters that changed since the previous call (nonzero deltas only)."""
+        if self.counters is None:
+            return {}
+        now = dict(self.counters)
+        delta = {k: v - self._counters_seen.get(k, 0) for k, v in now.items()}
+        self._counters_seen = now
+        return {k: v for k, v in delta.items() if v and k != "admitted"}
 
     @property
     def wall_seconds(self) -> float:
         return self.wall_offset + (time.perf_counter() - self.t0)
 
     def round_done(self, record: dict[str, Any], engine: Any) -> None:
+        admission = self.admission_delta()
+        if admission:
+            record["admission"] = admission
         done = engine.next_round
         every = self.config.eval_every
         fut = None
@@ -452,6 +489,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
         hooks=recorder,
         ssl_context=ssl_context,
     )
+    recorder.counters = server.admission.counters
     loop = asyncio.get_running_loop()
     for sig, status in _SIGNAL_EXIT.items():
         with contextlib.suppress(NotImplementedError, RuntimeError):  # non-POSIX loops
@@ -478,6 +516,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
         "wall_seconds": recorder.wall_seconds,
         "adversaries_located": engine.totals.adversaries_located,
         "failed_rounds": engine.totals.failed_rounds,
+        "admission": {k: v for k, v in server.admission.counters.items() if v},
         "code": config.code,
         "workers": config.n_workers,
         "adversaries": config.n_adversaries,

@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEC",
         help="keep retrying to reach the PS this long, at start and after a drop (30)",
     )
+    p.add_argument(
+        "--join-timeout",
+        type=float,
+        default=120.0,
+        metavar="SEC",
+        help="keep retrying, with backoff, connections the PS closes before welcoming us "
+        "(its handshake slots are full, a handshake timed out) this long (120)",
+    )
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     p.add_argument("--tls-ca", type=Path, default=None, help="CA file to verify the PS with")
     p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mTLS)")
@@ -145,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--id must be >= 0, got {args.id}")
         if args.connect_timeout <= 0:
             raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
+        if not args.join_timeout > 0:
+            raise ConfigError(f"--join-timeout must be > 0, got {args.join_timeout}")
         host, port = parse_address(args.ps)
         tokens = load_tokens(args.token_file, args.id, args.count)
         ssl_context = None
@@ -158,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             tokens=tokens,
             attack=args.attack,
             connect_timeout=args.connect_timeout,
+            join_timeout=args.join_timeout,
             ssl_context=ssl_context,
         )
     except DracoError as exc:

@@ -55,19 +55,39 @@ class ServerLimits:
     max_messages_per_round : int
         Messages one connection may send per round; more is a protocol violation.
     max_pending_handshakes : int
-        Connections allowed to be in the handshake at once; further ones are closed at once.
+        Pre-authentication connections (TCP accepted, TLS or DRACO handshake in progress) held
+        at once, all source addresses together. When full, the oldest idle one is evicted.
+    max_pending_per_source : int
+        The same, per source IP address (a flood from one host only evicts its own oldest).
+    auth_failure_burst : int
+        Authentication failures one source address may have in a burst before throttling.
+    auth_failure_rate : float
+        Authentication failures per second one source address is answered at after its
+        burst; further Auths from it are verified only after a delay.
     """
 
     max_header_bytes: int = 64 * 1024  # a Gradient header is ~100 bytes
     max_handshake_header_bytes: int = 4 * 1024  # Hello / Auth are ~60 bytes
     max_messages_per_round: int = 4  # one Gradient (+ a late one, + Bye) is all that is needed
-    max_pending_handshakes: int = 64
+    max_pending_handshakes: int = 256  # each: 1 fd and memory (TLS: ~120 KB)
+    max_pending_per_source: int = 16  # a worker host needs 1 per logical worker joining at once
+    auth_failure_burst: int = 20
+    auth_failure_rate: float = 5.0  # per second
 
     def __post_init__(self) -> None:
         _check_int("--max-header-bytes", self.max_header_bytes, 256, 2**32 - 1)
         _check_int("--max-handshake-header-bytes", self.max_handshake_header_bytes, 128, 2**20)
         _check_int("--max-messages-per-round", self.max_messages_per_round, 1, 10_000)
         _check_int("--max-pending-handshakes", self.max_pending_handshakes, 1, 100_000)
+        _check_int("--max-pending-per-source", self.max_pending_per_source, 1, 100_000)
+        _check_int("--auth-failure-burst", self.auth_failure_burst, 1, 1_000_000)
+        rate = self.auth_failure_rate
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (int, float))
+            or not (math.isfinite(rate) and rate > 0)
+        ):
+            raise ConfigError(f"--auth-failure-rate must be a positive number, got {rate!r}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +120,7 @@ class PSConfig:
     resume: bool = False
     secret_file: Path | None = None
     round_timeout: float = 60.0
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 5.0  # pre-authentication deadline, TLS handshake included
     join_timeout: float = 120.0
     # A round that cannot decode because workers are not connected waits this long (seconds)
     # for them to (re)join, retrying with backoff, before the run stops.
@@ -230,6 +250,9 @@ class PSConfig:
             max_handshake_header_bytes=args.max_handshake_header_bytes,
             max_messages_per_round=args.max_messages_per_round,
             max_pending_handshakes=args.max_pending_handshakes,
+            max_pending_per_source=args.max_pending_per_source,
+            auth_failure_burst=args.auth_failure_burst,
+            auth_failure_rate=args.auth_failure_rate,
         )
         attack = None if args.attack in (None, "", "none") else args.attack
         resume = args.resume is not None

@@ -107,6 +107,8 @@ class Limits:
 
     def pre_auth(self) -> Limits:
         """The same limits with no tensor bytes at all (used before authentication)."""
+        if self.max_tensor_bytes == 0 and self.max_tensors == 0:
+            return self  # already so (the server's handshake limits): no copy per connection
         return dataclasses.replace(self, max_tensor_bytes=0, max_tensors=0)
 
 
@@ -235,7 +237,8 @@ class FrameDecoder:
         self._error: RemoteProtocolError | None = None
         self._error_raised = False
         self._eof = False
-        self._scratch = memoryview(bytearray(_SCRATCH_BYTES))
+        # Allocated on first use: an idle connection (a flood's) never costs these 64 KB.
+        self._scratch: memoryview | None = None
         self._lent = _LENT_NONE
         self._lent_len = 0
 
@@ -280,6 +283,8 @@ class FrameDecoder:
             need = self._header_len - len(self._buf)
         need = max(1, min(need, _SCRATCH_BYTES))
         self._lent, self._lent_len = _LENT_SCRATCH, need
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(_SCRATCH_BYTES))
         return self._scratch[:need]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -300,6 +305,7 @@ class FrameDecoder:
         if lent == _LENT_TENSOR:
             self._advance_body(nbytes)  # the bytes are already in the array
         else:
+            assert self._scratch is not None  # lent by get_buffer
             self._feed(self._scratch[:nbytes])
 
     def _feed(self, data: memoryview) -> None:

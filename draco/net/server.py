@@ -16,7 +16,11 @@ What this module does (the round logic itself is ``rounds.RoundEngine``):
    constant-time check against the cluster secret -> Welcome(config). Before that no tensor
    byte is accepted; after it the frame limits are exactly one payload of the run's code.
    One seat per worker id: an authenticated second connection for an occupied seat gets
-   ``Error("seat_taken")``. At most ``max_pending_handshakes`` handshakes at once.
+   ``Error("seat_taken")``. Who may hold a pre-authentication slot is decided by the sans-IO
+   policy ``draco.net.admission`` (per-source and global limits, eviction of the oldest idle
+   connection, a reserved slot per worker id, throttled authentication failures). With TLS
+   the connection is registered at accept and upgraded with ``loop.start_tls`` afterwards, so
+   TLS handshakes in progress count in the same limits and run under the same deadline.
 3. Rounds: broadcast RoundStart(round, attempt) to every seated worker, offer each Gradient
    to the round's collector, close the attempt as soon as ``code.ready`` says so, when every
    worker is accounted for, or at ``--round-timeout``; decode + update in a helper thread
@@ -62,6 +66,7 @@ from draco.config import PSConfig
 from draco.errors import AuthError, DracoError, ProtocolError, VersionMismatchError
 from draco.net import auth
 from draco.net import messages as m
+from draco.net.admission import Admission, AdmissionLimits, RateLimitedLog
 from draco.net.frames import Limits
 from draco.net.protocol import Closed, Connection, NeedData, Role, State
 from draco.net.rounds import RoundCollector, RoundEngine, Verdict
@@ -180,11 +185,35 @@ class Peer(asyncio.BufferedProtocol):
         a newer (round, attempt): bounded by the server's ``max_messages_per_round``.
     """
 
-    def __init__(self, handler: PeerHandler, conn: Connection) -> None:
+    def __init__(
+        self,
+        handler: PeerHandler,
+        conn: Connection,
+        tls: ssl.SSLContext | None = None,
+        tls_timeout: float = 5.0,
+    ) -> None:
         self.handler = handler
         self.conn = conn
         self.transport: asyncio.Transport | None = None
         self.peername: Any = None
+        # False: set TCP_NODELAY in connection_made; the server sets it only once seated.
+        self.handler_sets_nodelay = bool(getattr(handler, "sets_nodelay", False))
+        self.tls = tls  # upgrade to TLS right after connection_made (server side)
+        self.tls_timeout = float(tls_timeout)  # seconds for the TLS handshake
+        self.tls_pending = tls is not None  # True until the TLS handshake completed
+        self._tls_task: asyncio.Task[None] | None = None
+        # uvloop starts reading right after connection_made whatever pause_reading said, so
+        # bytes of the ClientHello may reach us before start_tls took over: they are kept
+        # here and handed to the TLS layer (bounded: a ClientHello is a few KB).
+        self._tls_early = bytearray()
+        self._tls_buffer: bytearray | None = None
+        # True while bytes come from the raw TCP transport, i.e. until the TLS layer took
+        # over (its decrypted data may arrive before start_tls returns to us).
+        self._raw_phase = tls is not None
+        # Frames sent after the TLS handshake completed but before start_tls handed us the
+        # TLS transport (a Challenge answering an early Hello); flushed on the hand-over.
+        self._tls_outbox: list[bytes | memoryview] = []
+        self._close_after_tls = False
         self.worker_id: int | None = None
         self.last_sent: tuple[int, int] = (-1, -1)
         self.last_answered: tuple[int, int] = (-1, -1)
@@ -205,33 +234,124 @@ class Peer(asyncio.BufferedProtocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.peername = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
+        if not self.handler_sets_nodelay:
+            self.set_nodelay()
+        if self.tls is not None:
+            # Not a byte is read in plain text: start_tls takes over the reading.
+            self.transport.pause_reading()
+        self.handler.peer_connected(self)  # admission, before any TLS work is spent on it
+        if self.tls is not None and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._tls_task = asyncio.ensure_future(self._start_tls(self.tls))
+            # Runs after the task's first step (start_tls swapped the protocol) and after
+            # the TLS layer's connection_made, before any further read (see _tls_early).
+            loop.call_soon(loop.call_soon, self._feed_early_bytes)
+
+    def _feed_early_bytes(self) -> None:
+        self._raw_phase = False  # from here on, get_buffer is the TLS layer's
+        early, self._tls_early = self._tls_early, bytearray()
+        self._tls_buffer = None
+        raw = self.transport
+        if not early or raw is None or self.closed:
+            return
+        layer: Any = raw.get_protocol()  # uvloop's SSLProtocol: no asyncio base class
+        if layer is self:
+            self.abort()  # the upgrade did not start: nothing can take these bytes
+            return
+        if not hasattr(layer, "buffer_updated"):
+            layer.data_received(bytes(early))
+            return
+        view = memoryview(early)
+        while view.nbytes and not self.closed:
+            buf = layer.get_buffer(view.nbytes)
+            n = min(len(buf), view.nbytes)
+            buf[:n] = view[:n]
+            layer.buffer_updated(n)
+            view = view[n:]
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        """Upgrade the accepted TCP connection to TLS (server side), bounded in time."""
+        loop = asyncio.get_running_loop()
+        raw = self.transport
+        assert raw is not None
+        try:
+            tls = await loop.start_tls(
+                raw, self, context, server_side=True, ssl_handshake_timeout=self.tls_timeout
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError) as exc:
+            tell = getattr(self.handler, "peer_tls_failed", None)
+            if tell is not None:
+                tell(self, exc)
+            # The traceback's frames hold start_tls's future, which holds exc: a cycle that
+            # keeps this peer and its TLS state alive until a full GC. Cut it.
+            exc.__traceback__ = None
+            raw.abort()
+            self.connection_lost(exc)  # idempotent; a failed upgrade may not report it
+            return
+        finally:
+            self._tls_task = None
+        if tls is None or (self.closed and not self._close_after_tls):
+            raw.abort()
+            self.connection_lost(None)
+            return
+        self.transport = cast(asyncio.Transport, tls)
+        self.tls_pending = False
+        outbox, self._tls_outbox = self._tls_outbox, []
+        if outbox:
+            self.transport.writelines(outbox)
+        if self._close_after_tls:
+            self.transport.close()
+
+    def set_nodelay(self) -> None:
+        """TCP_NODELAY: control frames (RoundStart headers, Bye) must not wait for Nagle.
+
+        The server calls it once a peer is seated (not for every unauthenticated socket of a
+        flood: each call costs a syscall and, under uvloop, a socket wrapper object).
+        """
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Control frames (RoundStart headers, Bye) must not wait for Nagle's timer.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.handler.peer_connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self._raw_phase:
+            if self._tls_buffer is None:
+                self._tls_buffer = bytearray(16 * 1024)
+            return memoryview(self._tls_buffer)
         return self.conn.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._raw_phase:
+            assert self._tls_buffer is not None
+            self._tls_early += self._tls_buffer[:nbytes]
+            if len(self._tls_early) > 64 * 1024:
+                self.abort()  # no TLS client sends that much before the server answers
+            return
         self.conn.buffer_updated(nbytes)
         self._pump()
 
     def eof_received(self) -> bool | None:
+        if self._raw_phase:
+            return None  # gone before its TLS handshake: close
         self.conn.receive_data(b"")
         self._pump()
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost.is_set():
+            return  # a failed TLS upgrade reports it once itself
         self.closed = True
         self.write_paused = False
         if self.handshake_timer is not None:
             self.handshake_timer.cancel()
             self.handshake_timer = None
+        if self._tls_task is not None:
+            self._tls_task.cancel()
         self.lost.set()
         self.handler.peer_lost(self)
+        # Break the protocol <-> transport cycle now: a dead TLS connection holds ~400 KB
+        # (the SSL object and its buffers) that would otherwise wait for the cyclic GC.
+        self.transport = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -269,14 +389,21 @@ class Peer(asyncio.BufferedProtocol):
             chunks = self.conn.send(msg)
         except ProtocolError:
             return 0
-        self.transport.writelines(chunks)
+        if self.tls_pending:
+            # Never plain text onto a connection meant to be TLS: held for the TLS transport.
+            self._tls_outbox.extend(chunks)
+        else:
+            self.transport.writelines(chunks)
         return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
 
     def close(self, last: m.Bye | m.Error | None = None) -> None:
         """Send ``last`` (if any), flush and close."""
         if last is not None:
             self.send(last)
-        if self.transport is not None and not self.transport.is_closing():
+        if self.tls_pending and not self._raw_phase and self._tls_task is not None:
+            # TLS is up but not yet handed over: close once the held frames are flushed.
+            self._close_after_tls = True
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.closed = True
 
@@ -356,6 +483,18 @@ class ParameterServer:
         self.peers: set[Peer] = set()
         self.address: tuple[str, int] | None = None
         self.refused = 0  # connections refused or dropped for a violation (metrics / tests)
+        lim = config.limits
+        self.admission = Admission(
+            AdmissionLimits(
+                max_pending=lim.max_pending_handshakes,
+                max_pending_per_source=lim.max_pending_per_source,
+                auth_failure_burst=lim.auth_failure_burst,
+                auth_failure_rate=lim.auth_failure_rate,
+            ),
+            self.n_workers,
+        )
+        self._admission_log = RateLimitedLog(log, interval=5.0)
+        self.sets_nodelay = True  # Peer: TCP_NODELAY only once seated (see Peer.set_nodelay)
         self._listener: asyncio.base_events.Server | None = None
         self._round: RoundCollector | None = None
         self._wake: asyncio.Event | None = None
@@ -389,12 +528,17 @@ class ParameterServer:
         if sys.getswitchinterval() > GIL_SWITCH_INTERVAL:
             sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         try:
+            # TLS is not given to create_server: Peer upgrades each connection with start_tls
+            # once admission let it in, so TLS handshakes are bounded like plain sockets.
             self._listener = await loop.create_server(
-                lambda: Peer(self, Connection(Role.SERVER, self._handshake_limits)),
+                lambda: Peer(
+                    self,
+                    Connection(Role.SERVER, self._handshake_limits),
+                    tls=self.ssl_context,
+                    tls_timeout=cfg.handshake_timeout,
+                ),
                 cfg.host,
                 cfg.port,
-                ssl=self.ssl_context,
-                ssl_handshake_timeout=cfg.handshake_timeout if self.ssl_context else None,
                 reuse_address=True,
                 backlog=max(128, 2 * self.n_workers),
             )
@@ -713,23 +857,55 @@ class ParameterServer:
     # -- PeerHandler ------------------------------------------------------------------------
 
     def peer_connected(self, peer: Peer) -> None:
-        pending = sum(1 for p in self.peers if p.worker_id is None)
-        if not self._accepting or pending >= self.config.limits.max_pending_handshakes:
-            # Bounded: unauthenticated peers cannot make us hold more than this many sockets.
+        if not self._accepting:
+            peer.abort()
+            return
+        loop = asyncio.get_running_loop()
+        decision = self.admission.open(peer, _source(peer), loop.time())
+        for victim in decision.evict:
+            # Bounded: the oldest idle pre-auth socket makes room (docs/protocol.md 4.1).
+            self._admission_log(
+                logging.WARNING,
+                "evict",
+                "pre-authentication slots full: evicted the oldest idle connection %s for %s",
+                getattr(victim, "peername", victim),
+                peer.peername,
+            )
+            abort = getattr(victim, "abort", None)
+            if abort is not None:
+                abort()
+        if not decision.admit:
             self.refused += 1
+            self._admission_log(
+                logging.WARNING, "refuse", "refused %s: %s", peer.peername, decision.reason
+            )
             peer.abort()
             return
         self.peers.add(peer)
-        loop = asyncio.get_running_loop()
         peer.handshake_timer = loop.call_later(
             self.config.handshake_timeout, self._handshake_expired, peer
+        )
+
+    def peer_tls_failed(self, peer: Peer, exc: BaseException) -> None:
+        """The TLS upgrade of ``peer`` failed (not TLS, bad certificate, deadline, evicted)."""
+        if peer.closed:
+            return  # evicted or timed out: already counted
+        hint = ""
+        if isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS_REASONS:
+            hint = " (the client does not speak TLS: a worker without --tls-ca?)"
+        self._admission_log(
+            logging.INFO, "tls", "TLS handshake with %s failed: %s%s", peer.peername, exc, hint
         )
 
     def _handshake_expired(self, peer: Peer) -> None:
         peer.handshake_timer = None
         if peer.worker_id is None and not peer.closed:
-            log.info("%r: handshake timed out", peer)
+            self._admission_log(logging.INFO, "timeout", "%r: handshake timed out", peer)
             self.refused += 1
+            self.admission.counters["handshake_timeouts"] += 1
+            if peer.tls_pending:
+                peer.abort()  # still in the TLS handshake: nothing readable to say
+                return
             peer.close(
                 m.Error(
                     code="timeout",
@@ -746,6 +922,7 @@ class ParameterServer:
 
     def peer_lost(self, peer: Peer) -> None:
         self.peers.discard(peer)
+        self.admission.release(peer)
         self._erase_peer(peer, "disconnected")
 
     def _erase_peer(self, peer: Peer, reason: str) -> None:
@@ -910,33 +1087,62 @@ class ParameterServer:
     def _handshake_step(self, peer: Peer, msg: m.Message) -> None:
         """Hello -> Challenge; Auth -> verify -> Welcome or Error (see module docstring)."""
         if isinstance(msg, m.Hello):
+            holder = self.seats.get(msg.worker_id)
+            seat_free = holder is None or holder.closed
+            loop = asyncio.get_running_loop()
+            self.admission.hello(peer, msg.worker_id, seat_free, loop.time())
             peer.send(m.Challenge(nonce=auth.new_nonce()))
             return
         if isinstance(msg, m.Auth):
-            try:
-                j = self._authenticate(peer, msg)
-            except AuthError as exc:
-                self.refused += 1
-                code = "seat_taken" if "seat" in str(exc) else "auth_failed"
-                log.info("%r refused: %s", peer, exc)
-                peer.close(m.Error(code=code, message=str(exc)))
+            loop = asyncio.get_running_loop()
+            delay = self.admission.auth_delay(_source(peer), loop.time())
+            if delay > 0:
+                # Throttled source: this answer waits; the handshake deadline still runs.
+                self._admission_log(
+                    logging.WARNING,
+                    "throttle",
+                    "throttling authentication from %s (too many failures): %.2f s delay",
+                    _source(peer),
+                    delay,
+                )
+                loop.call_later(delay, self._verify_auth, peer, msg)
                 return
-            if peer.handshake_timer is not None:
-                peer.handshake_timer.cancel()
-                peer.handshake_timer = None
-            if self._stop_reason is not None or self.engine.finished:
-                peer.close(m.Bye(reason="run complete" if self.engine.done else "shutdown"))
-                return
-            peer.worker_id = j
-            self.seats[j] = peer
-            peer.conn.limits = self._payload_limits  # before Welcome: applies from READY on
-            peer.send(m.Welcome(config=self.welcome_config(j)))
-            log.info("worker %d joined from %s", j, peer.peername)
-            if self._wake is not None and self._round is None:
-                self._wake.set()  # the join phase counts seats
+            self._verify_auth(peer, msg)
             return
         # Bye / Error during the handshake: the peer gives up.
         peer.close()
+
+    def _verify_auth(self, peer: Peer, msg: m.Auth) -> None:
+        """Check the Auth's MAC and the seat: Welcome, or Error and close."""
+        if peer.closed:
+            return  # timed out or evicted while its verification was throttled
+        try:
+            j = self._authenticate(peer, msg)
+        except AuthError as exc:
+            self.refused += 1
+            code = "seat_taken" if "seat" in str(exc) else "auth_failed"
+            if code == "auth_failed":
+                loop = asyncio.get_running_loop()
+                self.admission.auth_failed(_source(peer), loop.time())
+            self._admission_log(logging.INFO, code, "%r refused: %s", peer, exc)
+            self.admission.release(peer)
+            peer.close(m.Error(code=code, message=str(exc)))
+            return
+        if peer.handshake_timer is not None:
+            peer.handshake_timer.cancel()
+            peer.handshake_timer = None
+        if self._stop_reason is not None or self.engine.finished:
+            peer.close(m.Bye(reason="run complete" if self.engine.done else "shutdown"))
+            return
+        peer.worker_id = j
+        self.seats[j] = peer
+        self.admission.release(peer)  # authenticated: no longer a pre-auth slot
+        peer.set_nodelay()
+        peer.conn.limits = self._payload_limits  # before Welcome: applies from READY on
+        peer.send(m.Welcome(config=self.welcome_config(j)))
+        log.info("worker %d joined from %s", j, peer.peername)
+        if self._wake is not None and self._round is None:
+            self._wake.set()  # the join phase counts seats
 
     def _authenticate(self, peer: Peer, msg: m.Auth) -> int:
         j, nonce = peer.conn.worker_id, peer.conn.nonce
@@ -971,6 +1177,20 @@ class ParameterServer:
             "seed": self.config.seed,
             "round_timeout": self.config.round_timeout,
         }
+
+
+# OpenSSL's reasons when the bytes received are not a TLS record (a plain-text client).
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
+)
+
+
+def _source(peer: Peer) -> str:
+    """The address a peer's limits are counted under (its IP; ``"?"`` if unknown)."""
+    name = peer.peername
+    if isinstance(name, tuple) and name:
+        return str(name[0])
+    return "?" if not name else str(name)
 
 
 def run_with_loop(main: Callable[[], Any], loop_name: str) -> Any:

@@ -25,7 +25,11 @@ worker's own partitions cost, cached or not, so the metrics keep the code's real
 
 Errors that retrying cannot fix are final (no endless retry): a refused credential
 (``AuthError``), another protocol version (``VersionMismatchError``), a bad configuration
-(``ConfigError``), and no parameter server reachable before the connect deadline.
+(``ConfigError``: also TLS on one side only), and no parameter server reachable before the
+connect deadline. A parameter server that is reachable but does not welcome us (its
+pre-authentication slots are full, a handshake timed out, our seat is not yet freed) is
+retried with jittered exponential backoff until ``join_timeout`` has passed without a
+Welcome. One logical worker's final error never stops the others of its process.
 """
 
 from __future__ import annotations
@@ -67,9 +71,10 @@ log = logging.getLogger("draco.worker")
 # ``connect``): attempt a waits uniform(0.5, 1) * min(CAP, BASE * 2**a) seconds.
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
-# Connections that end before a Welcome (handshake timeouts, a seat not yet freed) are retried
-# this many times in a row, then the worker gives up instead of retrying forever.
-MAX_FAILED_HANDSHAKES = 5
+# OpenSSL's reasons when the bytes received are not TLS (a plain-text peer).
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,9 @@ class WorkerOptions:
         Persistent liar: apply this attack every round (experiments and tests only).
     connect_timeout : float
         Seconds to keep retrying a connection (at start and after a drop) before giving up.
+    join_timeout : float
+        Seconds to keep retrying connections that the PS closes before welcoming us (full
+        admission slots, handshake timeouts), counted from the start or the last Welcome.
     ssl_context : ssl.SSLContext or None
         TLS client context, or None for plain TCP.
     server_hostname : str or None
@@ -101,6 +109,7 @@ class WorkerOptions:
     tokens: Mapping[int, bytes]
     attack: str | None = None
     connect_timeout: float = 30.0
+    join_timeout: float = 120.0
     ssl_context: ssl.SSLContext | None = None
     server_hostname: str | None = None
     share_gradients: bool = True
@@ -327,7 +336,10 @@ class LogicalWorker:
 
     async def run(self) -> None:
         """Serve rounds until the PS says Bye. Raises DracoError on a final error."""
+        loop = asyncio.get_running_loop()
         failures = 0  # consecutive connections that ended before a Welcome
+        join_deadline = loop.time() + self.options.join_timeout
+        probed = False
         while True:
             proto = await self._connect()
             self.connections += 1
@@ -345,14 +357,30 @@ class LogicalWorker:
                 reason = exc
             finally:
                 proto.close()
-            failures = 0 if self._session_welcomed else failures + 1
-            if failures >= MAX_FAILED_HANDSHAKES:
+            if self._session_welcomed:
+                failures = 0
+                join_deadline = loop.time() + self.options.join_timeout
+            else:
+                failures += 1
+                silent = proto.conn.bytes_received == 0
+                if silent and self.options.ssl_context is None and not probed:
+                    # Closed without a word: a TLS parameter server drops a plain Hello so.
+                    probed = True
+                    if await _speaks_tls(self.options.host, self.options.port):
+                        raise ConfigError(
+                            f"worker {self.id}: the parameter server at {self.options.host}:"
+                            f"{self.options.port} speaks TLS and we do not: pass --tls-ca "
+                            "(and --tls-cert/--tls-key for mTLS)"
+                        )
+            if loop.time() >= join_deadline:
                 raise DracoError(
-                    f"worker {self.id}: {failures} connections in a row ended before the "
-                    f"parameter server welcomed us; giving up (last: {reason})"
+                    f"worker {self.id}: the parameter server did not welcome us within "
+                    f"--join-timeout {self.options.join_timeout:g} s ({failures} connections "
+                    f"in a row ended before a Welcome; last: {reason})"
                 )
-            log.warning("worker %d: %s; reconnecting", self.id, reason)
-            await asyncio.sleep(self._rng.uniform(0.5, 1.0) * BACKOFF_BASE * 2**failures)
+            delay = self._rng.uniform(0.5, 1.0) * min(BACKOFF_CAP, BACKOFF_BASE * 2**failures)
+            log.warning("worker %d: %s; reconnecting in %.2f s", self.id, reason, delay)
+            await asyncio.sleep(max(0.0, min(delay, join_deadline - loop.time())))
 
     async def _connect(self) -> _ClientProtocol:
         """Connect within ``connect_timeout`` with jittered exponential backoff."""
@@ -386,6 +414,12 @@ class LogicalWorker:
                     f"cannot resolve the parameter server's host {opts.host!r}: {exc}"
                 ) from exc
             except ssl.SSLError as exc:
+                if exc.reason in _NOT_TLS_REASONS:
+                    raise ConfigError(
+                        f"worker {self.id}: the parameter server at {opts.host}:{opts.port} "
+                        "does not speak TLS (it answered in plain text): drop --tls-ca/"
+                        "--tls-cert/--tls-key, or start draco-ps with --tls-cert/--tls-key"
+                    ) from exc
                 raise AuthError(
                     f"TLS handshake with {opts.host}:{opts.port} failed: {exc} "
                     "(check --tls-ca / --tls-cert / --tls-key)"
@@ -529,10 +563,34 @@ class _Setup:
     persistent: Any
 
 
+async def _speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool:
+    """True if ``host:port`` completes (or refuses with a TLS alert) a TLS handshake.
+
+    Used only to explain a connection that a parameter server closed without a byte.
+    Certificates are not checked: nothing is sent over this connection.
+    """
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ctx, server_hostname=host), timeout
+        )
+    except ssl.SSLError as exc:
+        return exc.reason not in _NOT_TLS_REASONS and "ALERT" in str(exc.reason or "")
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):
+        await writer.wait_closed()
+    return True
+
+
 async def run_workers(options: WorkerOptions) -> None:
     """Run every logical worker of ``options`` until the PS ends the run.
 
-    Raises the first final error (``DracoError``); the other logical workers are cancelled.
+    A final error of one logical worker is logged and does not stop the others; once all
+    have ended, the first such error is raised (``DracoError``).
     """
     if not options.tokens:
         raise ConfigError("no worker ids to run")
@@ -548,11 +606,17 @@ async def run_workers(options: WorkerOptions) -> None:
     ]
     tasks = [asyncio.create_task(w.run(), name=f"worker-{w.id}") for w in workers]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in done:
-            exc = t.exception()
-            if exc is not None:
-                raise exc
+        failures: list[BaseException] = []
+        for fut in asyncio.as_completed(tasks):
+            try:
+                await fut
+            except DracoError as exc:
+                # Only this logical worker is done; its siblings keep their seats.
+                if len(tasks) > 1:
+                    log.error("%s", exc)
+                failures.append(exc)
+        if failures:
+            raise failures[0]
     finally:
         for t in tasks:
             t.cancel()

@@ -280,14 +280,15 @@ async def test_handshake_timeout_enforced() -> None:
         assert await silent.eof()
 
 
-async def test_pending_handshakes_are_bounded() -> None:
+async def test_pending_handshakes_are_bounded_and_the_oldest_idle_makes_room() -> None:
     server, _ = make_server(limits=ServerLimits(max_pending_handshakes=2))
     async with running(server):
         a, b = await Client.connect(server), await Client.connect(server)
         await asyncio.sleep(0.05)
         c = await Client.connect(server)
-        assert await c.eof()  # the third unauthenticated connection is dropped at once
-        assert isinstance(await a.handshake(0), m.Welcome)
+        assert await a.eof()  # the oldest idle connection was evicted for the newest
+        assert isinstance(await c.handshake(0), m.Welcome)
+        assert server.admission.counters["evicted"] == 1
         b.close()
 
 
