@@ -433,6 +433,7 @@ class ParameterServer:
         loop = asyncio.get_running_loop()
         engine = self.engine
         t0 = time.perf_counter()
+        cpu0 = time.thread_time()  # the event loop's CPU time: broadcast + ingest
         rnd = engine.start_round()
         params = engine.params  # never mutated: the engine makes a new array per update
         self._round = rnd
@@ -449,8 +450,15 @@ class ParameterServer:
             attack, seed = rnd.plan.instruction(j)
             peer.messages_in_round = 0
             peer.last_round_sent = rnd.index
-            rnd.bytes_out += peer.send(
-                m.RoundStart(round_index=rnd.index, params=params, attack=attack, attack_seed=seed)
+            sent_at = time.perf_counter()
+            rnd.sent(
+                j,
+                peer.send(
+                    m.RoundStart(
+                        round_index=rnd.index, params=params, attack=attack, attack_seed=seed
+                    )
+                ),
+                at=sent_at,
             )
         if not rnd.should_close:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -459,10 +467,13 @@ class ParameterServer:
         if self._stop_reason is not None:
             return  # shutting down: leave the round unfinished (the model stays as it was)
         wait = time.perf_counter() - t0
+        loop_cpu = time.thread_time() - cpu0
         result = await loop.run_in_executor(
             self._executor, lambda: engine.finish(rnd, wait_seconds=wait)
         )
         result.record["wall_seconds"] = time.perf_counter() - t0
+        result.record["loop_cpu_seconds"] = loop_cpu
+        result.record["ps_cpu_seconds"] = result.record.get("ps_cpu_seconds", 0.0) + loop_cpu
         if not result.ok:
             log.warning(
                 "round %d FAILED (%d/%d consecutive): %s; model not updated",
@@ -587,7 +598,14 @@ class ParameterServer:
         rnd = self._round
         if rnd is None or msg.round_index < rnd.index:
             return  # a straggler's payload for a closed round: useless, harmless
-        offer = rnd.offer(j, msg.round_index, msg.payload, msg.compute_seconds, wire_bytes)
+        offer = rnd.offer(
+            j,
+            msg.round_index,
+            msg.payload,
+            msg.compute_seconds,
+            wire_bytes,
+            received_at=time.perf_counter(),
+        )
         if offer.verdict is Verdict.VIOLATION:
             self.peer_violation(peer, ProtocolError(offer.reason))
         elif offer.verdict is Verdict.ERASURE:
@@ -659,6 +677,7 @@ class ParameterServer:
             "task": self.task_spec,
             "seed": self.config.seed,
             "round_timeout": self.config.round_timeout,
+            "attack_options": dict(getattr(self.config, "attack_options", {}) or {}),
         }
 
 
