@@ -52,6 +52,7 @@ from draco.optim import SGD
 # Domain-separation tags for the seeded choices (so they never share a stream).
 _LIAR_TAG = 0x11A5
 _ATTACK_TAG = 0xA77AC
+_CODE_STATE = "code_"  # checkpoint array prefix of the code's (aggregator's) state
 
 
 class CodeLike(Protocol):
@@ -638,8 +639,16 @@ class RoundEngine:
     # -- checkpoints
 
     def state(self) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-        """(params, optimizer state, extra) for ``RunDir.save_checkpoint``."""
-        return self.params, self.sgd.state_dict(), {"totals": self.totals.to_dict()}
+        """(params, optimizer state, extra) for ``RunDir.save_checkpoint``.
+
+        A stateful aggregation (centered clipping's momenta and centre) travels with the
+        optimizer's arrays under the ``code_`` prefix.
+        """
+        arrays = dict(self.sgd.state_dict())
+        code_state = getattr(self.code, "state_dict", None)
+        if callable(code_state):
+            arrays.update({_CODE_STATE + k: v for k, v in code_state().items()})
+        return self.params, arrays, {"totals": self.totals.to_dict()}
 
     def restore(
         self, params: np.ndarray, optimizer_state: dict[str, np.ndarray], extra: dict[str, Any]
@@ -652,7 +661,17 @@ class RoundEngine:
                 f"the task has ({self.dim},) float32: was the run's task changed?"
             )
         self.params = params.copy()
-        self.sgd.load_state_dict(optimizer_state)
+        code_state = {
+            k[len(_CODE_STATE) :]: v
+            for k, v in optimizer_state.items()
+            if k.startswith(_CODE_STATE)
+        }
+        load = getattr(self.code, "load_state_dict", None)
+        if callable(load):
+            load(code_state)
+        self.sgd.load_state_dict(
+            {k: v for k, v in optimizer_state.items() if not k.startswith(_CODE_STATE)}
+        )
         totals = extra.get("totals", {})
         self.totals = EngineTotals(
             completed_rounds=int(totals.get("completed_rounds", 0)),
