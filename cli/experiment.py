@@ -54,6 +54,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -172,7 +173,7 @@ def load_experiment(path: Path, out: Path | None = None) -> Experiment:
     if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
         raise ConfigError(f"{path}: target_accuracy must be a fraction in (0, 1], got {target!r}")
     name = str(meta.get("name", path.stem))
-    results = out or (path.parent / str(meta.get("results", f"results/{name}")))
+    results = out or Path(os.path.normpath(path.parent / str(meta.get("results", name))))
     methods = [str(x) for x in _as_list(grid["method"])]
     attacks = [str(x) for x in _as_list(grid.get("attack", ["none"]))]
     sizes = [int(x) for x in _as_list(grid.get("adversaries", [1]))]
