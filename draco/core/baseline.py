@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from draco.core.aggregators import AGGREGATORS, aggregate, option_names, takes_f
+from draco.core.blas_threads import single_blas_thread
 from draco.core.decoding import DecodeResult
 from draco.errors import ConfigError, DecodeError
 
@@ -245,7 +246,12 @@ class UncodedCode:
         if center is not None and center.shape == (d,):
             options["center"] = center
         try:
-            agg = aggregate(self.aggregator, X, self.f, **options)
+            # One OpenBLAS thread, as for the cyclic decode (draco/core/blas_threads.py): on
+            # shared cores the threaded BLAS calls of the distance-based rules stall (the
+            # geometric median of 45 x 1,033,510 under load: 17-27 s with numpy's default
+            # threads, 0.7-0.8 s on one thread, measured 2026-12-01).
+            with single_blas_thread():
+                agg = aggregate(self.aggregator, X, self.f, **options)
         except ConfigError as exc:
             raise DecodeError(
                 f"code 'none': only {len(usable)} of {self.n_workers} payloads usable "
