@@ -388,11 +388,11 @@ def table_markdown(exp: Experiment, rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['run']} | {_fmt(r['rounds'])} | "
             f"{_fmt(None if acc is None else 100 * acc, '.2f')} | "
-            f"{_fmt(r['rounds_to_target'])} | {_fmt(r['cluster_seconds_to_target'], '.2f')} | "
-            f"{_fmt(r['shared_link_seconds_to_target'], '.2f')} | "
-            f"{_fmt(r['cpu_ps_cluster_seconds_to_target'], '.2f')} | "
+            f"{_fmt(r['rounds_to_target'])} | {_fmt(r['cluster_seconds_to_target'], '.4g')} | "
+            f"{_fmt(r['shared_link_seconds_to_target'], '.4g')} | "
+            f"{_fmt(r['cpu_ps_cluster_seconds_to_target'], '.4g')} | "
             f"{_fmt(r.get('speedup_vs_reference'), '.2f')} | "
-            f"{_fmt(r['cluster_seconds_total'], '.1f')} | {_fmt(r['wall_seconds'], '.0f')} | "
+            f"{_fmt(r['cluster_seconds_total'], '.4g')} | {_fmt(r['wall_seconds'], '.0f')} | "
             f"{_fmt(r['liars_located'])} | {_fmt(r['failed_rounds'])} | "
             f"{_fmt(r['median_ps_decode_update_seconds'], '.3f')} / "
             f"{_fmt(r['median_ps_decode_update_cpu_seconds'], '.3f')} |"
@@ -403,7 +403,8 @@ def table_markdown(exp: Experiment, rows: list[dict[str, Any]]) -> str:
             lines += [
                 "",
                 f"## s = {s}: final test accuracy % (cluster s to {tgt}); "
-                "= clean: same model bytes as the method's clean run",
+                "= clean: bit-identical final model to the method's clean run (the cyclic "
+                "decoder's sum is exact to rounding only: docs/numerics.md)",
                 "",
                 "| method | " + " | ".join(attacks) + " |",
                 "|---|" + "---|" * len(attacks),
@@ -423,7 +424,7 @@ def table_markdown(exp: Experiment, rows: list[dict[str, Any]]) -> str:
                     r = hit[0]
                     acc = r.get("final_accuracy")
                     cell = _fmt(None if acc is None else 100 * acc, ".1f")
-                    cell += f" ({_fmt(r['cluster_seconds_to_target'], '.1f')})"
+                    cell += f" ({_fmt(r['cluster_seconds_to_target'], '.3g')})"
                     if r.get("same_model_as_clean"):
                         cell += " = clean"
                     cells.append(cell)
