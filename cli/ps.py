@@ -179,12 +179,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="repetition / cyclic (DRACO) or none (one partition per worker + --aggregator)",
     )
     run.add_argument(
-        "--aggregator", default=d.aggregator, help="robust aggregator (only with --code none)"
+        "--aggregator",
+        default=None,
+        help="robust aggregator, only with --code none (default there: mean); refused with a "
+        "DRACO code",
+    )
+    run.add_argument(
+        "--aggregator-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the aggregator (repeatable), e.g. tau=10 for centered_clipping",
     )
     run.add_argument(
         "--attack",
         default=None,
         help="experiment mode: s liars per round apply this attack (one of draco.core.attacks)",
+    )
+    run.add_argument(
+        "--attack-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the attack (repeatable), e.g. value=-100 for constant",
+    )
+    run.add_argument(
+        "--link-gbps",
+        type=float,
+        default=d.link_gbps,
+        help="link speed of the modelled cluster behind cluster_seconds (docs/cluster_time.md)",
+    )
+    run.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="summary.json gets the rounds and cluster seconds to this test accuracy (e.g. 0.88)",
     )
     run.add_argument(
         "--adversary-schedule",
@@ -299,6 +329,13 @@ class RunRecorder:
         # previous record, nonzero keys only, so a quiet run adds nothing to metrics.jsonl.
         self.counters: dict[str, int] | None = None
         self._counters_seen: dict[str, int] = {}
+        # Cluster time (docs/cluster_time.md): the running sum over written records, and the
+        # first evaluation at or above --target-accuracy (rounds, cluster s, wall s).
+        self.cluster_total = 0.0
+        self.to_target: dict[str, float] | None = None
+        if rundir is not None and start_round > 0:
+            for old in rundir.read_metrics():
+                self._account(old)
 
     def admission_delta(self) -> dict[str, int]:
         """Admission counters that changed since the previous call (nonzero deltas only)."""
@@ -308,6 +345,18 @@ class RunRecorder:
         delta = {k: v - self._counters_seen.get(k, 0) for k, v in now.items()}
         self._counters_seen = now
         return {k: v for k, v in delta.items() if v and k != "admitted"}
+
+    def _account(self, record: dict[str, Any]) -> None:
+        self.cluster_total += float(record.get("cluster_seconds", 0.0) or 0.0)
+        record["cluster_seconds_elapsed"] = self.cluster_total
+        target = self.config.target_accuracy
+        acc = record.get("test_accuracy")
+        if target is not None and self.to_target is None and acc is not None and acc >= target:
+            self.to_target = {
+                "rounds": int(record.get("evaluated_after_rounds", record["round"] + 1)),
+                "cluster_seconds": self.cluster_total,
+                "wall_seconds": float(record.get("elapsed_seconds", math.nan)),
+            }
 
     @property
     def wall_seconds(self) -> float:
@@ -323,6 +372,7 @@ class RunRecorder:
         if not record["failed"] and every and done % every == 0:
             fut = self.executor.submit(self.task.evaluate, engine.params)
             record["evaluated_after_rounds"] = done
+        record["elapsed_seconds"] = self.wall_seconds
         self.pending.append((record, fut))
         self.flush(block=False)
         k = self.config.checkpoint_every
@@ -345,6 +395,7 @@ class RunRecorder:
                 self.last_eval = dict(metrics)
                 self.last_eval_round = int(record["evaluated_after_rounds"])
             self.pending.popleft()
+            self._account(record)
             if self.rundir is not None:
                 self.rundir.append_metrics(record)
 
@@ -383,7 +434,26 @@ class RunRecorder:
         if final_eval and self.last_eval_round != engine.next_round:
             self.last_eval = dict(self.task.evaluate(engine.params))
             self.last_eval_round = engine.next_round
+            target, acc = self.config.target_accuracy, self.last_eval.get("test_accuracy")
+            if target is not None and self.to_target is None and acc is not None and acc >= target:
+                self.to_target = {
+                    "rounds": engine.next_round,
+                    "cluster_seconds": self.cluster_total,
+                    "wall_seconds": self.wall_seconds,
+                }
         return self.last_eval
+
+    def cluster_summary(self) -> dict[str, Any]:
+        """summary.json's cluster-time keys (docs/cluster_time.md)."""
+        hit = self.to_target
+        return {
+            "cluster_seconds_total": self.cluster_total,
+            "link_gbps": self.config.link_gbps,
+            "target_accuracy": self.config.target_accuracy,
+            "rounds_to_target": None if hit is None else hit["rounds"],
+            "cluster_seconds_to_target": None if hit is None else hit["cluster_seconds"],
+            "wall_seconds_to_target": None if hit is None else hit["wall_seconds"],
+        }
 
 
 # ----------------------------------------------------------------------------- the run
@@ -445,7 +515,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
     if config.attack is not None:
         from draco.core.attacks import make_attack
 
-        attack = make_attack(config.attack)
+        attack = make_attack(config.attack, **config.attack_options)
     engine = RoundEngine(
         code,
         task.initial_params(),
@@ -455,6 +525,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
         attack=attack,
         schedule=config.adversary_schedule,
         max_failed_rounds=config.max_failed_rounds,
+        link_gbps=config.link_gbps,
     )
     wall_offset = 0.0
     if rundir is not None:
@@ -521,8 +592,11 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
         "workers": config.n_workers,
         "adversaries": config.n_adversaries,
         "attack": config.attack,
-        "aggregator": config.aggregator if config.code == "none" else None,
+        "aggregator": (config.aggregator or "mean") if config.code == "none" else None,
+        "aggregator_options": dict(config.aggregator_options),
+        "attack_options": dict(config.attack_options),
         "seed": config.seed,
+        **recorder.cluster_summary(),
     }
     if rundir is not None:
         rundir.write_summary(summary)
@@ -534,11 +608,15 @@ def config_from_args(args: argparse.Namespace) -> PSConfig:
     """PSConfig from parsed flags (the task spec needs the code's partition count)."""
     from draco.core.codes import make_code
 
-    options = {"aggregator": args.aggregator} if args.code == "none" else {}
     if args.resume is not None:
         # The run's own settings come from its config.json; these are placeholders.
         return PSConfig.from_args(args, {"model": "placeholder"})
-    code = make_code(args.code, args.workers, args.adversaries, **options)
+    config = PSConfig.from_args(args, {"model": "placeholder"})  # validates the flags first
+    code = make_code(args.code, args.workers, args.adversaries, **config.code_options())
+    if config.attack is not None:
+        from draco.core.attacks import make_attack
+
+        make_attack(config.attack, **config.attack_options)  # unknown parameters: refused now
     spec = task_spec_from_args(args, code.n_partitions, args.seed)
     return PSConfig.from_args(args, spec)
 

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Without arguments: "
         + " ".join(f"{k} {v}" for k, v in DEMO_FLAGS)
         + ". Flags shared with draco-ps: --workers, --adversaries, --code, --aggregator, "
-        "--attack, --adversary-schedule, --rounds, --seed, --run-dir, --checkpoint-every, "
+        "--aggregator-option, --attack, --attack-option, --adversary-schedule, --rounds, "
+        "--seed, --run-dir, --checkpoint-every, --link-gbps, --target-accuracy, "
         "--round-timeout and the task flags (--model, --dataset, --data-dir, --batch-size, "
         "--lr, --momentum, --weight-decay, --eval-every). Example: draco-run --workers 45 "
         "--adversaries 5 --code cyclic --attack reverse --dataset mnist --rounds 500",

@@ -102,8 +102,10 @@ class PSConfig:
     n_workers: int = 15
     n_adversaries: int = 2  # s: liars the code tolerates (f of the aggregator with code none)
     code: str = "repetition"
-    aggregator: str = "mean"  # only with code "none"
+    aggregator: str | None = None  # only with code "none" (None there = "mean")
+    aggregator_options: dict[str, Any] = field(default_factory=dict)  # only with code "none"
     attack: str | None = None  # None: nobody lies
+    attack_options: dict[str, Any] = field(default_factory=dict)
     adversary_schedule: str = "random"  # which s workers lie: new each round, or fixed
     rounds: int = 100
     seed: int = 0
@@ -112,6 +114,8 @@ class PSConfig:
     eval_every: int = 10  # 0: only at the end
     checkpoint_every: int = 50  # 0: never (needs a run directory)
     max_failed_rounds: int = 5  # consecutive failed rounds before giving up
+    link_gbps: float = 10.0  # the modelled cluster's link speed (cluster_seconds)
+    target_accuracy: float | None = None  # summary: rounds / cluster seconds to reach it
     # -- this process
     host: str = "127.0.0.1"
     port: int = 7000  # 0: any free port (see ready_file)
@@ -137,7 +141,9 @@ class PSConfig:
         "n_adversaries",
         "code",
         "aggregator",
+        "aggregator_options",
         "attack",
+        "attack_options",
         "adversary_schedule",
         "rounds",
         "seed",
@@ -146,6 +152,8 @@ class PSConfig:
         "eval_every",
         "checkpoint_every",
         "max_failed_rounds",
+        "link_gbps",
+        "target_accuracy",
     )
 
     def __post_init__(self) -> None:
@@ -158,6 +166,32 @@ class PSConfig:
             )
         if self.code not in CODES:
             raise ConfigError(f"--code must be one of {', '.join(CODES)}, got {self.code!r}")
+        if self.code != "none" and self.aggregator is not None:
+            raise ConfigError(
+                f"--aggregator {self.aggregator} applies only to --code none (the baselines); "
+                f"the DRACO code {self.code!r} decodes the exact gradient and uses no "
+                "aggregator: drop --aggregator, or pass --code none"
+            )
+        if self.code != "none" and self.aggregator_options:
+            raise ConfigError(
+                f"--aggregator-option applies only to --code none, not to --code {self.code}"
+            )
+        _check_options("--aggregator-option", self.aggregator_options)
+        _check_options("--attack-option", self.attack_options)
+        if self.attack is None and self.attack_options:
+            raise ConfigError("--attack-option needs an --attack")
+        if isinstance(self.link_gbps, bool) or not isinstance(self.link_gbps, (int, float)):
+            raise ConfigError(f"--link-gbps must be a number, got {self.link_gbps!r}")
+        if not (math.isfinite(self.link_gbps) and self.link_gbps > 0):
+            raise ConfigError(f"--link-gbps must be a positive number, got {self.link_gbps}")
+        if self.target_accuracy is not None and not (
+            isinstance(self.target_accuracy, (int, float))
+            and not isinstance(self.target_accuracy, bool)
+            and 0.0 < self.target_accuracy <= 1.0
+        ):
+            raise ConfigError(
+                f"--target-accuracy must be a fraction in (0, 1], got {self.target_accuracy!r}"
+            )
         if self.adversary_schedule not in SCHEDULES:
             raise ConfigError(
                 f"--adversary-schedule must be one of {', '.join(SCHEDULES)}, "
@@ -226,6 +260,8 @@ class PSConfig:
         if unknown:
             raise ConfigError(f"unknown configuration keys {sorted(unknown)}")
         kw = dict(data)
+        if kw.get("code", "repetition") != "none" and kw.get("aggregator") == "mean":
+            kw["aggregator"] = None  # run directories written before --aggregator was refused
         try:
             if "sgd" in kw:
                 kw["sgd"] = SGDConfig(**kw["sgd"])
@@ -255,6 +291,8 @@ class PSConfig:
             auth_failure_rate=args.auth_failure_rate,
         )
         attack = None if args.attack in (None, "", "none") else args.attack
+        aggregator_options = parse_options(getattr(args, "aggregator_option", None) or [])
+        attack_options = parse_options(getattr(args, "attack_option", None) or [])
         resume = args.resume is not None
         run_dir = args.resume if resume else args.run_dir
         return cls(
@@ -262,7 +300,9 @@ class PSConfig:
             n_adversaries=args.adversaries,
             code=args.code,
             aggregator=args.aggregator,
+            aggregator_options=aggregator_options,
             attack=attack,
+            attack_options=attack_options,
             adversary_schedule=args.adversary_schedule,
             rounds=args.rounds,
             seed=args.seed,
@@ -271,6 +311,8 @@ class PSConfig:
             eval_every=args.eval_every,
             checkpoint_every=args.checkpoint_every,
             max_failed_rounds=args.max_failed_rounds,
+            link_gbps=args.link_gbps,
+            target_accuracy=args.target_accuracy,
             host=args.host,
             port=args.port,
             ready_file=args.ready_file,
@@ -291,4 +333,41 @@ class PSConfig:
 
     def code_options(self) -> dict[str, Any]:
         """Options for ``make_code(self.code, n, s, **options)``."""
-        return {"aggregator": self.aggregator} if self.code == "none" else {}
+        if self.code != "none":
+            return {}
+        return {"aggregator": self.aggregator or "mean", **self.aggregator_options}
+
+
+def parse_value(text: str) -> Any:
+    """A ``key=value`` option's value: int, float, true/false, none, else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["tau=10", "iters=1"]`` -> ``{"tau": 10, "iters": 1}``; ConfigError if malformed."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"an option is KEY=VALUE (e.g. tau=10), got {item!r}")
+        out[key] = parse_value(value)
+    return out
+
+
+def _check_options(flag: str, options: Any) -> None:
+    if not isinstance(options, dict):
+        raise ConfigError(f"{flag} values must form a dict, got {options!r}")
+    for key, value in options.items():
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool, type(None))):
+            raise ConfigError(f"{flag} {key}={value!r}: values are numbers, strings or booleans")

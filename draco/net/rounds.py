@@ -43,6 +43,7 @@ Validation of a payload (``RoundCollector.offer``), ordered by (round index, att
 from __future__ import annotations
 
 import enum
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -57,6 +58,7 @@ from draco.optim import SGD
 # Domain-separation tags for the seeded choices (so they never share a stream).
 _LIAR_TAG = 0x11A5
 _ATTACK_TAG = 0xA77AC
+_CODE_STATE = "code_"  # checkpoint array prefix of the code's (aggregator's) state
 
 
 class CodeLike(Protocol):
@@ -201,7 +203,13 @@ class RoundCollector:
         self.dtype = np.dtype(code.payload_dtype)
         self.received: dict[int, np.ndarray] = {}
         self.erased: dict[int, str] = {}  # worker -> reason
+        # Cluster-time bookkeeping (``cluster_seconds``): per worker, the reported compute
+        # time bounded by what the PS observed, and the bytes of its RoundStart and payload.
         self.compute_seconds: dict[int, float] = {}
+        self.compute_clipped: set[int] = set()
+        self.sent_at: dict[int, float] = {}
+        self.bytes_to: dict[int, int] = {}
+        self.bytes_from: dict[int, int] = {}
         self.bytes_in = 0
         self.bytes_out = 0
         self._ready = False
@@ -210,6 +218,13 @@ class RoundCollector:
     def index(self) -> int:
         return self.plan.round_index
 
+    def sent(self, worker: int, nbytes: int, at: float | None = None) -> None:
+        """The shell queued ``worker``'s RoundStart (``nbytes`` on the wire) at time ``at``."""
+        self.bytes_out += int(nbytes)
+        self.bytes_to[worker] = self.bytes_to.get(worker, 0) + int(nbytes)
+        if at is not None:
+            self.sent_at.setdefault(worker, float(at))
+
     def offer(
         self,
         worker: int,
@@ -217,6 +232,7 @@ class RoundCollector:
         payload: np.ndarray,
         compute_seconds: float = 0.0,
         wire_bytes: int = 0,
+        received_at: float | None = None,
         *,
         attempt: int = 0,
     ) -> Offer:
@@ -234,6 +250,11 @@ class RoundCollector:
             The worker's reported compute time (metrics only; not trusted otherwise).
         wire_bytes : int
             Frame size on the wire, for the byte counter.
+        received_at : float, optional
+            When the payload arrived (the clock of ``sent``). The reported compute time is
+            untrusted: it is bounded by ``received_at - sent_at[worker]``, the wall time the
+            PS saw between sending this worker its RoundStart and receiving its payload
+            (non-finite or negative reports count as 0).
         attempt : int
             The attempt of ``round_index`` the payload answers (``Gradient.attempt``).
         """
@@ -268,10 +289,26 @@ class RoundCollector:
         if not _is_finite(payload):
             return self._erase(worker, Verdict.ERASURE, "non-finite values")
         self.received[worker] = payload
-        cs = float(compute_seconds)
-        self.compute_seconds[worker] = cs if np.isfinite(cs) and cs >= 0 else 0.0
+        self.bytes_from[worker] = int(wire_bytes)
+        self.compute_seconds[worker] = self._bounded_compute(worker, compute_seconds, received_at)
         # _ready stays as it is: once True, more payloads cannot make the round undecodable.
         return Offer(Verdict.ACCEPTED)
+
+    def _bounded_compute(self, worker: int, reported: Any, received_at: float | None) -> float:
+        try:
+            cs = float(reported)
+        except (TypeError, ValueError):
+            cs = math.nan
+        if not (math.isfinite(cs) and cs >= 0):
+            cs = 0.0
+            self.compute_clipped.add(worker)
+        sent_at = self.sent_at.get(worker)
+        if received_at is not None and sent_at is not None:
+            observed = max(0.0, float(received_at) - sent_at)
+            if cs > observed:
+                cs = observed
+                self.compute_clipped.add(worker)
+        return cs
 
     def _erase(self, worker: int, verdict: Verdict, reason: str) -> Offer:
         self.erased.setdefault(worker, reason)
@@ -334,6 +371,36 @@ class RoundCollector:
         return self.complete or self._ready
 
 
+# ----------------------------------------------------------------------------- cluster time
+
+DEFAULT_LINK_GBPS = 10.0
+
+
+def transfer_seconds(nbytes: float, link_gbps: float) -> float:
+    """Seconds to move ``nbytes`` over a link of ``link_gbps`` gigabits per second."""
+    return float(nbytes) * 8.0 / (float(link_gbps) * 1e9)
+
+
+def cluster_seconds(
+    worker_compute: Mapping[int, float],
+    worker_bytes: Mapping[int, int],
+    link_gbps: float,
+    ps_seconds: float,
+) -> tuple[float, int | None]:
+    """A round's critical path on a cluster of one node per worker (docs/cluster_time.md).
+
+    ``max_j (compute_j + transfer(bytes_j)) + ps_seconds`` over the workers whose payloads
+    the round used (the keys of ``worker_compute``); ``bytes_j`` = its RoundStart (the model
+    broadcast) plus its payload frame. Returns (seconds, the worker on the critical path).
+    """
+    worst, who = 0.0, None
+    for j in sorted(worker_compute):
+        t = worker_compute[j] + transfer_seconds(worker_bytes.get(j, 0), link_gbps)
+        if who is None or t > worst:
+            worst, who = t, j
+    return worst + float(ps_seconds), who
+
+
 # ----------------------------------------------------------------------------- the engine
 
 
@@ -394,6 +461,8 @@ class RoundEngine:
         cyclic decoder's projection must be secret and unpredictable).
     clock : callable, optional
         Monotonic seconds (tests may inject).
+    link_gbps : float
+        Link speed of the modelled cluster, for ``cluster_seconds`` (docs/cluster_time.md).
     """
 
     def __init__(
@@ -410,8 +479,12 @@ class RoundEngine:
         start_round: int = 0,
         decode_rng: Callable[[], np.random.Generator] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        link_gbps: float = DEFAULT_LINK_GBPS,
     ) -> None:
         params = np.asarray(params)
+        if not (np.isfinite(link_gbps) and link_gbps > 0):
+            raise ConfigError(f"--link-gbps must be a positive number, got {link_gbps}")
+        self.link_gbps = float(link_gbps)
         if params.dtype != np.float32 or params.ndim != 1:
             raise ValueError(f"params must be float32 (d,), got {params.dtype} {params.shape}")
         if schedule not in ("random", "fixed"):
@@ -534,11 +607,15 @@ class RoundEngine:
         self.current = None
         for j in range(self.code.n_workers):
             rnd.erase(j, "no payload before the round closed")
-        t0 = self._clock()
         error = ""
         result = None
+        # The omniscient attacks' simulation is the experiment's, not the PS's: timed apart.
+        ts = self._clock()
+        cs = time.thread_time()
+        received = self._simulate_attack(rnd)
+        t0 = self._clock()
+        c0 = time.thread_time()
         try:
-            received = self._simulate_attack(rnd)
             result = self.code.decode(received, rng=self._decode_rng())
             gradient = np.asarray(result.gradient)
             if gradient.shape != (self.dim,) or not _is_finite(gradient):
@@ -551,16 +628,38 @@ class RoundEngine:
             mean_grad = gradient.astype(np.float32, copy=False) / np.float32(self.code.n_partitions)
             self.params = self.sgd.step(self.params, mean_grad)
         t2 = self._clock()
+        c2 = time.thread_time()
         ok = not error
         located = sorted(int(j) for j in result.adversaries) if ok and result else []
         erasures = sorted(set(rnd.erased) | {int(j) for j in (result.erasures if result else ())})
+        used = sorted(rnd.received)
+        compute = {j: rnd.compute_seconds.get(j, 0.0) for j in used}
+        per_worker_bytes = {j: rnd.bytes_to.get(j, 0) + rnd.bytes_from.get(j, 0) for j in used}
+        n = self.code.n_workers
+        cluster, critical = cluster_seconds(
+            compute, per_worker_bytes, self.link_gbps, (t1 - t0) + (t2 - t1)
+        )
         record: dict[str, Any] = {
             "round": rnd.index,
             "wall_seconds": 0.0,  # the shell fills in the full wall time
             "wait_seconds": float(wait_seconds),
-            "compute_seconds": max(rnd.compute_seconds.values(), default=0.0),
+            "compute_seconds": max(compute.values(), default=0.0),
             "decode_seconds": t1 - t0,
             "update_seconds": t2 - t1,
+            "attack_simulation_seconds": t0 - ts,
+            "cluster_seconds": cluster,
+            "critical_worker": critical,
+            "link_gbps": self.link_gbps,
+            # per worker id; None = not used this round (missing, erased) / not sent
+            "worker_compute_seconds": [compute.get(j) for j in range(n)],
+            "worker_bytes_in": [rnd.bytes_from.get(j) if j in compute else None for j in range(n)],
+            "worker_bytes_out": [rnd.bytes_to.get(j) for j in range(n)],
+            "compute_clipped": sorted(rnd.compute_clipped & set(used)),
+            "ps_link_seconds": transfer_seconds(rnd.bytes_in + rnd.bytes_out, self.link_gbps),
+            # PS CPU time: the decode thread's here; the shell adds its event loop's
+            "decode_cpu_seconds": c2 - c0,
+            "attack_simulation_cpu_seconds": c0 - cs,
+            "ps_cpu_seconds": c2 - c0,
             "bytes_in": rnd.bytes_in,
             "bytes_out": rnd.bytes_out,
             "received": len(rnd.received),
@@ -587,8 +686,16 @@ class RoundEngine:
     # -- checkpoints
 
     def state(self) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-        """(params, optimizer state, extra) for ``RunDir.save_checkpoint``."""
-        return self.params, self.sgd.state_dict(), {"totals": self.totals.to_dict()}
+        """(params, optimizer state, extra) for ``RunDir.save_checkpoint``.
+
+        A stateful aggregation (centered clipping's momenta and centre) travels with the
+        optimizer's arrays under the ``code_`` prefix.
+        """
+        arrays = dict(self.sgd.state_dict())
+        code_state = getattr(self.code, "state_dict", None)
+        if callable(code_state):
+            arrays.update({_CODE_STATE + k: v for k, v in code_state().items()})
+        return self.params, arrays, {"totals": self.totals.to_dict()}
 
     def restore(
         self, params: np.ndarray, optimizer_state: dict[str, np.ndarray], extra: dict[str, Any]
@@ -601,7 +708,17 @@ class RoundEngine:
                 f"the task has ({self.dim},) float32: was the run's task changed?"
             )
         self.params = params.copy()
-        self.sgd.load_state_dict(optimizer_state)
+        code_state = {
+            k[len(_CODE_STATE) :]: v
+            for k, v in optimizer_state.items()
+            if k.startswith(_CODE_STATE)
+        }
+        load = getattr(self.code, "load_state_dict", None)
+        if callable(load):
+            load(code_state)
+        self.sgd.load_state_dict(
+            {k: v for k, v in optimizer_state.items() if not k.startswith(_CODE_STATE)}
+        )
         totals = extra.get("totals", {})
         self.totals = EngineTotals(
             completed_rounds=int(totals.get("completed_rounds", 0)),

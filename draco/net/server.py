@@ -780,6 +780,7 @@ class ParameterServer:
         loop = asyncio.get_running_loop()
         engine = self.engine
         t0 = time.perf_counter()
+        cpu0 = time.thread_time()  # the event loop's CPU time: broadcast + ingest
         rnd = engine.start_round()
         params = engine.params  # never mutated: the engine makes a new array per update
         key = (rnd.index, rnd.attempt)
@@ -799,14 +800,19 @@ class ParameterServer:
             attack, seed = rnd.plan.instruction(j)
             peer.messages_in_round = 0
             peer.last_sent = key
-            rnd.bytes_out += peer.send(
-                m.RoundStart(
-                    round_index=rnd.index,
-                    params=params,
-                    attack=attack,
-                    attack_seed=seed,
-                    attempt=rnd.attempt,
-                )
+            sent_at = time.perf_counter()
+            rnd.sent(
+                j,
+                peer.send(
+                    m.RoundStart(
+                        round_index=rnd.index,
+                        params=params,
+                        attack=attack,
+                        attack_seed=seed,
+                        attempt=rnd.attempt,
+                    )
+                ),
+                at=sent_at,
             )
         self._maybe_close_round(rnd)
         timed_out = False
@@ -821,6 +827,7 @@ class ParameterServer:
         if timed_out:
             self._timed_out[key] = t0
         wait = time.perf_counter() - t0
+        loop_cpu = time.thread_time() - cpu0
         absent = set(self._absent_in_attempt)
         silent = set()
         for j, peer in self.seats.items():
@@ -835,6 +842,8 @@ class ParameterServer:
             lambda: engine.finish(rnd, wait_seconds=wait, count_failure=counted),
         )
         result.record["wall_seconds"] = time.perf_counter() - t0
+        result.record["loop_cpu_seconds"] = loop_cpu
+        result.record["ps_cpu_seconds"] = result.record.get("ps_cpu_seconds", 0.0) + loop_cpu
         return result, absent, silent
 
     async def shutdown(self, reason: str) -> None:
@@ -1055,7 +1064,13 @@ class ParameterServer:
         if rnd is None or key < (rnd.index, rnd.attempt):
             return  # a straggler's payload for a closed attempt: useless, harmless
         offer = rnd.offer(
-            j, msg.round_index, msg.payload, msg.compute_seconds, wire_bytes, attempt=msg.attempt
+            j,
+            msg.round_index,
+            msg.payload,
+            msg.compute_seconds,
+            wire_bytes,
+            received_at=time.perf_counter(),
+            attempt=msg.attempt,
         )
         if offer.verdict is Verdict.VIOLATION:
             self.peer_violation(peer, ProtocolError(offer.reason))
@@ -1176,6 +1191,7 @@ class ParameterServer:
             "task": self.task_spec,
             "seed": self.config.seed,
             "round_timeout": self.config.round_timeout,
+            "attack_options": dict(getattr(self.config, "attack_options", {}) or {}),
         }
 
 

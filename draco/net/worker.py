@@ -150,12 +150,14 @@ class _Compute:
         partitions: Sequence[int],
         flip_labels: bool,
     ) -> tuple[np.ndarray, float]:
-        """Rows for ``partitions`` ((r, d) float32) and the seconds they cost to compute."""
+        """Rows for ``partitions`` ((r, d) float32) and the CPU seconds they cost to compute."""
         task = self._tasks[key]
+        # Thread CPU time, not wall time: many workers sharing a few cores must not inflate
+        # it (this runs in the one compute thread; torch computes on it with one thread).
         if not self.share:
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             g = task.partition_gradients(params, round_index, partitions, flip_labels=flip_labels)
-            return g, time.perf_counter() - t0
+            return g, time.thread_time() - t0
         slot = self._grads.get((key, flip_labels))
         # Reuse only for the very same round AND parameters: a worker that rejoined late may be
         # on another round than its neighbours in this process.
@@ -165,9 +167,9 @@ class _Compute:
         done = slot[2]
         todo = [k for k in partitions if k not in done]
         if todo:
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             g = task.partition_gradients(params, round_index, todo, flip_labels=flip_labels)
-            per = (time.perf_counter() - t0) / len(todo)
+            per = (time.thread_time() - t0) / len(todo)
             for row, k in enumerate(todo):
                 done[k] = (g[row], per)
         rows = np.stack([done[k][0] for k in partitions]).astype(np.float32, copy=False)
@@ -508,6 +510,7 @@ class LogicalWorker:
             partitions = tuple(int(k) for k in config["partitions"])
             spec = dict(config["task"])
             seed = int(config.get("seed", 0))
+            attack_options = dict(config.get("attack_options") or {})
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteProtocolError(f"worker {self.id}: malformed Welcome config: {exc}") from exc
         if tuple(code.partitions_of(self.id)) != partitions:
@@ -522,14 +525,14 @@ class LogicalWorker:
                 f"{config['dim']} (different package versions?)"
             )
         persistent = make_attack(self.options.attack) if self.options.attack else None
-        return _Setup(code, partitions, key, task, n, s, seed, persistent)
+        return _Setup(code, partitions, key, task, n, s, seed, persistent, attack_options)
 
     async def _round(self, setup: _Setup, msg: m.RoundStart) -> tuple[np.ndarray, float]:
         """Gradient, encode and (maybe) attack for one round."""
         attack = setup.persistent
         attack_seed: Any = [setup.seed, msg.round_index, self.id]
         if msg.attack is not None:
-            attack = make_attack(msg.attack)
+            attack = make_attack(msg.attack, **setup.attack_options)
             attack_seed = msg.attack_seed
         flip = attack is not None and attack.data_attack
         params = np.asarray(msg.params, dtype=np.float32)
@@ -561,6 +564,7 @@ class _Setup:
     s: int
     seed: int
     persistent: Any
+    attack_options: dict[str, Any] = field(default_factory=dict)
 
 
 async def _speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool:

@@ -173,3 +173,48 @@ def test_make_code_none_builds_an_uncoded_code_that_meets_the_protocol() -> None
     grads = _grads(6)
     result = code.decode(_payloads(code, grads))
     assert result.gradient.shape == (D,) and result.adversaries == frozenset()
+
+
+# --- centered clipping keeps its state across rounds (Karimireddy, He, Jaggi 2021) ---------
+
+
+def test_centered_clipping_uses_worker_momentum_and_the_previous_aggregate() -> None:
+    from draco.core.aggregators import centered_clipping
+
+    n, d, beta, tau = 5, 3, 0.9, 0.5
+    code = UncodedCode(n, 1, aggregator="centered_clipping", tau=tau, momentum=beta)
+    rng = np.random.default_rng(7)
+    rounds = [rng.standard_normal((n, d)).astype(np.float32) for _ in range(3)]
+    m = np.zeros((n, d), np.float32)
+    v = np.zeros(d, np.float32)
+    for X in rounds:
+        m = (np.float32(1 - beta) * X + np.float32(beta) * m).astype(np.float32)
+        v = centered_clipping(m, tau=tau, center=v)
+        got = code.decode({j: X[j] for j in range(n)}).gradient / n
+        np.testing.assert_allclose(got, v, rtol=1e-5, atol=1e-6)
+
+
+def test_centered_clipping_state_round_trips_through_a_checkpoint() -> None:
+    n, d = 5, 4
+    rng = np.random.default_rng(8)
+    rounds = [rng.standard_normal((n, d)).astype(np.float32) for _ in range(4)]
+    a = UncodedCode(n, 1, aggregator="centered_clipping", tau=0.3)
+    for X in rounds[:2]:
+        a.decode({j: X[j] for j in range(n)})
+    b = UncodedCode(n, 1, aggregator="centered_clipping", tau=0.3)
+    b.load_state_dict(a.state_dict())
+    for X in rounds[2:]:
+        ga = a.decode({j: X[j] for j in range(n)}).gradient
+        gb = b.decode({j: X[j] for j in range(n)}).gradient
+        np.testing.assert_array_equal(ga, gb)
+    fresh = UncodedCode(n, 1, aggregator="centered_clipping", tau=0.3)
+    assert not np.array_equal(fresh.decode({j: rounds[3][j] for j in range(n)}).gradient, ga)
+
+
+def test_centered_clipping_stateless_options_and_bad_momentum() -> None:
+    code = UncodedCode(3, 1, aggregator="centered_clipping", momentum=0.0, center="zero")
+    X = np.array([[1.0], [2.0], [3.0]], np.float32)
+    for _ in range(2):  # the same answer every round: no state
+        np.testing.assert_allclose(code.decode(dict(enumerate(X))).gradient, [6.0])
+    with pytest.raises(ConfigError):
+        UncodedCode(3, 1, aggregator="centered_clipping", momentum=1.0)

@@ -69,7 +69,7 @@ def make_server(
         n_workers=n,
         n_adversaries=s,
         code=code_name,
-        aggregator="mean",
+        aggregator="mean" if code_name == "none" else None,
         attack=attack,
         rounds=rounds,
         port=0,
