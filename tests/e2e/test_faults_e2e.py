@@ -197,7 +197,9 @@ def test_worker_answering_its_backlog_after_a_pause_is_not_kicked(
     # It answered the missed rounds one after another, the PS took them as late answers, and
     # it stayed until the PS's Bye (a kicked worker gets Error and exits non-zero).
     assert lazy_status == 0, lazy_err
+    # How many RoundStarts it finds already queued behind the one it answers depends on how
+    # the socket's bytes are read after SIGCONT (4 to 30 seen): at least one is a backlog.
     superseded = int(lazy_out.split("superseded")[1])
-    assert superseded >= 10, lazy_out
+    assert superseded >= 1, lazy_out
     assert "protocol violation" not in err and "more than" not in err
     _check_clean_end(run_dir, clean_sha)
