@@ -460,6 +460,9 @@ async def test_against_the_real_server_with_liars(code_name: str) -> None:
     assert outcome.completed, outcome.reason
     assert [r["round"] for r in records] == list(range(rounds))
     for r in records:
-        assert not r["failed"] and not r["erasures"]
-        assert sorted(r["adversaries_located"]) == sorted(r["liars"]) and len(r["liars"]) == s
+        # A liar whose payload came after the round could already close (early close: the
+        # honest copies decide it) is an erasure, not located; nobody honest is either.
+        located, erased, liars = set(r["adversaries_located"]), set(r["erasures"]), set(r["liars"])
+        assert not r["failed"] and len(liars) == s
+        assert located | erased == liars and not located & erased, r
     assert not np.array_equal(engine.params, task.initial_params())
