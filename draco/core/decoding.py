@@ -303,6 +303,8 @@ def decode_repetition(
 _PROJECTION_CHUNK = 1 << 11
 #: Rows of the (d/K, 2K) view per block of the fast path's secret sample (65,536 coordinates).
 _SAMPLE_BLOCK = 1 << 10
+#: The sample's lane energies are summed over every this-many-th row (``project_rows``).
+_SAMPLE_STRIDE = 4
 #: Lanes per projection weight vector: coordinate i goes to lane i mod PROJECTIONS.
 PROJECTIONS = 64
 #: Independent secret weight vectors per lane (every coordinate is seen by this many lanes,
@@ -424,17 +426,26 @@ class Projections:
         of lane l of row j has standard deviation <= unit x sqrt(energy[j][l] / 3)).
     coordinates : int
         How many coordinates were projected (d, or fewer for a sample).
+    arithmetic : float
+        Factor on the noise bound for the projection's own arithmetic: 1 when it summed in
+        float64; 1 + sqrt(_SAMPLE_BLOCK) for the fast path's sample, summed in float32 over
+        blocks of _SAMPLE_BLOCK rows (the sample only picks the rows to leave out; the
+        recovery pass then checks every coordinate against the tight bound).
     """
 
     z: dict[int, np.ndarray]
     energy: dict[int, np.ndarray]
     coordinates: int
+    arithmetic: float = 1.0
 
     def finite(self) -> Projections:
         """The rows whose projections are finite (NaN/Inf payloads are erasures)."""
         keep = [j for j, v in self.z.items() if np.isfinite(v).all()]
         return Projections(
-            {j: self.z[j] for j in keep}, {j: self.energy[j] for j in keep}, self.coordinates
+            {j: self.z[j] for j in keep},
+            {j: self.energy[j] for j in keep},
+            self.coordinates,
+            self.arithmetic,
         )
 
 
@@ -456,7 +467,8 @@ def project_rows(
     Steps, per chunk of ``_PROJECTION_CHUNK`` rows of the (d/K, 2K) real view
     -------------------------------------------------------------------------
     1. Cast the chunk to float64 (in cache): the projection adds no float32 accumulation
-       error, so the only noise left is the payload's own rounding.
+       error, so the only noise left is the payload's own rounding. (Not for a sample:
+       ``Projections.arithmetic``.)
     2. (WEIGHTS, chunk) @ (chunk, 2K): the lanes' partial projections, summed over chunks.
     3. The chunk's sum of squares per column: the lanes' energies (the noise basis).
 
@@ -483,9 +495,10 @@ def project_rows(
         spans = [(a, min(m, a + _PROJECTION_CHUNK)) for a in range(0, m, _PROJECTION_CHUNK)]
     else:
         spans = [(b * _SAMPLE_BLOCK, min(m, (b + 1) * _SAMPLE_BLOCK)) for b in blocks]
-        # The sampled blocks are gathered into one chunk per row (few, large BLAS calls).
-        r = np.concatenate([r[:, a:b] for a, b in spans], axis=1)
-        spans = [(0, r.shape[1])]
+    # The sample sums in the payload's precision (no float64 copy: it costs more than the
+    # sample's whole read), one BLAS call per block; the noise bound says so (arithmetic).
+    exact = blocks is None
+    r_low = r.astype(np.float32)
     coordinates = sum(b - a for a, b in spans) * k
     tail = d - head if blocks is None else 0
     coordinates += tail
@@ -497,16 +510,20 @@ def project_rows(
         sq = np.zeros(2 * k)
         if m:
             mat = real[: 2 * head].reshape(m, 2 * k)
-            if blocks is not None:
-                gathered = [mat[b * _SAMPLE_BLOCK : (b + 1) * _SAMPLE_BLOCK] for b in blocks]
-                mat = np.concatenate(gathered)
             for start, stop in spans:
                 # Step 1.
-                chunk = mat[start:stop].astype(np.float64, copy=False)
-                # Step 2.
-                acc += r[:, start:stop] @ chunk
-                # Step 3 (a dot per column: no squared temporary).
-                sq += np.einsum("ij,ij->j", chunk, chunk)
+                chunk: np.ndarray = mat[start:stop]
+                if exact:
+                    chunk = chunk.astype(np.float64, copy=False)
+                    acc += r[:, start:stop] @ chunk  # Step 2.
+                else:
+                    acc += r_low[:, start:stop].astype(chunk.dtype, copy=False) @ chunk
+                # Step 3 (a dot per column: no squared temporary). The sample estimates its
+                # energies from every _SAMPLE_STRIDE-th row: they only scale its (already
+                # loose) bound; the full projection and the recovery check use exact ones.
+                part = chunk if exact else chunk[::_SAMPLE_STRIDE]
+                scale = 1.0 if exact else chunk.shape[0] / max(part.shape[0], 1)
+                sq += scale * np.einsum("ij,ij->j", part, part)
         if tail:
             pairs = real[2 * head : 2 * d].astype(np.float64)  # (2 tail,) re, im, re, ...
             acc[:, : 2 * tail] += np.repeat(r_tail, 2, axis=1) * pairs
@@ -514,7 +531,8 @@ def project_rows(
         lanes = acc[:, 0::2] + 1j * acc[:, 1::2]  # (WEIGHTS, K)
         z[j] = lanes.reshape(-1)
         energy[j] = np.tile(sq[0::2] + sq[1::2], WEIGHTS)
-    return Projections(z, energy, coordinates)
+    arithmetic = 1.0 if exact else 1.0 + float(np.sqrt(_SAMPLE_BLOCK))
+    return Projections(z, energy, coordinates, arithmetic)
 
 
 @dataclass(frozen=True)
@@ -773,7 +791,8 @@ def locate_cyclic(
     usable = sorted(proj.z)
     zs_all = np.array([proj.z[j] for j in usable])  # (m, L)
     # Step 1.
-    sigma = config.unit * np.sqrt(np.array([proj.energy[j] for j in usable]) / 3.0)
+    energies = np.array([proj.energy[j] for j in usable])
+    sigma = config.unit * proj.arithmetic * np.sqrt(energies / 3.0)
     lane = _lane_scale(sigma, s)
     zs_all = zs_all / lane
     own_all = sigma / lane  # each row's own noise bound in lane units (naming, step 5)
