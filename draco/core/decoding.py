@@ -724,9 +724,10 @@ def locate_cyclic(
     Steps [Bla03, ch. 6 and 7.4; For65]
     -----------------------------------
     1. Whiten: row j's lane l has rounding noise sigma_jl <= config.unit x
-       sqrt(energy_jl / 3) (``Projections``); lane l is divided by its scale, the (s+1)-th
-       largest sigma_jl (at most s liars can inflate their own energy, so the scale is at
-       most the largest honest one, and at least the (s+1)-th largest honest one). Every
+       sqrt(energy_jl / 3) (``Projections``); lane l is divided by its scale, the
+       (tau0+1)-th largest sigma_jl, tau0 = floor((2s - e0) / 2) for the e0 erasures (within
+       the budget at most tau0 liars can inflate their own bound: the scale is at least the
+       largest honest one when they do, and an honest row's whenever they do not). Every
        lane then has honest noise of standard deviation <= 1 (nu = 1), whatever the lie's
        shape: a lane that holds only rounding stays O(1), a lane that holds a lie is large.
        Rows with |z_j| > config.huge x (the (s+1)-th largest |z|) are set aside (they would
@@ -793,7 +794,11 @@ def locate_cyclic(
     # Step 1.
     energies = np.array([proj.energy[j] for j in usable])
     sigma = config.unit * proj.arithmetic * np.sqrt(energies / 3.0)
-    lane = _lane_scale(sigma, s)
+    # Within the budget at most tau = floor((2s - e) / 2) of the usable rows lie: the
+    # (tau+1)-th largest bound is then at least the largest honest one whenever the liars
+    # inflate theirs (with heavy erasures few rows are left and the (s+1)-th would be the
+    # smallest, below most honest rows' noise when a lane holds few coordinates).
+    lane = _lane_scale(sigma, max(0, (2 * s - len(erasures)) // 2))
     zs_all = zs_all / lane
     own_all = sigma / lane  # each row's own noise bound in lane units (naming, step 5)
     mags = np.abs(zs_all)
