@@ -449,6 +449,11 @@ class Projections:
         )
 
 
+def _all_complex64(rows: Mapping[int, np.ndarray]) -> bool:
+    """True when every payload is complex64 (its real view is float32)."""
+    return all(y.dtype == np.complex64 for y in rows.values())
+
+
 def project_rows(
     rows: Mapping[int, np.ndarray],
     d: int,
@@ -498,7 +503,8 @@ def project_rows(
     # The sample sums in the payload's precision (no float64 copy: it costs more than the
     # sample's whole read), one BLAS call per block; the noise bound says so (arithmetic).
     exact = blocks is None
-    r_low = r.astype(np.float32)
+    # The sample's weights in the payload's real precision (no per-chunk cast).
+    r_low = None if exact else r.astype(np.float32 if _all_complex64(rows) else np.float64)
     coordinates = sum(b - a for a, b in spans) * k
     tail = d - head if blocks is None else 0
     coordinates += tail
@@ -517,7 +523,8 @@ def project_rows(
                     chunk = chunk.astype(np.float64, copy=False)
                     acc += r[:, start:stop] @ chunk  # Step 2.
                 else:
-                    acc += r_low[:, start:stop].astype(chunk.dtype, copy=False) @ chunk
+                    assert r_low is not None
+                    acc += r_low[:, start:stop] @ chunk
                 # Step 3 (a dot per column: no squared temporary). The sample estimates its
                 # energies from every _SAMPLE_STRIDE-th row: they only scale its (already
                 # loose) bound; the full projection and the recovery check use exact ones.
