@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, ClassVar
@@ -52,6 +53,12 @@ ATTACKS: tuple[str, ...] = (
     "colluding",
     "sparse",
 )
+
+
+# Coordinates per block of the column-blocked statistics. 8 Ki keeps a block's float64
+# temporaries (m x 64 KiB, 2.6 MB at m = 40) near cache size: ALIE over 40 x 1,033,510
+# float32 took 0.10 s with 8 Ki blocks, 0.17 s with 64 Ki, 1.2 s unblocked (this VM).
+_COLUMN_BLOCK = 8192
 
 
 def _real_view(A: np.ndarray) -> np.ndarray:
@@ -81,11 +88,15 @@ class Attack:
         Needs the honest payloads of the other workers (simulated at the PS).
     data_attack : bool
         Acts on the training data (label_flip); ``apply`` is the identity.
+    same_for_every_liar : bool
+        The lie is a statistic of the honest payloads alone (``_statistic``), the same
+        vector for every liar of a round.
     """
 
     name: ClassVar[str] = ""
     omniscient: ClassVar[bool] = False
     data_attack: ClassVar[bool] = False
+    same_for_every_liar: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         """The attack's parameters (msgpack-able), as ``make_attack`` takes them."""
@@ -119,6 +130,58 @@ class Attack:
         -------
         ndarray, shape (d,), own.dtype
         """
+        own, honest = self._checked(own, honest, n_workers, n_adversaries)
+        out = self._craft(own, rng, honest, n_workers, n_adversaries)
+        assert out.shape == own.shape and out.dtype == own.dtype
+        return out
+
+    def apply_all(
+        self,
+        owns: Sequence[np.ndarray],
+        *,
+        rngs: Sequence[np.random.Generator],
+        honest: np.ndarray | None = None,
+        n_workers: int,
+        n_adversaries: int,
+    ) -> list[np.ndarray]:
+        """The payloads of every liar of one round: ``[apply(own_i, rng=rng_i, ...)]``.
+
+        Equal element by element to calling ``apply`` per liar. Attacks whose lie does not
+        depend on the liar's own payload (``alie``, ``ipm``, ``colluding``: a statistic of
+        H) compute it once instead of once per liar: at n = 45, s = 5, d = 1,033,510 that
+        was 5 passes over 40 x d values per round at the PS.
+
+        Parameters
+        ----------
+        owns : sequence of ndarray, each shape (d,)
+            The liars' honest payloads.
+        rngs : sequence of numpy.random.Generator, one per liar
+        honest, n_workers, n_adversaries
+            As for ``apply``.
+
+        Returns
+        -------
+        list of ndarray, shapes and dtypes of ``owns``
+        """
+        if len(rngs) != len(owns):
+            raise ConfigError(
+                f"attack {self.name!r}: {len(owns)} payloads but {len(rngs)} generators"
+            )
+        if not self.same_for_every_liar or not owns:
+            return [
+                self.apply(
+                    own, rng=rng, honest=honest, n_workers=n_workers, n_adversaries=n_adversaries
+                )
+                for own, rng in zip(owns, rngs, strict=True)
+            ]
+        checked = [self._checked(own, honest, n_workers, n_adversaries) for own in owns]
+        lie = self._statistic(checked[0][1], n_workers, n_adversaries)
+        return [_from_real(lie, own) for own, _ in checked]
+
+    def _checked(
+        self, own: Any, honest: Any, n_workers: int, n_adversaries: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Validate ``apply``'s inputs; return them as arrays."""
         own = np.asarray(own)
         if own.ndim != 1 or not np.issubdtype(own.dtype, np.inexact):
             raise ConfigError(
@@ -142,9 +205,11 @@ class Attack:
                     f"attack {self.name!r}: honest payloads must have shape (m >= 1, "
                     f"{own.shape[0]}), got {honest.shape}"
                 )
-        out = self._craft(own, rng, honest, n_workers, n_adversaries)
-        assert out.shape == own.shape and out.dtype == own.dtype
-        return out
+        return own, honest
+
+    def _statistic(self, honest: Any, n: int, s: int) -> np.ndarray:
+        """The lie of a ``same_for_every_liar`` attack, as interleaved float64 reals (2d or d,)."""
+        raise NotImplementedError
 
     def _craft(
         self,
@@ -294,6 +359,7 @@ class Alie(Attack):
 
     name: ClassVar[str] = "alie"
     omniscient: ClassVar[bool] = True
+    same_for_every_liar: ClassVar[bool] = True
     z: float | None = None
 
     def __post_init__(self) -> None:
@@ -303,11 +369,21 @@ class Alie(Attack):
     def _craft(
         self, own: np.ndarray, rng: np.random.Generator, honest: Any, n: int, s: int
     ) -> np.ndarray:
+        return _from_real(self._statistic(honest, n, s), own)
+
+    def _statistic(self, honest: Any, n: int, s: int) -> np.ndarray:
         z = alie_z(n, s) if self.z is None else self.z
         H = _real_view(honest)
-        mu = H.mean(axis=0, dtype=np.float64)
-        sd = H.std(axis=0, dtype=np.float64)
-        return _from_real(mu - z * sd, own)
+        out = np.empty(H.shape[1], dtype=np.float64)
+        # Column blocks keep the float64 temporaries cache-sized (one (m, d) float64 copy
+        # was 12x slower at d = 1e6); each column's sums run over the rows in the same
+        # order either way, so the bits do not change (tested).
+        for lo in range(0, H.shape[1], _COLUMN_BLOCK):
+            block = H[:, lo : lo + _COLUMN_BLOCK]
+            mu = block.mean(axis=0, dtype=np.float64)
+            sd = block.std(axis=0, dtype=np.float64)
+            out[lo : lo + _COLUMN_BLOCK] = mu - z * sd
+        return out
 
 
 @dataclass(frozen=True)
@@ -323,6 +399,7 @@ class Ipm(Attack):
 
     name: ClassVar[str] = "ipm"
     omniscient: ClassVar[bool] = True
+    same_for_every_liar: ClassVar[bool] = True
     eps: float = 0.1
 
     def __post_init__(self) -> None:
@@ -331,8 +408,11 @@ class Ipm(Attack):
     def _craft(
         self, own: np.ndarray, rng: np.random.Generator, honest: Any, n: int, s: int
     ) -> np.ndarray:
+        return _from_real(self._statistic(honest, n, s), own)
+
+    def _statistic(self, honest: Any, n: int, s: int) -> np.ndarray:
         mu = _real_view(honest).mean(axis=0, dtype=np.float64)
-        return _from_real(-self.eps * mu, own)
+        return -self.eps * mu
 
 
 @dataclass(frozen=True)
@@ -373,6 +453,7 @@ class Colluding(Attack):
 
     name: ClassVar[str] = "colluding"
     omniscient: ClassVar[bool] = True
+    same_for_every_liar: ClassVar[bool] = True
     scale: float = -1.0
 
     def __post_init__(self) -> None:
@@ -381,11 +462,14 @@ class Colluding(Attack):
     def _craft(
         self, own: np.ndarray, rng: np.random.Generator, honest: Any, n: int, s: int
     ) -> np.ndarray:
+        return _from_real(self._statistic(honest, n, s), own)
+
+    def _statistic(self, honest: Any, n: int, s: int) -> np.ndarray:
         H = np.sort(_real_view(honest), axis=0)
         m = H.shape[0]
         k = m // 2
         med = H[k].astype(np.float64) if m % 2 else (H[k - 1] / 2.0 + H[k] / 2.0)
-        return _from_real(self.scale * np.asarray(med, dtype=np.float64), own)
+        return self.scale * np.asarray(med, dtype=np.float64)
 
 
 @dataclass(frozen=True)

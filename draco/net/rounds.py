@@ -17,8 +17,9 @@ One round, step by step (``finish``):
 
 1. Omniscient attacks (alie, ipm, colluding) need the honest payloads, which a worker does
    not have: the PS replaces each scheduled liar's received payload by
-   ``attack.apply(own, honest=<the other received payloads>)`` (labelled
-   ``attack_simulated_at_ps`` in the metrics). Other attacks are applied by the liars.
+   ``attack.apply(own, honest=<the other received payloads>)``, all liars in one
+   ``attack.apply_all`` call (labelled ``attack_simulated_at_ps`` in the metrics). Other
+   attacks are applied by the liars.
 2. ``result = code.decode(received)``: ``result.gradient`` is the SUM over all partitions.
 3. ``params <- sgd.step(params, result.gradient / n_partitions)`` (a mean over the batch).
 
@@ -46,7 +47,7 @@ import enum
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,15 +87,15 @@ class AttackLike(Protocol):
     @property
     def omniscient(self) -> bool: ...
 
-    def apply(
+    def apply_all(
         self,
-        own: np.ndarray,
+        owns: Sequence[np.ndarray],
         *,
-        rng: np.random.Generator,
+        rngs: Sequence[np.random.Generator],
         honest: np.ndarray | None = None,
         n_workers: int,
         n_adversaries: int,
-    ) -> np.ndarray: ...
+    ) -> list[np.ndarray]: ...
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -570,16 +571,15 @@ class RoundEngine:
         if not liars or not honest_ids:
             return received
         honest = np.stack([received[j] for j in honest_ids])
-        for j in liars:
-            rng = np.random.default_rng(attack_seed(self.seed, rnd.index, j))
-            forged = attack.apply(
-                received[j],
-                rng=rng,
-                honest=honest,
-                n_workers=self.code.n_workers,
-                n_adversaries=self.code.n_adversaries,
-            )
-            received[j] = np.asarray(forged, dtype=rnd.dtype)
+        forged = attack.apply_all(
+            [received[j] for j in liars],
+            rngs=[np.random.default_rng(attack_seed(self.seed, rnd.index, j)) for j in liars],
+            honest=honest,
+            n_workers=self.code.n_workers,
+            n_adversaries=self.code.n_adversaries,
+        )
+        for j, lie in zip(liars, forged, strict=True):
+            received[j] = np.asarray(lie, dtype=rnd.dtype)
         return received
 
     def finish(

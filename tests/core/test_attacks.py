@@ -224,3 +224,44 @@ def test_sparse_adds_value_on_count_coordinates_shared_by_colluders(dtype: type)
 def test_sparse_rejects_bad_parameters(params: dict) -> None:
     with pytest.raises(ConfigError):
         make_attack("sparse", **params)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_apply_all_equals_apply_per_liar_bit_for_bit(name: str, dtype: type) -> None:
+    # d spans several column blocks of the blocked statistics, with a ragged last block.
+    d = 2 * 8192 + 77
+    rng = np.random.default_rng(3)
+    honest = rng.standard_normal((6, d)).astype(np.float32)
+    owns = list(rng.standard_normal((3, d)).astype(np.float32))
+    if dtype is np.complex64:
+        honest = (honest + 1j * rng.standard_normal((6, d))).astype(np.complex64)
+        owns = [(o + 1j * o[::-1]).astype(np.complex64) for o in owns]
+    attack = make_attack(name)
+    kw = dict(honest=honest if attack.omniscient else None, n_workers=9, n_adversaries=3)
+    together = attack.apply_all(owns, rngs=[np.random.default_rng(10 + i) for i in range(3)], **kw)
+    one_by_one = [
+        attack.apply(own, rng=np.random.default_rng(10 + i), **kw) for i, own in enumerate(owns)
+    ]
+    assert [a.tobytes() for a in together] == [b.tobytes() for b in one_by_one]
+    assert all(a.dtype == dtype and a.shape == (d,) for a in together)
+
+
+def test_blocked_alie_is_bitwise_the_unblocked_formula() -> None:
+    d = 3 * 8192 + 5
+    honest = np.random.default_rng(4).standard_normal((40, d)).astype(np.float32)
+    z = alie_z(45, 5)
+    expected = honest.mean(axis=0, dtype=np.float64) - z * honest.std(axis=0, dtype=np.float64)
+    got = _apply("alie", own=honest[0], honest=honest, n=45, s=5)
+    assert got.tobytes() == expected.astype(np.float32).tobytes()
+
+
+def test_apply_all_checks_its_inputs() -> None:
+    attack = make_attack("alie")
+    with pytest.raises(ConfigError, match="generators"):
+        attack.apply_all(
+            [OWN, OWN], rngs=[np.random.default_rng(0)], honest=H, n_workers=7, n_adversaries=2
+        )
+    with pytest.raises(ConfigError, match="omniscient"):
+        attack.apply_all([OWN], rngs=[np.random.default_rng(0)], n_workers=7, n_adversaries=2)
+    assert attack.apply_all([], rngs=[], honest=H, n_workers=7, n_adversaries=2) == []
