@@ -65,8 +65,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from draco.errors import ConfigError, DracoError
-from draco.rundir import atomic_write_json, atomic_write_text, read_metrics
+from draco.rundir import RunDir, atomic_write_json, atomic_write_text, read_metrics
 
 PROG = "draco-experiment"
 DRACO_CODES = ("repetition", "cyclic")
@@ -353,6 +355,45 @@ def add_comparisons(exp: Experiment, rows: list[dict[str, Any]]) -> None:
             and r.get("model_sha256")
         ):
             r["same_model_as_clean"] = clean["model_sha256"] == r["model_sha256"]
+            r["relative_distance_to_clean"] = (
+                0.0
+                if r["same_model_as_clean"]
+                else distance_to_clean(exp.results / "runs", r, clean)
+            )
+
+
+# The distance survives the checkpoints (which are not committed with the results).
+VS_CLEAN_FILE = "vs_clean.json"
+
+
+def distance_to_clean(runs: Path, row: dict[str, Any], clean: dict[str, Any]) -> float | None:
+    """max |p - p_clean| / max |p_clean| over the final parameters of two runs.
+
+    Read from both runs' final checkpoints when they exist, and kept in the run's
+    ``vs_clean.json`` (keyed by both models' sha256) for when they are gone. None when
+    neither is available.
+    """
+    cache = runs / row["run"] / VS_CLEAN_FILE
+    key = {"model_sha256": row["model_sha256"], "clean_model_sha256": clean["model_sha256"]}
+    try:
+        kept = json.loads(cache.read_text(encoding="utf-8"))
+        if {k: kept.get(k) for k in key} == key:
+            return float(kept["relative_distance"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    finals = []
+    for r in (row, clean):
+        ckpt = RunDir(runs / r["run"]).latest_checkpoint()
+        if ckpt is None or ckpt.round_index != r.get("rounds"):
+            return None
+        finals.append(ckpt.params.astype(np.float64))
+    params, reference = finals
+    if params.shape != reference.shape:
+        return None
+    scale = float(np.max(np.abs(reference))) or 1.0
+    distance = float(np.max(np.abs(params - reference))) / scale
+    atomic_write_json(cache, {**key, "relative_distance": distance})
+    return distance
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -403,8 +444,9 @@ def table_markdown(exp: Experiment, rows: list[dict[str, Any]]) -> str:
             lines += [
                 "",
                 f"## s = {s}: final test accuracy % (cluster s to {tgt}); "
-                "= clean: bit-identical final model to the method's clean run (the cyclic "
-                "decoder's sum is exact to rounding only: docs/numerics.md)",
+                "= clean: bit-identical final model to the method's clean run; "
+                "Δ: max |p - p_clean| / max |p_clean| over the final parameters otherwise "
+                "(the cyclic decoder's sum is exact to rounding only: docs/numerics.md)",
                 "",
                 "| method | " + " | ".join(attacks) + " |",
                 "|---|" + "---|" * len(attacks),
@@ -427,6 +469,8 @@ def table_markdown(exp: Experiment, rows: list[dict[str, Any]]) -> str:
                     cell += f" ({_fmt(r['cluster_seconds_to_target'], '.3g')})"
                     if r.get("same_model_as_clean"):
                         cell += " = clean"
+                    elif r.get("relative_distance_to_clean") is not None:
+                        cell += f" Δ {r['relative_distance_to_clean']:.1e}"
                     cells.append(cell)
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

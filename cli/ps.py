@@ -318,6 +318,8 @@ class RunRecorder:
         self.out = out
         self.start_round = start_round
         self.wall_offset = wall_offset
+        # The newest checkpoint written (a resumed run starts from one).
+        self.saved_round = start_round
         self.t0 = time.perf_counter()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draco-eval")
         self.pending: deque[tuple[dict[str, Any], Future[dict[str, float]] | None]] = deque()
@@ -376,12 +378,21 @@ class RunRecorder:
         self.pending.append((record, fut))
         self.flush(block=False)
         k = self.config.checkpoint_every
-        if self.rundir is not None and not record["failed"] and k and done % k == 0:
-            self.flush(block=True)  # metrics up to the checkpoint are on disk first
-            params, opt, extra = engine.state()
-            extra = {**extra, "wall_seconds": self.wall_seconds}
-            self.rundir.save_checkpoint(done, params, opt, extra)
+        if not record["failed"] and k and done % k == 0:
+            self.save_checkpoint(engine)
         self._progress(record, engine)
+
+    def save_checkpoint(self, engine: Any) -> None:
+        """Checkpoint the completed rounds (metrics up to it are flushed first); no-op without
+        a run directory or with checkpoints off, or if this round's checkpoint exists."""
+        done = engine.next_round
+        if self.rundir is None or not self.config.checkpoint_every or done == self.saved_round:
+            return
+        self.flush(block=True)  # metrics up to the checkpoint are on disk first
+        params, opt, extra = engine.state()
+        extra = {**extra, "wall_seconds": self.wall_seconds}
+        self.rundir.save_checkpoint(done, params, opt, extra)
+        self.saved_round = done
 
     def flush(self, *, block: bool) -> None:
         """Write the records whose evaluation (if any) finished, in order."""
@@ -575,6 +586,10 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
     evals = await loop.run_in_executor(
         None, lambda: recorder.close(engine, final_eval=outcome.completed)
     )
+    if outcome.completed:
+        # The final model is kept too (e.g. 120 rounds with a checkpoint every 50): draco-experiment
+        # compares attacked runs' final parameters with the clean run's.
+        await loop.run_in_executor(None, recorder.save_checkpoint, engine)
     if not outcome.completed:
         print(f"{PROG}: error: {outcome.reason}", file=sys.stderr, flush=True)
         return outcome.exit_code

@@ -135,3 +135,31 @@ def test_experiment_file_errors_and_dry_run(tmp_path: Path) -> None:
     dry = run("experiment", spec, "--dry-run", timeout=60)
     assert dry.returncode == 0 and "--run-dir" in dry.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_distance_to_clean_from_checkpoints_then_from_its_cache(tmp_path: Path) -> None:
+    import numpy as np
+
+    from draco.cli.experiment import VS_CLEAN_FILE, distance_to_clean
+    from draco.rundir import RunDir
+
+    runs = tmp_path / "runs"
+    clean_params = np.array([1.0, -4.0, 2.0], np.float32)
+    attacked_params = np.array([1.0, -4.0, 2.5], np.float32)
+    for name, params in (("m-none", clean_params), ("m-ipm", attacked_params)):
+        RunDir(runs / name).save_checkpoint(3, params, {}, {})
+    clean = {"run": "m-none", "rounds": 3, "model_sha256": "aa"}
+    row = {"run": "m-ipm", "rounds": 3, "model_sha256": "bb"}
+    assert distance_to_clean(runs, row, clean) == pytest.approx(0.5 / 4.0)
+    # The checkpoints go (they are not committed); the kept value answers for the same pair.
+    for name in ("m-none", "m-ipm"):
+        for f in (runs / name / "checkpoints").iterdir():
+            f.unlink()
+    assert distance_to_clean(runs, row, clean) == pytest.approx(0.125)
+    assert json.loads((runs / "m-ipm" / VS_CLEAN_FILE).read_text())["model_sha256"] == "bb"
+    # ... but not for another model: unknown rather than stale.
+    assert distance_to_clean(runs, {**row, "model_sha256": "cc"}, clean) is None
+    # A run that stopped early has no final checkpoint to compare.
+    RunDir(runs / "m-none").save_checkpoint(2, clean_params, {}, {})
+    RunDir(runs / "m-ipm").save_checkpoint(3, attacked_params, {}, {})
+    assert distance_to_clean(runs, {**row, "model_sha256": "dd"}, clean) is None

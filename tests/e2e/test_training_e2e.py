@@ -14,6 +14,7 @@ Real ``draco-run`` processes training the torch ``logreg`` model on the syntheti
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ N, S, ROUNDS = 5, 2, 8  # n = 2s + 1: s at the limit of both codes (one repetiti
 TRAIN = [
     *["--model", "logreg", "--dataset", "synthetic", "--batch-size", "8", "--seed", "3"],
     *["--workers", N, "--adversaries", S, "--rounds", ROUNDS, "--eval-every", "0"],
-    *["--checkpoint-every", ROUNDS, "--worker-procs", "1"],
+    # 8 rounds, a checkpoint every 3: the final model is checkpointed at the end anyway.
+    *["--checkpoint-every", "3", "--worker-procs", "1"],
 ]
 
 
@@ -49,7 +51,9 @@ def _train(run_dir: Path, *args: Any) -> tuple[dict[str, Any], np.ndarray]:
     assert status == 0, err
     summ = summary(run_dir)
     assert (summ["rounds"], summ["failed_rounds"]) == (ROUNDS, 0), summ
-    return summ, final_params(run_dir, ROUNDS)
+    params = final_params(run_dir, ROUNDS)
+    assert hashlib.sha256(params.astype("<f4").tobytes()).hexdigest() == summ["model_sha256"]
+    return summ, params
 
 
 @pytest.fixture(scope="module")
