@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 from draco.core.codes import CyclicCode, adjacent_workers, make_code
-from draco.core.decoding import recovery_weights
+from draco.core.weights import recovery_weights
 from draco.errors import DecodeError
 
 ATTACKS = ("constant", "reverse", "random")

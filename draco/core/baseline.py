@@ -42,7 +42,7 @@ import numpy as np
 
 from draco.core.aggregators import AGGREGATORS, aggregate, option_names, takes_f
 from draco.core.blas_threads import single_blas_thread
-from draco.core.decoding import DecodeResult
+from draco.core.decoder_types import DecodeResult
 from draco.errors import ConfigError, DecodeError
 
 _SCALAR_TYPES = (str, int, float, bool, type(None))

@@ -7,7 +7,7 @@ Two codes from Chen et al., "DRACO" (ICML 2018), plus the uncoded baseline:
     one (each >= 2s+1; no divisibility needed). A group of m workers holds the m partitions
     with its members' ids; every member sends the float32 sum of those m partition gradients,
     summed in partition order so honest members agree bit for bit. Decoding: a majority vote
-    per group (``draco.core.decoding.decode_repetition``).
+    per group (``draco.core.vote.decode_repetition``).
 
 ``cyclic``
     Worker j computes partitions j, j+1, ..., j+2s (mod n) and sends ONE complex vector
@@ -18,7 +18,7 @@ Two codes from Chen et al., "DRACO" (ICML 2018), plus the uncoded baseline:
     the paper (design.md section 4): worker j sits at x_j = exp(-2 pi i a j / n) with the
     stride a coprime to n that minimises the condition number of a window's Vandermonde
     matrix, instead of a = 1 (a contiguous arc: condition numbers up to 1e17 at n = 100).
-    Decoding: ``draco.core.decoding.decode_cyclic``.
+    Decoding: ``draco.core.cyclic_decoder.decode_cyclic``.
 
 ``none``
     No redundancy; robust aggregation (``draco.core.baseline.UncodedCode``).
@@ -42,17 +42,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from draco.core.blas_threads import single_blas_thread
-from draco.core.decoding import (
-    CyclicDecoderConfig,
-    DecodeResult,
-    decode_cyclic,
-    decode_repetition,
-    extended_roots,
-    locate_cyclic,
-    project_rows,
-    repetition_ready,
-    roots_of_unity,
-)
+from draco.core.cyclic_decoder import decode_cyclic
+from draco.core.decoder_types import CyclicDecoderConfig, DecodeResult
+from draco.core.locator import locate_cyclic
+from draco.core.projection import project_rows
+from draco.core.vote import decode_repetition, repetition_ready
+from draco.core.weights import extended_roots, recovery_weights, roots_of_unity
 from draco.errors import ConfigError, DecodeError
 
 __all__ = [
@@ -238,7 +233,7 @@ class RepetitionCode:
     def decode(
         self, received: Mapping[int, np.ndarray], rng: np.random.Generator | None = None
     ) -> DecodeResult:
-        """Majority vote per group; see ``draco.core.decoding.decode_repetition``.
+        """Majority vote per group; see ``draco.core.vote.decode_repetition``.
 
         ``rng`` is unused (the vote is deterministic); it is accepted for the common interface.
         """
@@ -289,10 +284,8 @@ def gap_amplification(n: int, s: int, stride: int, out: int | None = None) -> fl
     so long that their small system is singular in float64 (2s out, beyond about 1e8) they
     are implicitly regularised and smaller than the exact weights (which are unique with
     2s out: sqrt(n) ||w|| up to 2e17 at n = 128, s = 42); the decoder then uses
-    ``decoding._weights``. The dtype rule only compares values <= 450, where both agree.
+    ``weights.decoder_weights``. The dtype rule only compares values <= 450, where both agree.
     """
-    from draco.core.decoding import recovery_weights
-
     count = s if out is None else out
     if s == 0 or count == 0:
         return 1.0
@@ -324,7 +317,7 @@ def locator_condition(n: int, s: int) -> float:
 def pgz_condition(n: int, s: int) -> float:
     """Condition number of the s x s Vandermonde matrix of s nodes adjacent on the circle.
 
-    The Peterson-Gorenstein-Zierler error locator (``draco.core.decoding._pgz_ranking``)
+    The Peterson-Gorenstein-Zierler error locator (``draco.core.locator._pgz_ranking``)
     solves a Toeplitz system that factors through this matrix twice; it is the decoder's
     best start for many liars spread over the circle, and its accuracy from rounded
     payloads degrades with this number (e.g. 2e8 at n = 38, s = 18; 3e15 at n = 68, s = 28).

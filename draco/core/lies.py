@@ -19,7 +19,7 @@ copy                   the payload of an honest worker (the next honest id)
 consistent             the exact encoding of OTHER partition gradients: the liars'
                        payloads agree with each other (a codeword of their own)
 one_lane               y_j + 1e-3 x mean|y| on the coordinates i = 3 (mod K) only: one
-                       lane of the decoder's projections (K = ``decoding.PROJECTIONS``)
+                       lane of the decoder's projections (K = ``projection.PROJECTIONS``)
 structured             y_j + 1e-3 x mean|y| x x_j^q (cyclic: the q-th parity direction of
                        the code, q drawn in 1..2s; repetition: + 1e-3 x mean|y|)
 attack:<name>          ``draco.core.attacks.make_attack(name)`` (omniscient ones get the
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from draco.core.attacks import ATTACKS, make_attack
-from draco.core.decoding import PROJECTIONS
+from draco.core.projection import PROJECTIONS
 from draco.errors import ConfigError, DecodeError
 
 __all__ = [

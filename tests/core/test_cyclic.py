@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from draco.core import decoding
+from draco.core import cyclic_decoder, weights
 from draco.core.codes import (
     CyclicCode,
     adjacent_workers,
@@ -15,7 +15,8 @@ from draco.core.codes import (
     make_code,
     window_condition,
 )
-from draco.core.decoding import _recover, check_weights, recovery_weights
+from draco.core.cyclic_decoder import _recover
+from draco.core.weights import check_weights, recovery_weights
 from draco.errors import DecodeError
 
 KINDS = (
@@ -401,13 +402,13 @@ def test_large_payloads_take_the_fast_path_unless_a_lie_hides_outside_the_sample
 ) -> None:
     """The full projection (``project_rows`` without ``blocks``) runs only as a fallback."""
     full_calls: list[bool] = []
-    original = decoding.project_rows
+    original = cyclic_decoder.project_rows
 
     def spy(rows: object, d: int, rng: object, blocks: object = None) -> object:
         full_calls.append(blocks is None)
         return original(rows, d, rng, blocks)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(decoding, "project_rows", spy)
+    monkeypatch.setattr(cyclic_decoder, "project_rows", spy)
     code = cyclic(9, 2)
     d = 8 * (1 << 16)
     truth, honest, rng = setup(code, d, 5)
@@ -488,7 +489,7 @@ def test_every_row_is_one_exactly_rounded_rotation() -> None:
         assert abs(code.coefficients[3, t] - closed) <= 1e-12 * abs(closed)
     grads = np.random.default_rng(0).standard_normal((100, 50)).astype(np.float32)
     y = np.array([code.encode(j, grads[list(code.partitions_of(j))]) for j in range(100)])
-    checks = decoding.node_powers(x, np.arange(1, 81), extended=True)
+    checks = weights.node_powers(x, np.arange(1, 81), extended=True)
     syndromes = checks @ y.astype(np.clongdouble)
     assert float(np.max(np.abs(syndromes))) <= 1e-14 * float(np.max(np.abs(y)))
 
@@ -496,10 +497,10 @@ def test_every_row_is_one_exactly_rounded_rotation() -> None:
 def test_node_powers_are_the_roots_of_unity_of_the_product_index() -> None:
     code = cyclic(37, 5)  # stride != 1
     t = np.array([0, 1, 2, 36, 37, 100])
-    p = decoding.node_powers(code.nodes, t)
+    p = weights.node_powers(code.nodes, t)
     assert np.allclose(p, code.nodes[None, :] ** t[:, None], rtol=0, atol=1e-13)
     assert np.array_equal(p[1], code.nodes) and np.array_equal(p[0], np.ones(37))
-    ext = decoding.node_powers(code.nodes, t, extended=True)
+    ext = weights.node_powers(code.nodes, t, extended=True)
     assert np.max(np.abs(np.abs(ext) - 1)) <= 10 * np.finfo(np.longdouble).eps
     assert np.allclose(ext.astype(complex), p, rtol=0, atol=1e-15)
 
@@ -513,8 +514,8 @@ def test_clustered_erasures_decode_with_long_double_weights(n: int, s: int) -> N
     erased = adjacent_workers(n, code.stride, 2 * s, int(rng.integers(n)))
     bad = sorted(erased)
     plain = recovery_weights(code.nodes, s, bad)
-    assert decoding._expected_error(plain, s, code.nodes, code.decoder) > 1e-5
-    _, expected = decoding._weights(code.nodes, s, bad, code.decoder)
+    assert weights.expected_error(plain, s, code.nodes, code.decoder) > 1e-5
+    _, expected = weights.decoder_weights(code.nodes, s, bad, code.decoder)
     assert expected <= code.decoder.max_error
     result = code.decode({j: v for j, v in honest.items() if j not in erased}, rng=rng)
     assert rel_err(result.gradient, truth) <= expected
@@ -525,7 +526,7 @@ def test_householder_lstsq_matches_lapack_on_a_tall_system() -> None:
     rng = np.random.default_rng(3)
     a = rng.standard_normal((12, 5)) + 1j * rng.standard_normal((12, 5))
     b = rng.standard_normal(12) + 1j * rng.standard_normal(12)
-    ours = decoding._householder_lstsq(a.astype(np.clongdouble), b.astype(np.clongdouble))
+    ours = weights._householder_lstsq(a.astype(np.clongdouble), b.astype(np.clongdouble))
     ref, *_ = np.linalg.lstsq(a, b, rcond=None)
     assert np.allclose(ours.astype(complex), ref, rtol=1e-12, atol=1e-12)
 

@@ -309,7 +309,7 @@ def test_non_finite_decoded_gradient_fails_the_round() -> None:
             return False
 
         def decode(self, received: Any, rng: Any = None) -> Any:
-            from draco.core.decoding import DecodeResult
+            from draco.core.decoder_types import DecodeResult
 
             g = np.full(DIM, np.inf, np.float32)
             return DecodeResult(gradient=g, adversaries=frozenset(), erasures=frozenset())

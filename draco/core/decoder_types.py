@@ -1,0 +1,113 @@
+"""What the decoders share: their result, the payload check, the cyclic decoder's tolerances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from draco.core.projection import PROJECTION_CHUNK
+
+__all__ = ["CyclicDecoderConfig", "DecodeResult", "well_formed"]
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """What a decoder hands back to the parameter server.
+
+    Attributes
+    ----------
+    gradient : ndarray, shape (d,), float32
+        The sum over ALL partitions of the partition gradients.
+    adversaries : frozenset of int
+        Workers located as lying (their payload was usable but wrong).
+    erasures : frozenset of int
+        Workers whose payload was missing or unusable (wrong shape or dtype, NaN/Inf).
+    """
+
+    gradient: np.ndarray
+    adversaries: frozenset[int]
+    erasures: frozenset[int]
+
+
+def well_formed(payload: object, dtype: np.dtype) -> np.ndarray | None:
+    """The payload as a C-contiguous 1-D array of ``dtype``, or None if it is not one."""
+    if not isinstance(payload, np.ndarray) or payload.ndim != 1 or payload.dtype != dtype:
+        return None
+    if payload.size == 0:
+        return None
+    return np.ascontiguousarray(payload)
+
+
+@dataclass(frozen=True)
+class CyclicDecoderConfig:
+    """Tolerances of the cyclic decoder. Noise is measured, not guessed: see ``unit``.
+
+    Attributes
+    ----------
+    unit : float
+        Bound on the relative rounding error of one payload coordinate: the honest
+        projection z = sum_i r_i y_i (r_i uniform in [-1, 1)) is off from the exact codeword
+        by at most ``unit`` x sqrt(sum_i |y_i|^2 / 3) in standard deviation over the secret r
+        (``project_rows`` returns the sums of squares). complex64: 2**-24 (round to
+        nearest); complex128: ``for_dtype`` adds the float64 arithmetic of encoding and
+        projection.
+    factor : float
+        Kept rows are consistent while their residual is <= ``factor`` noise units
+        (whitened: an honest component has standard deviation <= 1).
+    clear_factor : float
+        A suspect is named a liar when its projection deviates from the codeword predicted
+        by the kept rows by more than ``clear_factor`` x (its own noise bound + the
+        prediction's), in some lane. Between ``factor`` and this a suspect is left out of
+        the sum but not named.
+    power : float
+        A suspect that is not named goes back into the recovery only if its prediction is
+        sharp (std <= ``power`` x the typical honest |z|) and the kept rows stay consistent;
+        otherwise it stays out of the sum (a lie up to the prediction's noise could hide
+        in it).
+    huge : float
+        A projection more than ``huge`` x the (s+1)-th largest one is set aside before the
+        locator runs (it would swamp the syndromes in float64); it is named a liar.
+    check_factor : float
+        The recovery pass's check (``_recover``) passes while its 2-norm is <=
+        ``check_factor`` x its noise bound (``check_unit`` x the kept rows' energy).
+    check_unit : float
+        Bound on the relative error of one coordinate of a weighted sum of payload rows in
+        the payload precision (rounding of the rows plus the gemv's accumulation).
+    rounding : float
+        Relative error of the decoded sum per unit of recovery amplification
+        sqrt(n) ||w||_2 (payload rounding): 2.2e-8 for complex64, the largest measured
+        over the sweep of docs/numerics.md (2s adjacent erasures, n <= 128); 3e-17 for
+        complex128.
+    max_error : float
+        The decoder refuses (DecodeError) a sum whose expected relative error,
+        rounding x amplification, exceeds this: the missing and lying workers sit so close
+        together on the circle that the other rows cannot pin the sum down in the payload
+        precision. ``payload_dtype="auto"`` picks complex128 wherever some pattern inside
+        the budget would hit this (``COMPLEX64_MAX_ERASURE_AMPLIFICATION``).
+    """
+
+    unit: float = 2.0**-24
+    factor: float = 8.0
+    clear_factor: float = 30.0
+    power: float = 1e-3
+    huge: float = 1e6
+    check_factor: float = 3.0
+    check_unit: float = 4 * 2.0**-24
+    rounding: float = 2.2e-8
+    max_error: float = 1e-5
+
+    @classmethod
+    def for_dtype(cls, dtype: np.dtype, s: int) -> CyclicDecoderConfig:
+        """The defaults for payloads of ``dtype`` of a code with s adversaries.
+
+        complex128: the payload's own rounding (2**-53) is no longer the largest error; the
+        float64 encoding (2s+1 products with coefficients rounded once) and the float64
+        projection (sums of ``PROJECTION_CHUNK`` products) add about (2s + 2) and
+        sqrt(chunk) units of 2**-53; the bound takes twice their sum.
+        """
+        if np.dtype(dtype) == np.complex64:
+            return cls()
+        eps = 2.0**-53
+        arithmetic = 2 * (2 * s + 2 + float(np.sqrt(PROJECTION_CHUNK)))
+        return cls(unit=eps * arithmetic, check_unit=4 * eps * arithmetic, rounding=3e-17)
