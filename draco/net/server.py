@@ -67,7 +67,7 @@ from draco.errors import AuthError, DracoError, ProtocolError, VersionMismatchEr
 from draco.net import auth
 from draco.net import messages as m
 from draco.net.admission import Admission, AdmissionLimits, RateLimitedLog
-from draco.net.frames import Limits
+from draco.net.frames import ArrayPool, Limits
 from draco.net.protocol import Closed, Connection, NeedData, Role, State
 from draco.net.rounds import RoundCollector, RoundEngine, Verdict
 
@@ -108,20 +108,25 @@ INLINE_READY_CODES = frozenset({"repetition", "none"})
 # running the cyclic ready() at n = 15, d = 1M, the main thread's largest sleep(1 ms) gap:
 # 19-27 ms at 5 ms, 8-10 ms at 1 ms (idle: 4-11 ms); decode 13-16 ms vs 7-8 ms.
 GIL_SWITCH_INTERVAL = 0.001
+# Payload buffers the server keeps for reuse (``ArrayPool``), in payloads: one round's worth
+# plus a few for stale answers to old attempts, which are dropped (and free again) at once.
+# Beyond it payloads are plain new arrays; the pool never holds more than this.
+PAYLOAD_POOL_SLACK = 2
 # Erasure reason of a worker that held no seat when the attempt was broadcast (with the ones
 # lost during it, such a failed attempt is waited out under --rejoin-timeout, not counted).
 _ABSENT = "not connected"
 
 
 def retain_freed_memory(max_chunk: int = 32 * 1024 * 1024, keep: int = 1024**3) -> bool:
-    """Ask glibc to keep freed payload buffers mapped instead of returning them to the OS.
+    """Ask glibc to keep freed multi-MB buffers mapped instead of returning them to the OS.
 
-    Why: every Gradient lands in a fresh numpy array (the frame decoder allocates it), and a
-    multi-MB allocation that comes from a fresh ``mmap`` is paid again in page faults and
-    kernel zeroing on first touch -- measured here, that halves the ingest throughput. With
-    ``M_MMAP_THRESHOLD`` raised to ``max_chunk`` such arrays come from the heap, and with
-    ``M_TRIM_THRESHOLD`` at ``keep`` the memory freed after a round is reused by the next one
-    without faulting. Process-wide; a no-op (returns False) off Linux/glibc.
+    Why: a multi-MB allocation that comes from a fresh ``mmap`` is paid again in page faults
+    and kernel zeroing on first touch. With ``M_MMAP_THRESHOLD`` raised to ``max_chunk`` such
+    arrays come from the heap, and with ``M_TRIM_THRESHOLD`` at ``keep`` the memory freed
+    after a round is reused by the next one without faulting. Received payloads no longer
+    depend on it (they land in the server's ``ArrayPool``); it still applies to every other
+    large array of a round (the decode's and the update's temporaries, the parameters).
+    Process-wide; a no-op (returns False) off Linux/glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -479,6 +484,10 @@ class ParameterServer:
         self._payload_limits = payload_limits(
             config.limits.max_header_bytes, engine.dim, self.payload_dtype
         )
+        # Received payloads land in the memory of the previous round's (see ArrayPool).
+        self.payload_pool = ArrayPool(
+            (self.n_workers + PAYLOAD_POOL_SLACK) * self._payload_limits.max_tensor_bytes
+        )
         self.seats: dict[int, Peer] = {}
         self.peers: set[Peer] = set()
         self.address: tuple[str, int] | None = None
@@ -533,7 +542,7 @@ class ParameterServer:
             self._listener = await loop.create_server(
                 lambda: Peer(
                     self,
-                    Connection(Role.SERVER, self._handshake_limits),
+                    Connection(Role.SERVER, self._handshake_limits, self.payload_pool),
                     tls=self.ssl_context,
                     tls_timeout=cfg.handshake_timeout,
                 ),

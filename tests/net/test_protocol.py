@@ -112,6 +112,39 @@ def test_server_refuses_tensor_bytes_before_authentication() -> None:
         server.next_event()
 
 
+def test_allocate_hook_is_never_reached_before_authentication() -> None:
+    """A hostile pre-auth frame declaring tensors is refused from its prefix, no allocation."""
+    calls: list[tuple[np.dtype, tuple[int, ...]]] = []
+
+    def allocate(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        calls.append((dtype, shape))
+        return np.empty(shape, dtype)
+
+    server = Connection(Role.SERVER, Limits(), allocate)
+    server.receive_data(raw(Hello(PROTOCOL_VERSION, 1)))
+    assert isinstance(server.next_event(), Hello)
+    server.receive_data(raw(Gradient(0, PAYLOAD, 0.0)))
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        server.next_event()
+    assert calls == []
+
+
+def test_allocate_hook_receives_payloads_after_authentication() -> None:
+    target = np.full(PAYLOAD.shape, np.nan, PAYLOAD.dtype)
+    calls = []
+
+    def allocate(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        calls.append((dtype, shape))
+        return target
+
+    server, client = handshake()
+    server._decoder._allocate = allocate  # the hook Connection(..., allocate) installs
+    event = deliver(client, server, Gradient(0, PAYLOAD, 0.0))
+    assert isinstance(event, Gradient) and event.payload is target
+    assert calls == [(PAYLOAD.dtype, PAYLOAD.shape)]
+    np.testing.assert_array_equal(target, PAYLOAD)
+
+
 def test_gradient_sent_too_early_is_refused_before_parsing() -> None:
     server = Connection(Role.SERVER, Limits())
     server.receive_data(raw(Gradient(0, PAYLOAD, 0.0)))
