@@ -52,6 +52,7 @@ import ctypes.util
 import logging
 import math
 import os
+import resource
 import socket
 import ssl
 import sys
@@ -139,6 +140,19 @@ def retain_freed_memory(max_chunk: int = 32 * 1024 * 1024, keep: int = 1024**3) 
     return bool(mallopt(m_mmap_threshold, int(max_chunk))) and bool(
         mallopt(m_trim_threshold, int(keep))
     )
+
+
+def _thread_usage() -> resource.struct_rusage | None:
+    """This thread's resource usage (user/system CPU, faults); None where not supported."""
+    who = getattr(resource, "RUSAGE_THREAD", None)  # Linux
+    return resource.getrusage(who) if who is not None else None
+
+
+def _timed_ready(code: Any, snapshot: Any) -> tuple[bool, float]:
+    """``code.ready(snapshot)`` and the CPU seconds it took in this (helper) thread."""
+    c0 = time.thread_time()
+    ok = bool(code.ready(snapshot))
+    return ok, time.thread_time() - c0
 
 
 def handshake_limits(max_header_bytes: int) -> Limits:
@@ -517,6 +531,7 @@ class ParameterServer:
         self._ready_task: asyncio.Future[None] | None = None
         self._ready_dirty = False
         self.ready_checks = 0  # code.ready calls made off the loop (tests / metrics)
+        self._ready_cpu = 0.0  # their thread CPU seconds in the current attempt
         # (round, attempt) -> perf_counter at broadcast, for the current round's attempts
         # that hit the deadline: a late answer to one of them measures the real round time.
         self._timed_out: dict[tuple[int, int], float] = {}
@@ -790,6 +805,8 @@ class ParameterServer:
         engine = self.engine
         t0 = time.perf_counter()
         cpu0 = time.thread_time()  # the event loop's CPU time: broadcast + ingest
+        usage0 = _thread_usage()
+        self._ready_cpu = 0.0
         rnd = engine.start_round()
         params = engine.params  # never mutated: the engine makes a new array per update
         key = (rnd.index, rnd.attempt)
@@ -837,6 +854,7 @@ class ParameterServer:
             self._timed_out[key] = t0
         wait = time.perf_counter() - t0
         loop_cpu = time.thread_time() - cpu0
+        usage1 = _thread_usage()
         absent = set(self._absent_in_attempt)
         silent = set()
         for j, peer in self.seats.items():
@@ -851,8 +869,17 @@ class ParameterServer:
             lambda: engine.finish(rnd, wait_seconds=wait, count_failure=counted),
         )
         result.record["wall_seconds"] = time.perf_counter() - t0
-        result.record["loop_cpu_seconds"] = loop_cpu
-        result.record["ps_cpu_seconds"] = result.record.get("ps_cpu_seconds", 0.0) + loop_cpu
+        rec = result.record
+        rec["loop_cpu_seconds"] = loop_cpu
+        if usage0 is not None and usage1 is not None:
+            # Where the loop's time went: the kernel (socket copies, TCP, page faults) vs.
+            # this process's own code (framing, checks, bookkeeping).
+            rec["loop_user_cpu_seconds"] = usage1.ru_utime - usage0.ru_utime
+            rec["loop_sys_cpu_seconds"] = usage1.ru_stime - usage0.ru_stime
+            rec["loop_minor_faults"] = usage1.ru_minflt - usage0.ru_minflt
+        # The cyclic code's readiness checks ran in the helper thread during the attempt.
+        rec["ready_cpu_seconds"] = self._ready_cpu
+        rec["ps_cpu_seconds"] = rec.get("ps_cpu_seconds", 0.0) + loop_cpu + self._ready_cpu
         return result, absent, silent
 
     async def shutdown(self, reason: str) -> None:
@@ -993,7 +1020,10 @@ class ParameterServer:
             snapshot = rnd.readiness_input()
             self.ready_checks += 1
             try:
-                ok = await loop.run_in_executor(self._executor, self.code.ready, snapshot)
+                ok, cpu = await loop.run_in_executor(
+                    self._executor, _timed_ready, self.code, snapshot
+                )
+                self._ready_cpu += cpu
             except Exception:  # a bug in a code must not kill the round: it closes at timeout
                 log.exception("round %d: code.ready failed", rnd.index)
                 return
