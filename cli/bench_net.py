@@ -58,6 +58,7 @@ class Sample(NamedTuple):
     wall: float  # seconds from "go" until all payloads were in
     cpu: float  # the receiving thread's CPU seconds in that time (kernel time included)
     faults: int  # minor page faults of the receiving process in that time
+    offer: float = 0.0  # seconds of it in RoundCollector.offer (the payload checks)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -72,6 +73,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per path (median)")
     p.add_argument(
         "--trials", type=int, default=1, help="raw/project pairs, order alternating (median)"
+    )
+    p.add_argument(
+        "--no-payload-checks",
+        action="store_true",
+        help="leave out RoundCollector.offer (for attribution only; the PS always checks)",
     )
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -203,8 +209,9 @@ class _IngestCode:
 class _Sink:
     """A PeerHandler that offers each Gradient to the current round, like the PS does."""
 
-    def __init__(self, n: int, dim: int) -> None:
+    def __init__(self, n: int, dim: int, checks: bool = True) -> None:
         self.code = _IngestCode(n)
+        self.checks = checks  # False: count the payloads, no RoundCollector.offer
         self.dim = dim
         self.peers: list[Peer] = []
         self.ids: dict[Peer, int] = {}
@@ -212,8 +219,12 @@ class _Sink:
         self.done: asyncio.Event | None = None
         self.connected: asyncio.Event | None = None
         self.errors: list[str] = []
+        self.offer_seconds = 0.0  # this round's time in RoundCollector.offer
+        self.count = 0  # this round's payloads (checks=False)
 
     def new_round(self, r: int) -> None:
+        self.offer_seconds = 0.0
+        self.count = 0
         plan = RoundPlan(r, frozenset(), None, False, 0)
         self.round = RoundCollector(plan, self.code, self.dim)
         self.done = asyncio.Event()
@@ -229,7 +240,14 @@ class _Sink:
         if not isinstance(msg, m.Gradient) or rnd is None:
             self.errors.append(f"unexpected {type(msg).__name__}")
             return
+        if not self.checks:
+            self.count += 1
+            if self.count == self.code.n_workers and self.done is not None:
+                self.done.set()
+            return
+        t0 = time.perf_counter()
         offer = rnd.offer(self.ids[peer], msg.round_index, msg.payload, 0.0, wire_bytes)
+        self.offer_seconds += time.perf_counter() - t0
         if offer.verdict is not Verdict.ACCEPTED:
             self.errors.append(offer.reason)
         if rnd.should_close and self.done is not None:
@@ -248,10 +266,10 @@ def _cpu_faults() -> tuple[float, int]:
     return time.thread_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-async def _bench_project_async(n: int, dim: int, repeats: int) -> list[Sample]:
+async def _bench_project_async(n: int, dim: int, repeats: int, checks: bool) -> list[Sample]:
     loop = asyncio.get_running_loop()
     retain_freed_memory()  # what ParameterServer.start() does
-    sink = _Sink(n, dim)
+    sink = _Sink(n, dim, checks)
     sink.connected = asyncio.Event()
     dtype = np.dtype(np.float32)
     pool = ArrayPool((n + PAYLOAD_POOL_SLACK) * dim * dtype.itemsize)  # as ParameterServer
@@ -277,7 +295,7 @@ async def _bench_project_async(n: int, dim: int, repeats: int) -> list[Sample]:
             wall = time.perf_counter() - t0
             cpu1, faults1 = _cpu_faults()
             if r:
-                times.append(Sample(wall, cpu1 - cpu0, faults1 - faults0))
+                times.append(Sample(wall, cpu1 - cpu0, faults1 - faults0, sink.offer_seconds))
             if sink.errors:
                 raise RuntimeError(f"ingest errors: {sink.errors[:3]}")
         pipe.send("close")
@@ -291,11 +309,17 @@ async def _bench_project_async(n: int, dim: int, repeats: int) -> list[Sample]:
     return times
 
 
-def bench_project(n: int, dim: int, repeats: int, loop: str = "uvloop") -> list[Sample]:
-    """One sample per timed round through the project's server receive path."""
+def bench_project(
+    n: int, dim: int, repeats: int, loop: str = "uvloop", checks: bool = True
+) -> list[Sample]:
+    """One sample per timed round through the project's server receive path.
+
+    ``checks=False`` leaves out ``RoundCollector.offer`` (the payload checks): the framing
+    and receive machinery alone, for attributing the difference to the raw path.
+    """
     from draco.net.server import run_with_loop
 
-    return list(run_with_loop(lambda: _bench_project_async(n, dim, repeats), loop))
+    return list(run_with_loop(lambda: _bench_project_async(n, dim, repeats, checks), loop))
 
 
 # ----------------------------------------------------------------------------- command
@@ -310,11 +334,12 @@ def _summary(samples: list[Sample], nbytes: int) -> dict[str, Any]:
         "gbps": nbytes / statistics.median(s.wall for s in samples) / GB,
         "cpu_ms": 1e3 * statistics.median(s.cpu for s in samples),
         "minflt": statistics.median(s.faults for s in samples),
+        "offer_ms": 1e3 * statistics.median(s.offer for s in samples),
     }
 
 
 def measure(
-    n: int, dim: int, repeats: int, loop: str = "uvloop", trials: int = 1
+    n: int, dim: int, repeats: int, loop: str = "uvloop", trials: int = 1, checks: bool = True
 ) -> dict[str, Any]:
     """Both paths, same bytes; ``trials`` times, alternating which path goes first.
 
@@ -335,9 +360,9 @@ def measure(
     for t in range(trials):
         if t % 2 == 0:
             raw_times, nbytes = bench_raw(n, dim, repeats)
-            project_times = bench_project(n, dim, repeats, loop)
+            project_times = bench_project(n, dim, repeats, loop, checks)
         else:
-            project_times = bench_project(n, dim, repeats, loop)
+            project_times = bench_project(n, dim, repeats, loop, checks)
             raw_times, nbytes = bench_raw(n, dim, repeats)
         raw, project = _summary(raw_times, nbytes), _summary(project_times, nbytes)
         per_trial.append(
@@ -348,6 +373,7 @@ def measure(
                 "project_cpu_ms": round(project["cpu_ms"], 3),
                 "raw_cpu_ms": round(raw["cpu_ms"], 3),
                 "project_minflt": project["minflt"],
+                "project_offer_ms": round(project["offer_ms"], 3),
                 "raw_minflt": raw["minflt"],
             }
         )
@@ -371,6 +397,9 @@ def measure(
         "project_cpu_ms_per_round": med("project_cpu_ms"),
         "raw_cpu_ms_per_round": med("raw_cpu_ms"),
         "project_minflt_per_round": med("project_minflt"),
+        # Of the project's receiver time per round: RoundCollector.offer (dtype, shape and
+        # the finiteness pass over every payload byte), which the raw path does not do.
+        "project_offer_ms_per_round": med("project_offer_ms"),
         "raw_minflt_per_round": med("raw_minflt"),
         "unit": "GB/s (1e9 bytes per second), median over repeats, then over trials",
         "workers": n,
@@ -379,6 +408,7 @@ def measure(
         "bytes_per_round": nbytes,
         "repeats": repeats,
         "trials": trials,
+        "payload_checks": checks,
         "loop": loop,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -389,7 +419,9 @@ def measure(
 
 
 def run(args: argparse.Namespace) -> int:
-    result = measure(args.workers, args.dim, args.repeats, args.loop, args.trials)
+    result = measure(
+        args.workers, args.dim, args.repeats, args.loop, args.trials, not args.no_payload_checks
+    )
     if args.json:
         print(json.dumps(result))
     else:

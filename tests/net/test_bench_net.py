@@ -38,8 +38,15 @@ def test_bench_net_trials_alternate_and_report_each_ratio() -> None:
         assert t["ratio"] == pytest.approx(t["project_gbps"] / t["raw_gbps"], rel=1e-2)
         assert t["project_cpu_ms"] > 0 and t["raw_cpu_ms"] >= 0
         assert t["project_minflt"] >= 0 and t["raw_minflt"] >= 0
+        assert 0 < t["project_offer_ms"] < 1e3 * max(result["project_seconds"])
     assert len(result["project_seconds"]) == len(result["raw_seconds"]) == 6
     assert len(result["loadavg_before"]) == len(result["loadavg_after"]) == 3
+
+
+def test_bench_net_without_payload_checks_spends_no_time_in_offer() -> None:
+    result = bench_net.measure(2, 500, 2, checks=False)
+    assert result["payload_checks"] is False and result["ratio"] > 0
+    assert result["project_offer_ms_per_round"] == 0.0
 
 
 def test_bench_net_rejects_bad_sizes() -> None:
