@@ -113,13 +113,18 @@ GIL_SWITCH_INTERVAL = 0.001
 # plus a few for stale answers to old attempts, which are dropped (and free again) at once.
 # Beyond it payloads are plain new arrays; the pool never holds more than this.
 PAYLOAD_POOL_SLACK = 2
-# Seconds without a new arrival before an off-loop ``code.ready`` check starts. Why: the cyclic
-# check projects every payload received (O(n d): 50-80 ms of PS CPU at n = 45, d = 1M under
-# load), and checking on each of the last s arrivals, when the rest come right after, was
-# 0.16-0.29 s of PS CPU per round (ready_cpu_seconds) for nothing: a round whose payloads all
-# arrive closes as complete, without any check. A straggler really late is still found after
-# this delay (the early close comes at most this much later).
+# Silence (no new arrival) before an off-loop ``code.ready`` check starts: the larger of
+# READY_CHECK_DELAY seconds and READY_CHECK_FRACTION of the time since the attempt's
+# broadcast. Why: the cyclic check projects every payload received (O(n d): 50-80 ms of PS
+# CPU at n = 45, d = 1M under load), and starting one on each of the last s arrivals cost
+# 0.16-0.29 s of PS CPU per round (ready_cpu_seconds, 45-worker run under load ~10) in rounds
+# where every payload came and the round closed as complete, without needing any check. With
+# 45 workers computing in two processes the last arrivals came ~0.2 s apart, so a fixed
+# 50 ms still ran them all; a silence of a tenth of the round so far means "a straggler is
+# late". The price: an early close on a real straggler comes that much later (<= 10% of the
+# round's time), still long before --round-timeout.
 READY_CHECK_DELAY = 0.05
+READY_CHECK_FRACTION = 0.1
 # Erasure reason of a worker that held no seat when the attempt was broadcast (with the ones
 # lost during it, such a failed attempt is waited out under --rejoin-timeout, not counted).
 _ABSENT = "not connected"
@@ -537,6 +542,7 @@ class ParameterServer:
         self._inline_ready = getattr(code, "name", None) in INLINE_READY_CODES
         self._ready_task: asyncio.Future[None] | None = None
         self._ready_timer: asyncio.TimerHandle | None = None
+        self._started_at = 0.0  # loop.time() of the current attempt's broadcast
         self._ready_dirty = False
         self.ready_checks = 0  # code.ready calls made off the loop (tests / metrics)
         self._ready_cpu = 0.0  # their thread CPU seconds in the current attempt
@@ -815,6 +821,7 @@ class ParameterServer:
         cpu0 = time.thread_time()  # the event loop's CPU time: broadcast + ingest
         usage0 = _thread_usage()
         self._ready_cpu = 0.0
+        self._started_at = loop.time()
         rnd = engine.start_round()
         params = engine.params  # never mutated: the engine makes a new array per update
         key = (rnd.index, rnd.attempt)
@@ -1004,11 +1011,12 @@ class ParameterServer:
         if self._ready_task is not None and not self._ready_task.done():
             self._ready_dirty = True  # re-checked with these payloads when the one running ends
             return
-        # Not at once: after READY_CHECK_DELAY without another arrival (see the constant).
+        # Not at once: after a silence without another arrival (see READY_CHECK_FRACTION).
         if self._ready_timer is not None:
             self._ready_timer.cancel()
         loop = asyncio.get_running_loop()
-        self._ready_timer = loop.call_later(READY_CHECK_DELAY, self._start_ready_check, rnd)
+        silence = max(READY_CHECK_DELAY, READY_CHECK_FRACTION * (loop.time() - self._started_at))
+        self._ready_timer = loop.call_later(silence, self._start_ready_check, rnd)
 
     def _start_ready_check(self, rnd: RoundCollector) -> None:
         self._ready_timer = None

@@ -241,7 +241,7 @@ async def _burst_round(n_answers: int) -> tuple[dict[str, Any], int, ParameterSe
 
 
 def test_no_readiness_check_while_the_last_payloads_arrive_back_to_back() -> None:
-    """The O(n d) cyclic ready() waits READY_CHECK_DELAY without arrivals: a round whose
+    """The O(n d) cyclic ready() waits for a silence without arrivals: a round whose
     payloads all come in one burst closes as complete with no check at all (before: one
     check started at the (n-s)-th arrival); a round missing a straggler gets exactly one
     check, after the burst, and closes early on it."""
