@@ -647,6 +647,18 @@ class FrameDecoder:
         return None
 
     @property
+    def mid_body(self) -> bool:
+        """True while tensor bytes of a frame are still expected and nothing is to report:
+        :meth:`next_frame` would return ``None`` (the per-read fast path of the shells)."""
+        return (
+            self._phase == _BODY_PHASE
+            and self._ready is None
+            and self._error is None
+            and not self._eof
+            and not self._buf
+        )
+
+    @property
     def eof(self) -> bool:
         """True once EOF was fed."""
         return self._eof

@@ -228,6 +228,13 @@ class Connection:
             return
         self._decoder.buffer_updated(nbytes)
 
+    @property
+    def mid_frame_body(self) -> bool:
+        """True when :meth:`next_event` would certainly return ``NEED_DATA``: a frame's tensor
+        bytes are still arriving. The shells skip the event pump after such a read (the
+        parameter server reads a payload in up to thousands of chunks)."""
+        return self.state is not State.CLOSED and self._error is None and self._decoder.mid_body
+
     def next_event(self) -> Message | NeedData | Closed:
         """The next received message, ``NEED_DATA`` or ``CLOSED``.
 

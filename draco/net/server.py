@@ -359,7 +359,8 @@ class Peer(asyncio.BufferedProtocol):
                 self.abort()  # no TLS client sends that much before the server answers
             return
         self.conn.buffer_updated(nbytes)
-        self._pump()
+        if not self.conn.mid_frame_body:
+            self._pump()
 
     def eof_received(self) -> bool | None:
         if self._raw_phase:
