@@ -9,8 +9,14 @@ and 90th percentile of
 - decode CPU: thread CPU seconds of the same (decode thread);
 - loop CPU: thread CPU seconds of the PS's event loop during the round (broadcast of the
   model, receiving and checking the payloads, kernel time of its socket calls included);
-- PS CPU: decode CPU + loop CPU = everything the PS does in a round besides waiting
-  (evaluation, checkpoints and metrics writing excluded: they run in other threads / after).
+- loop user / loop sys: the loop CPU split into this process's own code (framing, checks,
+  bookkeeping) and the kernel's work for it (socket copies, TCP, page faults); records from
+  before 2026-12-02 lack the split ("-");
+- ready CPU: thread CPU seconds of the cyclic code's readiness checks in the helper thread
+  (0 for codes checked inline; not recorded, "-", before 2026-12-02);
+- PS CPU: decode CPU + loop CPU (+ ready CPU where recorded) = everything the PS does in a
+  round besides waiting (evaluation, checkpoints and metrics writing excluded: they run in
+  other threads / after).
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ FIELDS = (
     ("decode + update", lambda r: r["decode_seconds"] + r["update_seconds"]),
     ("decode CPU", lambda r: r["decode_cpu_seconds"]),
     ("loop CPU", lambda r: r["loop_cpu_seconds"]),
+    ("loop user", lambda r: r.get("loop_user_cpu_seconds")),
+    ("loop sys", lambda r: r.get("loop_sys_cpu_seconds")),
+    ("ready CPU", lambda r: r.get("ready_cpu_seconds")),
     ("PS CPU", lambda r: r["ps_cpu_seconds"]),
     ("wall", lambda r: r["wall_seconds"]),
 )
@@ -44,7 +53,11 @@ def main(argv: list[str]) -> int:
             continue
         cells = []
         for _, get in FIELDS:
-            vals = [float(get(r)) for r in records]
+            got = [get(r) for r in records]
+            vals = [float(v) for v in got if v is not None]
+            if len(vals) < len(got):
+                cells.append("-")  # not recorded by the code that made this run
+                continue
             cells.append(f"{quantile(vals, 0.5):.3f} / {quantile(vals, 0.9):.3f}")
         print(f"| {Path(d).name} | {len(records)} | " + " | ".join(cells) + " |")
     return 0

@@ -26,22 +26,39 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
+import resource
 import socket
 import statistics
 import time
 from multiprocessing.connection import Connection as Pipe
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from draco.errors import ConfigError, ProtocolError
 from draco.net import messages as m
-from draco.net.frames import PROTOCOL_VERSION, Limits, encode_frame
+from draco.net.frames import PROTOCOL_VERSION, Allocate, ArrayPool, Limits, encode_frame
 from draco.net.protocol import Connection, Role
 from draco.net.rounds import RoundCollector, RoundPlan, Verdict
-from draco.net.server import Peer, handshake_limits, payload_limits, retain_freed_memory
+from draco.net.server import (
+    PAYLOAD_POOL_SLACK,
+    Peer,
+    handshake_limits,
+    payload_limits,
+    retain_freed_memory,
+)
 
 GB = 1e9
+
+
+class Sample(NamedTuple):
+    """One timed round of one receive path."""
+
+    wall: float  # seconds from "go" until all payloads were in
+    cpu: float  # the receiving thread's CPU seconds in that time (kernel time included)
+    faults: int  # minor page faults of the receiving process in that time
+    offer: float = 0.0  # seconds of it in RoundCollector.offer (the payload checks)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -54,6 +71,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=45, help="connections (payloads per round)")
     p.add_argument("--dim", type=int, default=1033510, help="float32 values per payload")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per path (median)")
+    p.add_argument(
+        "--trials", type=int, default=1, help="raw/project pairs, order alternating (median)"
+    )
+    p.add_argument(
+        "--no-payload-checks",
+        action="store_true",
+        help="leave out RoundCollector.offer (for attribution only; the PS always checks)",
+    )
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     p.set_defaults(func=run)
@@ -97,8 +122,8 @@ def _start_sender(port: int, n: int, dim: int, rounds: int) -> tuple[mp.process.
 # ----------------------------------------------------------------------------- raw path
 
 
-def bench_raw(n: int, dim: int, repeats: int) -> tuple[list[float], int]:
-    """Seconds per round of the raw ``recv_into`` receiver, and the bytes per round."""
+def bench_raw(n: int, dim: int, repeats: int) -> tuple[list[Sample], int]:
+    """One sample per timed round of the raw ``recv_into`` receiver, and the bytes per round."""
     frame_bytes = len(_frame(0, np.zeros(dim, np.float32)))
     listener = socket.create_server(("127.0.0.1", 0), backlog=n)
     port = listener.getsockname()[1]
@@ -109,6 +134,7 @@ def bench_raw(n: int, dim: int, repeats: int) -> tuple[list[float], int]:
         bufs = [memoryview(bytearray(frame_bytes)) for _ in range(n)]
         times = []
         for r in range(repeats + 1):
+            cpu0, faults0 = _cpu_faults()
             t0 = time.perf_counter()
             pipe.send("go")
             # The sender writes the connections in this order, so reading them one after the
@@ -120,8 +146,10 @@ def bench_raw(n: int, dim: int, repeats: int) -> tuple[list[float], int]:
                     if not got:
                         raise ConnectionError("sender closed early")
                     filled += got
+            wall = time.perf_counter() - t0
+            cpu1, faults1 = _cpu_faults()
             if r:  # round 0 warms up
-                times.append(time.perf_counter() - t0)
+                times.append(Sample(wall, cpu1 - cpu0, faults1 - faults0))
         pipe.send("close")
         for c in conns:
             c.close()
@@ -136,12 +164,15 @@ def bench_raw(n: int, dim: int, repeats: int) -> tuple[list[float], int]:
 # ----------------------------------------------------------------------------- project path
 
 
-def ready_server_connection(dim: int, payload_dtype: np.dtype, max_header_bytes: int) -> Connection:
+def ready_server_connection(
+    dim: int, payload_dtype: np.dtype, max_header_bytes: int, allocate: Allocate | None = None
+) -> Connection:
     """A server-side Connection taken through a real handshake in memory, now READY.
 
-    Only the benchmark uses this (the PS does the handshake on the wire).
+    Only the benchmark uses this (the PS does the handshake on the wire). ``allocate``: the
+    decoder's hook, the PS's ``ArrayPool`` in a run.
     """
-    srv = Connection(Role.SERVER, handshake_limits(4096))
+    srv = Connection(Role.SERVER, handshake_limits(4096), allocate)
     cli = Connection(Role.CLIENT, Limits())
 
     def pump(dst: Connection, chunks: list[bytes | memoryview]) -> m.Message:
@@ -178,8 +209,9 @@ class _IngestCode:
 class _Sink:
     """A PeerHandler that offers each Gradient to the current round, like the PS does."""
 
-    def __init__(self, n: int, dim: int) -> None:
+    def __init__(self, n: int, dim: int, checks: bool = True) -> None:
         self.code = _IngestCode(n)
+        self.checks = checks  # False: count the payloads, no RoundCollector.offer
         self.dim = dim
         self.peers: list[Peer] = []
         self.ids: dict[Peer, int] = {}
@@ -187,8 +219,12 @@ class _Sink:
         self.done: asyncio.Event | None = None
         self.connected: asyncio.Event | None = None
         self.errors: list[str] = []
+        self.offer_seconds = 0.0  # this round's time in RoundCollector.offer
+        self.count = 0  # this round's payloads (checks=False)
 
     def new_round(self, r: int) -> None:
+        self.offer_seconds = 0.0
+        self.count = 0
         plan = RoundPlan(r, frozenset(), None, False, 0)
         self.round = RoundCollector(plan, self.code, self.dim)
         self.done = asyncio.Event()
@@ -204,7 +240,14 @@ class _Sink:
         if not isinstance(msg, m.Gradient) or rnd is None:
             self.errors.append(f"unexpected {type(msg).__name__}")
             return
+        if not self.checks:
+            self.count += 1
+            if self.count == self.code.n_workers and self.done is not None:
+                self.done.set()
+            return
+        t0 = time.perf_counter()
         offer = rnd.offer(self.ids[peer], msg.round_index, msg.payload, 0.0, wire_bytes)
+        self.offer_seconds += time.perf_counter() - t0
         if offer.verdict is not Verdict.ACCEPTED:
             self.errors.append(offer.reason)
         if rnd.should_close and self.done is not None:
@@ -218,14 +261,20 @@ class _Sink:
         pass
 
 
-async def _bench_project_async(n: int, dim: int, repeats: int) -> list[float]:
+def _cpu_faults() -> tuple[float, int]:
+    """(this thread's CPU seconds, this process's minor page faults so far)."""
+    return time.thread_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+async def _bench_project_async(n: int, dim: int, repeats: int, checks: bool) -> list[Sample]:
     loop = asyncio.get_running_loop()
     retain_freed_memory()  # what ParameterServer.start() does
-    sink = _Sink(n, dim)
+    sink = _Sink(n, dim, checks)
     sink.connected = asyncio.Event()
     dtype = np.dtype(np.float32)
+    pool = ArrayPool((n + PAYLOAD_POOL_SLACK) * dim * dtype.itemsize)  # as ParameterServer
     server = await loop.create_server(
-        lambda: Peer(sink, ready_server_connection(dim, dtype, 64 * 1024)),
+        lambda: Peer(sink, ready_server_connection(dim, dtype, 64 * 1024, pool)),
         "127.0.0.1",
         0,
         backlog=n,
@@ -239,11 +288,14 @@ async def _bench_project_async(n: int, dim: int, repeats: int) -> list[float]:
         for r in range(repeats + 1):
             sink.new_round(r)
             assert sink.done is not None
+            cpu0, faults0 = _cpu_faults()
             t0 = time.perf_counter()
             pipe.send("go")
             await asyncio.wait_for(sink.done.wait(), 120)
+            wall = time.perf_counter() - t0
+            cpu1, faults1 = _cpu_faults()
             if r:
-                times.append(time.perf_counter() - t0)
+                times.append(Sample(wall, cpu1 - cpu0, faults1 - faults0, sink.offer_seconds))
             if sink.errors:
                 raise RuntimeError(f"ingest errors: {sink.errors[:3]}")
         pipe.send("close")
@@ -257,50 +309,130 @@ async def _bench_project_async(n: int, dim: int, repeats: int) -> list[float]:
     return times
 
 
-def bench_project(n: int, dim: int, repeats: int, loop: str = "uvloop") -> list[float]:
-    """Seconds per round through the project's server receive path."""
+def bench_project(
+    n: int, dim: int, repeats: int, loop: str = "uvloop", checks: bool = True
+) -> list[Sample]:
+    """One sample per timed round through the project's server receive path.
+
+    ``checks=False`` leaves out ``RoundCollector.offer`` (the payload checks): the framing
+    and receive machinery alone, for attributing the difference to the raw path.
+    """
     from draco.net.server import run_with_loop
 
-    return list(run_with_loop(lambda: _bench_project_async(n, dim, repeats), loop))
+    return list(run_with_loop(lambda: _bench_project_async(n, dim, repeats, checks), loop))
 
 
 # ----------------------------------------------------------------------------- command
 
 
-def measure(n: int, dim: int, repeats: int, loop: str = "uvloop") -> dict[str, Any]:
-    """Both paths, same bytes, same run; returns the JSON-able result."""
-    if n < 1 or dim < 1 or repeats < 1:
-        raise ConfigError(f"--workers, --dim and --repeats must be >= 1, got {n}, {dim}, {repeats}")
-    raw_times, nbytes = bench_raw(n, dim, repeats)
-    project_times = bench_project(n, dim, repeats, loop)
-    raw = nbytes / statistics.median(raw_times) / GB
-    project = nbytes / statistics.median(project_times) / GB
+def _sig(x: float) -> float:
+    return float(f"{x:.6g}")  # 6 significant digits: tiny test sizes keep their ratio
+
+
+def _summary(samples: list[Sample], nbytes: int) -> dict[str, Any]:
+    return {
+        "gbps": nbytes / statistics.median(s.wall for s in samples) / GB,
+        "cpu_ms": 1e3 * statistics.median(s.cpu for s in samples),
+        "minflt": statistics.median(s.faults for s in samples),
+        "offer_ms": 1e3 * statistics.median(s.offer for s in samples),
+    }
+
+
+def measure(
+    n: int, dim: int, repeats: int, loop: str = "uvloop", trials: int = 1, checks: bool = True
+) -> dict[str, Any]:
+    """Both paths, same bytes; ``trials`` times, alternating which path goes first.
+
+    Each trial is a raw measurement and a project measurement (``repeats`` timed rounds
+    each, fresh sender processes); its ratio is project / raw of the median round times.
+    Alternating the order cancels a load that drifts during the run.
+    """
+    if n < 1 or dim < 1 or repeats < 1 or trials < 1:
+        raise ConfigError(
+            "--workers, --dim, --repeats and --trials must be >= 1, got "
+            f"{n}, {dim}, {repeats}, {trials}"
+        )
+    load_before = os.getloadavg()
+    per_trial: list[dict[str, Any]] = []
+    raw_all: list[Sample] = []
+    project_all: list[Sample] = []
+    nbytes = 0
+    for t in range(trials):
+        if t % 2 == 0:
+            raw_times, nbytes = bench_raw(n, dim, repeats)
+            project_times = bench_project(n, dim, repeats, loop, checks)
+        else:
+            project_times = bench_project(n, dim, repeats, loop, checks)
+            raw_times, nbytes = bench_raw(n, dim, repeats)
+        raw, project = _summary(raw_times, nbytes), _summary(project_times, nbytes)
+        per_trial.append(
+            {
+                "ratio": round(project["gbps"] / raw["gbps"], 4),
+                "project_gbps": _sig(project["gbps"]),
+                "raw_gbps": _sig(raw["gbps"]),
+                "project_cpu_ms": round(project["cpu_ms"], 3),
+                "raw_cpu_ms": round(raw["cpu_ms"], 3),
+                "project_minflt": project["minflt"],
+                "project_offer_ms": round(project["offer_ms"], 3),
+                "raw_minflt": raw["minflt"],
+            }
+        )
+        raw_all += raw_times
+        project_all += project_times
+    ratios = [tr["ratio"] for tr in per_trial]
+
+    def med(key: str) -> float:
+        return round(statistics.median(tr[key] for tr in per_trial), 4)
+
     return {
         "benchmark": "net",
-        "project_gbps": round(project, 4),
-        "raw_gbps": round(raw, 4),
-        "ratio": round(project / raw, 4),
-        "unit": "GB/s (1e9 bytes per second), median over repeats",
+        "project_gbps": _sig(statistics.median(tr["project_gbps"] for tr in per_trial)),
+        "raw_gbps": _sig(statistics.median(tr["raw_gbps"] for tr in per_trial)),
+        "ratio": round(statistics.median(ratios), 4),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "ratios": ratios,
+        # The receiving thread's CPU time and the process's minor page faults per round
+        # (medians): less sensitive to other load than the wall-clock throughput.
+        "project_cpu_ms_per_round": med("project_cpu_ms"),
+        "raw_cpu_ms_per_round": med("raw_cpu_ms"),
+        "project_minflt_per_round": med("project_minflt"),
+        # Of the project's receiver time per round: RoundCollector.offer (dtype, shape and
+        # the finiteness pass over every payload byte), which the raw path does not do.
+        "project_offer_ms_per_round": med("project_offer_ms"),
+        "raw_minflt_per_round": med("raw_minflt"),
+        "unit": "GB/s (1e9 bytes per second), median over repeats, then over trials",
         "workers": n,
         "dim": dim,
         "dtype": "float32",
         "bytes_per_round": nbytes,
         "repeats": repeats,
+        "trials": trials,
+        "payload_checks": checks,
         "loop": loop,
-        "project_seconds": [round(t, 6) for t in project_times],
-        "raw_seconds": [round(t, 6) for t in raw_times],
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "per_trial": per_trial,
+        "project_seconds": [round(s.wall, 6) for s in project_all],
+        "raw_seconds": [round(s.wall, 6) for s in raw_all],
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    result = measure(args.workers, args.dim, args.repeats, args.loop)
+    result = measure(
+        args.workers, args.dim, args.repeats, args.loop, args.trials, not args.no_payload_checks
+    )
     if args.json:
         print(json.dumps(result))
     else:
         print(
             f"PS ingest of {args.workers} x {args.dim} float32 over loopback: "
             f"project {result['project_gbps']:.2f} GB/s, raw recv_into "
-            f"{result['raw_gbps']:.2f} GB/s, ratio {result['ratio']:.2f}"
+            f"{result['raw_gbps']:.2f} GB/s, ratio {result['ratio']:.2f} "
+            f"(median of {args.trials} trials, {result['ratio_min']:.2f}-"
+            f"{result['ratio_max']:.2f}); receiver CPU per round "
+            f"{result['project_cpu_ms_per_round']:.1f} ms vs "
+            f"{result['raw_cpu_ms_per_round']:.1f} ms"
         )
         print(json.dumps(result))
     return 0

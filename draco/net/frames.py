@@ -12,7 +12,10 @@ A frame (full spec with byte offsets in ``docs/protocol.md``)::
 Every declared length is checked against :class:`Limits` before anything is allocated or
 read; the tensor bytes then land straight in their final, preallocated ``numpy`` arrays (the
 ``get_buffer``/``buffer_updated`` path of ``asyncio.BufferedProtocol``), so the parameter
-server's ingest loop copies each payload byte at most once (zero times on that path).
+server's ingest loop copies each payload byte at most once (zero times on that path). Those
+arrays come from the decoder's ``allocate`` hook: ``np.empty`` by default, an
+:class:`ArrayPool` on the parameter server, so a round's payloads land in the memory the
+previous round's payloads used (already mapped: no page faults, no ``malloc`` search).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +39,8 @@ __all__ = [
     "PREFIX",
     "PREFIX_SIZE",
     "PROTOCOL_VERSION",
+    "Allocate",
+    "ArrayPool",
     "Frame",
     "FrameDecoder",
     "Limits",
@@ -110,6 +116,93 @@ class Limits:
         if self.max_tensor_bytes == 0 and self.max_tensors == 0:
             return self  # already so (the server's handshake limits): no copy per connection
         return dataclasses.replace(self, max_tensor_bytes=0, max_tensors=0)
+
+
+#: ``allocate(dtype, shape)`` -> a C-contiguous, writeable array of exactly that dtype and
+#: shape whose contents may be anything (the decoder overwrites every byte before the frame
+#: is surfaced). Called only after the frame's declarations passed the :class:`Limits`.
+Allocate = Callable[[np.dtype, tuple[int, ...]], np.ndarray]
+
+
+def _new_array(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
+
+
+class ArrayPool:
+    """Receive buffers reused across frames: an ``allocate`` hook for :class:`FrameDecoder`.
+
+    Why: the parameter server receives n payloads of the same dtype and shape every round. A
+    fresh ``np.empty`` per payload is a ``malloc`` of several MB whose pages, unless the
+    allocator happens to hand back the same memory, are faulted in and zeroed by the kernel
+    on first touch -- work on the event loop of the order of the copy itself. The pool keeps
+    the arrays it handed out and gives one back out again once nothing else refers to it.
+
+    An array counts as free when the pool holds the only reference to it (CPython reference
+    count). Every numpy view, ``memoryview`` or ``torch.from_numpy`` tensor of it holds a
+    reference to it (numpy views point at the owning array), so an array still in use by a
+    round, a decode or a late consumer is never handed out twice; only code that keeps a raw
+    pointer without a Python reference could be fooled, and the project has none. Use it
+    from one thread (the event loop); other threads may drop references meanwhile.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Most bytes the pool keeps (>= 0). Requests beyond it are plain ``np.empty`` arrays
+        that are not kept. Zero-size and larger-than-``max_bytes`` requests are never kept.
+
+    Attributes
+    ----------
+    reused, allocated : int
+        Requests served from the pool / by a new array (kept or not), for tests and metrics.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ConfigError(f"ArrayPool max_bytes must be an int >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self.kept_bytes = 0
+        self.reused = 0
+        self.allocated = 0
+        self._free_refs = 0
+        self._arrays: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
+        # The reference count a kept array shows in _take when nothing else holds it:
+        # measured on a probe through the same code path, not assumed per interpreter.
+        probe = [np.empty(1)]
+        self._free_refs = self._refs_in_take(probe)
+
+    @staticmethod
+    def _refs_in_take(arrays: list[np.ndarray]) -> int:
+        for arr in arrays:
+            return sys.getrefcount(arr)
+        raise AssertionError("unreachable: probe list is not empty")
+
+    def _take(self, arrays: list[np.ndarray]) -> np.ndarray | None:
+        for arr in arrays:
+            if sys.getrefcount(arr) <= self._free_refs:
+                return arr
+        return None
+
+    def __call__(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """An array of ``dtype`` and ``shape`` (contents undefined): a free kept one if any."""
+        dtype = np.dtype(dtype)
+        key = (dtype.str, tuple(shape))
+        arrays = self._arrays.get(key)
+        if arrays is not None:
+            arr = self._take(arrays)
+            if arr is not None:
+                self.reused += 1
+                return arr
+        self.allocated += 1
+        arr = np.empty(shape, dtype=dtype)
+        if 0 < arr.nbytes <= self.max_bytes - self.kept_bytes:
+            self._arrays.setdefault(key, []).append(arr)
+            self.kept_bytes += arr.nbytes
+        return arr
+
+    def clear(self) -> None:
+        """Forget every kept array (the memory is freed once their other users let go)."""
+        self._arrays.clear()
+        self.kept_bytes = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,12 +310,18 @@ class FrameDecoder:
     ----------
     limits : Limits
         Applied to each frame when its prefix is parsed; the attribute may be replaced.
+    allocate : Allocate, optional
+        Where a frame's tensors are received into (see :data:`Allocate`); ``np.empty`` by
+        default. Called once per non-empty tensor, after the frame's header passed the limits.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, allocate: Allocate | None = None) -> None:
         if not isinstance(limits, Limits):
             raise LocalProtocolError(f"limits must be a Limits, got {type(limits).__name__}")
+        if allocate is not None and not callable(allocate):
+            raise LocalProtocolError(f"allocate must be callable, got {type(allocate).__name__}")
         self.limits = limits
+        self._allocate: Allocate = allocate if allocate is not None else _new_array
         self._buf = bytearray()  # received, not yet parsed (prefix/header bytes or backlog)
         self._phase = _PREFIX_PHASE
         self._header_len = 0
@@ -440,12 +539,26 @@ class FrameDecoder:
             )
         # Every length is now checked against the limits: allocation is bounded.
         self._header = obj
-        self._arrays = [np.empty(shape, dtype=np.dtype(dtype)) for dtype, shape, _ in specs]
+        self._arrays = [self._receive_array(np.dtype(dtype), shape) for dtype, shape, _ in specs]
         self._views = [a.reshape(-1).view(np.uint8).data for a in self._arrays if a.nbytes]
         self._view_index = self._view_fill = 0
         self._phase = _BODY_PHASE
         if not self._views:
             self._complete()
+
+    def _receive_array(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        if math.prod(shape) == 0:
+            return np.empty(shape, dtype=dtype)  # no bytes to receive: never the hook's business
+        arr = self._allocate(dtype, shape)
+        ok = isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.shape == shape
+        if not (ok and arr.flags.c_contiguous and arr.flags.writeable):
+            # A bug in the hook, not the peer's fault: never receive into the wrong memory.
+            raise LocalProtocolError(
+                f"allocate({dtype.str}, {shape}) returned {type(arr).__name__} "
+                f"{getattr(arr, 'dtype', '')} {getattr(arr, 'shape', '')}: expected a "
+                "C-contiguous writeable array of exactly that dtype and shape"
+            )
+        return arr
 
     def _parse_descriptor(self, i: int, desc: Any) -> tuple[str, tuple[int, ...], int]:
         if not isinstance(desc, dict) or set(desc) != _DESCRIPTOR_KEYS:
@@ -532,6 +645,18 @@ class FrameDecoder:
                 raise self._error
             raise type(self._error)(f"decoder already failed: {self._error}")
         return None
+
+    @property
+    def mid_body(self) -> bool:
+        """True while tensor bytes of a frame are still expected and nothing is to report:
+        :meth:`next_frame` would return ``None`` (the per-read fast path of the shells)."""
+        return (
+            self._phase == _BODY_PHASE
+            and self._ready is None
+            and self._error is None
+            and not self._eof
+            and not self._buf
+        )
 
     @property
     def eof(self) -> bool:

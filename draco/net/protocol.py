@@ -33,7 +33,7 @@ from draco.errors import (
     RemoteProtocolError,
     VersionMismatchError,
 )
-from draco.net.frames import PROTOCOL_VERSION, FrameDecoder, Limits, encode_frame
+from draco.net.frames import PROTOCOL_VERSION, Allocate, FrameDecoder, Limits, encode_frame
 from draco.net.messages import (
     Auth,
     Bye,
@@ -150,6 +150,9 @@ class Connection:
         ``Role.SERVER`` on the parameter server, ``Role.CLIENT`` on a worker.
     limits : Limits
         Frame limits from ``READY`` on (before that: ``limits.pre_auth()``, no tensors).
+    allocate : Allocate, optional
+        The frame decoder's ``allocate`` hook (e.g. the server's ``ArrayPool``): where
+        received tensors land. Never reached before ``READY`` (no tensors are accepted).
 
     Attributes
     ----------
@@ -166,13 +169,15 @@ class Connection:
         Bytes fed in / produced by :meth:`send`, for metrics.
     """
 
-    def __init__(self, role: Role, limits: Limits | None = None) -> None:
+    def __init__(
+        self, role: Role, limits: Limits | None = None, allocate: Allocate | None = None
+    ) -> None:
         if not isinstance(role, Role):
             raise LocalProtocolError(f"role must be a Role, got {role!r}")
         self.role = role
         self.state = _INITIAL[role]
         self._limits = limits if limits is not None else Limits()
-        self._decoder = FrameDecoder(self._limits.pre_auth())
+        self._decoder = FrameDecoder(self._limits.pre_auth(), allocate)
         self.worker_id: int | None = None
         self.nonce: bytes | None = None
         self.bytes_received = 0
@@ -222,6 +227,13 @@ class Connection:
             self._decoder.buffer_updated(nbytes)
             return
         self._decoder.buffer_updated(nbytes)
+
+    @property
+    def mid_frame_body(self) -> bool:
+        """True when :meth:`next_event` would certainly return ``NEED_DATA``: a frame's tensor
+        bytes are still arriving. The shells skip the event pump after such a read (the
+        parameter server reads a payload in up to thousands of chunks)."""
+        return self.state is not State.CLOSED and self._error is None and self._decoder.mid_body
 
     def next_event(self) -> Message | NeedData | Closed:
         """The next received message, ``NEED_DATA`` or ``CLOSED``.

@@ -52,6 +52,7 @@ import ctypes.util
 import logging
 import math
 import os
+import resource
 import socket
 import ssl
 import sys
@@ -67,7 +68,7 @@ from draco.errors import AuthError, DracoError, ProtocolError, VersionMismatchEr
 from draco.net import auth
 from draco.net import messages as m
 from draco.net.admission import Admission, AdmissionLimits, RateLimitedLog
-from draco.net.frames import Limits
+from draco.net.frames import ArrayPool, Limits
 from draco.net.protocol import Closed, Connection, NeedData, Role, State
 from draco.net.rounds import RoundCollector, RoundEngine, Verdict
 
@@ -108,20 +109,37 @@ INLINE_READY_CODES = frozenset({"repetition", "none"})
 # running the cyclic ready() at n = 15, d = 1M, the main thread's largest sleep(1 ms) gap:
 # 19-27 ms at 5 ms, 8-10 ms at 1 ms (idle: 4-11 ms); decode 13-16 ms vs 7-8 ms.
 GIL_SWITCH_INTERVAL = 0.001
+# Payload buffers the server keeps for reuse (``ArrayPool``), in payloads: one round's worth
+# plus a few for stale answers to old attempts, which are dropped (and free again) at once.
+# Beyond it payloads are plain new arrays; the pool never holds more than this.
+PAYLOAD_POOL_SLACK = 2
+# Silence (no new arrival) before an off-loop ``code.ready`` check starts: the larger of
+# READY_CHECK_DELAY seconds and READY_CHECK_FRACTION of the time since the attempt's
+# broadcast. Why: the cyclic check projects every payload received (O(n d): 50-80 ms of PS
+# CPU at n = 45, d = 1M under load), and starting one on each of the last s arrivals cost
+# 0.16-0.29 s of PS CPU per round (ready_cpu_seconds, 45-worker run under load ~10) in rounds
+# where every payload came and the round closed as complete, without needing any check. With
+# 45 workers computing in two processes the last arrivals came ~0.2 s apart, so a fixed
+# 50 ms still ran them all; a silence of a tenth of the round so far means "a straggler is
+# late". The price: an early close on a real straggler comes that much later (<= 10% of the
+# round's time), still long before --round-timeout.
+READY_CHECK_DELAY = 0.05
+READY_CHECK_FRACTION = 0.1
 # Erasure reason of a worker that held no seat when the attempt was broadcast (with the ones
 # lost during it, such a failed attempt is waited out under --rejoin-timeout, not counted).
 _ABSENT = "not connected"
 
 
 def retain_freed_memory(max_chunk: int = 32 * 1024 * 1024, keep: int = 1024**3) -> bool:
-    """Ask glibc to keep freed payload buffers mapped instead of returning them to the OS.
+    """Ask glibc to keep freed multi-MB buffers mapped instead of returning them to the OS.
 
-    Why: every Gradient lands in a fresh numpy array (the frame decoder allocates it), and a
-    multi-MB allocation that comes from a fresh ``mmap`` is paid again in page faults and
-    kernel zeroing on first touch -- measured here, that halves the ingest throughput. With
-    ``M_MMAP_THRESHOLD`` raised to ``max_chunk`` such arrays come from the heap, and with
-    ``M_TRIM_THRESHOLD`` at ``keep`` the memory freed after a round is reused by the next one
-    without faulting. Process-wide; a no-op (returns False) off Linux/glibc.
+    Why: a multi-MB allocation that comes from a fresh ``mmap`` is paid again in page faults
+    and kernel zeroing on first touch. With ``M_MMAP_THRESHOLD`` raised to ``max_chunk`` such
+    arrays come from the heap, and with ``M_TRIM_THRESHOLD`` at ``keep`` the memory freed
+    after a round is reused by the next one without faulting. Received payloads no longer
+    depend on it (they land in the server's ``ArrayPool``); it still applies to every other
+    large array of a round (the decode's and the update's temporaries, the parameters).
+    Process-wide; a no-op (returns False) off Linux/glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -134,6 +152,19 @@ def retain_freed_memory(max_chunk: int = 32 * 1024 * 1024, keep: int = 1024**3) 
     return bool(mallopt(m_mmap_threshold, int(max_chunk))) and bool(
         mallopt(m_trim_threshold, int(keep))
     )
+
+
+def _thread_usage() -> resource.struct_rusage | None:
+    """This thread's resource usage (user/system CPU, faults); None where not supported."""
+    who = getattr(resource, "RUSAGE_THREAD", None)  # Linux
+    return resource.getrusage(who) if who is not None else None
+
+
+def _timed_ready(code: Any, snapshot: Any) -> tuple[bool, float]:
+    """``code.ready(snapshot)`` and the CPU seconds it took in this (helper) thread."""
+    c0 = time.thread_time()
+    ok = bool(code.ready(snapshot))
+    return ok, time.thread_time() - c0
 
 
 def handshake_limits(max_header_bytes: int) -> Limits:
@@ -328,7 +359,8 @@ class Peer(asyncio.BufferedProtocol):
                 self.abort()  # no TLS client sends that much before the server answers
             return
         self.conn.buffer_updated(nbytes)
-        self._pump()
+        if not self.conn.mid_frame_body:
+            self._pump()
 
     def eof_received(self) -> bool | None:
         if self._raw_phase:
@@ -479,6 +511,10 @@ class ParameterServer:
         self._payload_limits = payload_limits(
             config.limits.max_header_bytes, engine.dim, self.payload_dtype
         )
+        # Received payloads land in the memory of the previous round's (see ArrayPool).
+        self.payload_pool = ArrayPool(
+            (self.n_workers + PAYLOAD_POOL_SLACK) * self._payload_limits.max_tensor_bytes
+        )
         self.seats: dict[int, Peer] = {}
         self.peers: set[Peer] = set()
         self.address: tuple[str, int] | None = None
@@ -506,8 +542,11 @@ class ParameterServer:
         )
         self._inline_ready = getattr(code, "name", None) in INLINE_READY_CODES
         self._ready_task: asyncio.Future[None] | None = None
+        self._ready_timer: asyncio.TimerHandle | None = None
+        self._started_at = 0.0  # loop.time() of the current attempt's broadcast
         self._ready_dirty = False
         self.ready_checks = 0  # code.ready calls made off the loop (tests / metrics)
+        self._ready_cpu = 0.0  # their thread CPU seconds in the current attempt
         # (round, attempt) -> perf_counter at broadcast, for the current round's attempts
         # that hit the deadline: a late answer to one of them measures the real round time.
         self._timed_out: dict[tuple[int, int], float] = {}
@@ -533,7 +572,7 @@ class ParameterServer:
             self._listener = await loop.create_server(
                 lambda: Peer(
                     self,
-                    Connection(Role.SERVER, self._handshake_limits),
+                    Connection(Role.SERVER, self._handshake_limits, self.payload_pool),
                     tls=self.ssl_context,
                     tls_timeout=cfg.handshake_timeout,
                 ),
@@ -781,6 +820,9 @@ class ParameterServer:
         engine = self.engine
         t0 = time.perf_counter()
         cpu0 = time.thread_time()  # the event loop's CPU time: broadcast + ingest
+        usage0 = _thread_usage()
+        self._ready_cpu = 0.0
+        self._started_at = loop.time()
         rnd = engine.start_round()
         params = engine.params  # never mutated: the engine makes a new array per update
         key = (rnd.index, rnd.attempt)
@@ -828,6 +870,7 @@ class ParameterServer:
             self._timed_out[key] = t0
         wait = time.perf_counter() - t0
         loop_cpu = time.thread_time() - cpu0
+        usage1 = _thread_usage()
         absent = set(self._absent_in_attempt)
         silent = set()
         for j, peer in self.seats.items():
@@ -842,8 +885,17 @@ class ParameterServer:
             lambda: engine.finish(rnd, wait_seconds=wait, count_failure=counted),
         )
         result.record["wall_seconds"] = time.perf_counter() - t0
-        result.record["loop_cpu_seconds"] = loop_cpu
-        result.record["ps_cpu_seconds"] = result.record.get("ps_cpu_seconds", 0.0) + loop_cpu
+        rec = result.record
+        rec["loop_cpu_seconds"] = loop_cpu
+        if usage0 is not None and usage1 is not None:
+            # Where the loop's time went: the kernel (socket copies, TCP, page faults) vs.
+            # this process's own code (framing, checks, bookkeeping).
+            rec["loop_user_cpu_seconds"] = usage1.ru_utime - usage0.ru_utime
+            rec["loop_sys_cpu_seconds"] = usage1.ru_stime - usage0.ru_stime
+            rec["loop_minor_faults"] = usage1.ru_minflt - usage0.ru_minflt
+        # The cyclic code's readiness checks ran in the helper thread during the attempt.
+        rec["ready_cpu_seconds"] = self._ready_cpu
+        rec["ps_cpu_seconds"] = rec.get("ps_cpu_seconds", 0.0) + loop_cpu + self._ready_cpu
         return result, absent, silent
 
     async def shutdown(self, reason: str) -> None:
@@ -960,6 +1012,20 @@ class ParameterServer:
         if self._ready_task is not None and not self._ready_task.done():
             self._ready_dirty = True  # re-checked with these payloads when the one running ends
             return
+        # Not at once: after a silence without another arrival (see READY_CHECK_FRACTION).
+        if self._ready_timer is not None:
+            self._ready_timer.cancel()
+        loop = asyncio.get_running_loop()
+        silence = max(READY_CHECK_DELAY, READY_CHECK_FRACTION * (loop.time() - self._started_at))
+        self._ready_timer = loop.call_later(silence, self._start_ready_check, rnd)
+
+    def _start_ready_check(self, rnd: RoundCollector) -> None:
+        self._ready_timer = None
+        if self._round is not rnd or rnd.complete or rnd.known_ready:
+            return  # the attempt closed, or closes without a check, meanwhile
+        if self._ready_task is not None and not self._ready_task.done():
+            self._ready_dirty = True
+            return
         self._ready_dirty = False
         self._ready_task = asyncio.ensure_future(self._check_ready(rnd))
 
@@ -984,7 +1050,10 @@ class ParameterServer:
             snapshot = rnd.readiness_input()
             self.ready_checks += 1
             try:
-                ok = await loop.run_in_executor(self._executor, self.code.ready, snapshot)
+                ok, cpu = await loop.run_in_executor(
+                    self._executor, _timed_ready, self.code, snapshot
+                )
+                self._ready_cpu += cpu
             except Exception:  # a bug in a code must not kill the round: it closes at timeout
                 log.exception("round %d: code.ready failed", rnd.index)
                 return

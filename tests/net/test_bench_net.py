@@ -28,6 +28,29 @@ def test_bench_net_prints_one_json_object(capsys: pytest.CaptureFixture[str]) ->
     assert 3 * 4000 < result["bytes_per_round"] < 3 * 4200
 
 
+def test_bench_net_trials_alternate_and_report_each_ratio() -> None:
+    result = bench_net.measure(2, 500, 2, trials=3)
+    ratios = [t["ratio"] for t in result["per_trial"]]
+    assert result["ratios"] == ratios and len(ratios) == 3
+    assert result["ratio"] == sorted(ratios)[1]
+    assert result["ratio_min"] == min(ratios) and result["ratio_max"] == max(ratios)
+    for t in result["per_trial"]:
+        assert t["ratio"] == pytest.approx(t["project_gbps"] / t["raw_gbps"], rel=1e-2)
+        assert t["project_cpu_ms"] > 0 and t["raw_cpu_ms"] >= 0
+        assert t["project_minflt"] >= 0 and t["raw_minflt"] >= 0
+        assert 0 < t["project_offer_ms"] < 1e3 * max(result["project_seconds"])
+    assert len(result["project_seconds"]) == len(result["raw_seconds"]) == 6
+    assert len(result["loadavg_before"]) == len(result["loadavg_after"]) == 3
+
+
+def test_bench_net_without_payload_checks_spends_no_time_in_offer() -> None:
+    result = bench_net.measure(2, 500, 2, checks=False)
+    assert result["payload_checks"] is False and result["ratio"] > 0
+    assert result["project_offer_ms_per_round"] == 0.0
+
+
 def test_bench_net_rejects_bad_sizes() -> None:
     with pytest.raises(ConfigError):
         bench_net.measure(0, 10, 1)
+    with pytest.raises(ConfigError, match="trials"):
+        bench_net.measure(2, 10, 1, trials=0)

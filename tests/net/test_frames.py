@@ -23,6 +23,7 @@ from draco.net.frames import (
     PREFIX,
     PREFIX_SIZE,
     PROTOCOL_VERSION,
+    ArrayPool,
     Frame,
     FrameDecoder,
     Limits,
@@ -83,9 +84,11 @@ def decode_all(data: bytes, limits: Limits | None = None, splits: list[int] | No
     return frames
 
 
-def decode_buffered(data: bytes, read_sizes: list[int], limits: Limits | None = None):
+def decode_buffered(
+    data: bytes, read_sizes: list[int], limits: Limits | None = None, pool: Any = None
+):
     """Feed ``data`` through get_buffer/buffer_updated like a BufferedProtocol + recv_into."""
-    dec = FrameDecoder(limits or Limits())
+    dec = FrameDecoder(limits or Limits(), allocate=pool)
     frames: list[Frame] = []
     pos, i = 0, 0
     while pos < len(data):
@@ -272,6 +275,120 @@ def test_get_buffer_header_read_stops_at_the_header() -> None:
     buf[:PREFIX_SIZE] = head[:PREFIX_SIZE]
     dec.buffer_updated(PREFIX_SIZE)
     assert len(dec.get_buffer(-1)) == len(head) - PREFIX_SIZE
+
+
+# -- the allocate hook and ArrayPool ---------------------------------------------------------
+
+
+def _address(arr: np.ndarray) -> int:
+    return int(arr.__array_interface__["data"][0])
+
+
+def test_array_pool_hands_out_an_array_again_only_when_nothing_refers_to_it() -> None:
+    pool = ArrayPool(10**6)
+    f4 = np.dtype("<f4")
+    a = pool(f4, (100,))
+    first = _address(a)
+    view = a[10:20]  # a view keeps its owner alive ...
+    memview = memoryview(a)  # ... and so does a buffer export
+    del a
+    b = pool(f4, (100,))
+    assert _address(b) != first  # still in use through the view and the memoryview
+    del view
+    c = pool(f4, (100,))
+    assert _address(c) not in (first, _address(b))
+    memview.release()
+    del memview
+    d = pool(f4, (100,))
+    assert _address(d) == first  # nothing refers to it any more: reused
+    assert (pool.allocated, pool.reused) == (3, 1)
+    # Another dtype or shape never gets it.
+    del d
+    assert _address(pool(np.dtype("<f8"), (50,))) != first
+    assert _address(pool(f4, (50, 2))) != first
+
+
+def test_array_pool_keeps_at_most_max_bytes() -> None:
+    pool = ArrayPool(1000)
+    held = [pool(np.dtype("<f4"), (100,)) for _ in range(5)]  # 400 bytes each
+    assert pool.kept_bytes == 800 and pool.allocated == 5
+    addresses = {_address(a) for a in held}
+    del held
+    again = [pool(np.dtype("<f4"), (100,)) for _ in range(5)]
+    # Only the two kept arrays come back; the other three are new (and not kept).
+    assert pool.reused == 2 and pool.kept_bytes == 800
+    assert len({_address(a) for a in again[:2]} & addresses) == 2
+    assert ArrayPool(0)(np.dtype("<f4"), (10,)).shape == (10,)
+    with pytest.raises(ConfigError):
+        ArrayPool(-1)
+
+
+def test_pooled_decoder_never_overwrites_a_frame_still_in_use() -> None:
+    """Frames into pooled arrays: a frame kept alive keeps its bytes; a dropped one's memory
+    receives the next frame, and a frame cut off by EOF never surfaces its stale bytes."""
+    pool = ArrayPool(10**6)
+    a, b, c = (np.arange(1000, dtype=np.float32) * k for k in (1, 2, 3))
+    dec = FrameDecoder(Limits(), allocate=pool)
+    dec.receive_data(join(encode_frame({"type": "x"}, [a])))
+    kept = dec.next_frame()
+    assert kept is not None
+    dec.receive_data(join(encode_frame({"type": "x"}, [b])))
+    second = dec.next_frame()
+    assert second is not None
+    assert not np.shares_memory(kept.tensors[0], second.tensors[0])
+    np.testing.assert_array_equal(kept.tensors[0], a)
+    np.testing.assert_array_equal(second.tensors[0], b)
+    memory = _address(second.tensors[0])
+    del second
+    data = join(encode_frame({"type": "x"}, [c]))
+    dec.receive_data(data[:-8])  # all but the last two values: into the reused memory
+    assert dec.next_frame() is None and pool.reused == 1
+    dec.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="middle of a frame"):
+        dec.next_frame()
+    # A fresh decoder on the same pool: complete frame, same memory, exactly its bytes.
+    dec = FrameDecoder(Limits(), allocate=pool)
+    (frame,) = decode_buffered(join(encode_frame({"type": "x"}, [c])), [333], pool=pool)
+    np.testing.assert_array_equal(frame.tensors[0], c)
+    assert _address(frame.tensors[0]) == memory
+    np.testing.assert_array_equal(kept.tensors[0], a)
+
+
+def test_over_limit_frame_never_reaches_the_allocate_hook() -> None:
+    calls = []
+
+    def allocate(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        calls.append(shape)
+        return np.empty(shape, dtype)
+
+    big = join(encode_frame({"type": "x"}, [np.zeros(1000, np.float32)]))
+    dec = FrameDecoder(Limits(max_tensor_bytes=3999), allocate=allocate)
+    dec.receive_data(big)
+    with pytest.raises(RemoteProtocolError, match="max_tensor_bytes"):
+        dec.next_frame()
+    # Zero-size tensors are not the hook's business either.
+    dec = FrameDecoder(Limits(), allocate=allocate)
+    dec.receive_data(join(encode_frame({"type": "x"}, [np.zeros((0, 3), np.float32)])))
+    assert dec.next_frame() is not None and calls == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda dtype, shape: np.empty(shape, np.float64),  # wrong dtype
+        lambda dtype, shape: np.empty((shape[0] + 1,), dtype),  # wrong shape
+        lambda dtype, shape: np.empty((shape[0], 2), dtype)[:, 0],  # not contiguous
+        lambda dtype, shape: np.broadcast_to(np.zeros(1, dtype), shape),  # read-only
+        lambda dtype, shape: bytearray(4 * shape[0]),  # not an array
+    ],
+)
+def test_a_wrong_allocate_hook_is_a_local_error_not_a_wrong_receive(bad: Any) -> None:
+    dec = FrameDecoder(Limits(), allocate=bad)
+    with pytest.raises(LocalProtocolError, match="allocate"):  # raised where it is called
+        dec.receive_data(join(encode_frame({"type": "x"}, [np.ones(10, np.float32)])))
+        dec.next_frame()
+    with pytest.raises(LocalProtocolError, match="callable"):
+        FrameDecoder(Limits(), allocate=42)  # type: ignore[arg-type]
 
 
 def test_limits_apply_to_the_frame_after_the_one_taken() -> None:

@@ -52,6 +52,18 @@ class _NullTransport:
         return default
 
 
+def _seat_fake_peers(server: ParameterServer, n: int) -> dict[int, Peer]:
+    """Workers 0..n-1 seated on null transports (their payloads are offered directly)."""
+    peers = {}
+    for j in range(n):
+        peer = Peer(server, Connection(Role.SERVER))
+        peer.transport = _NullTransport()  # type: ignore[assignment]
+        peer.worker_id = j
+        server.seats[j] = peer
+        peers[j] = peer
+    return peers
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
@@ -101,13 +113,7 @@ async def _one_round(
     )
     server._inline_ready = inline  # the old behaviour, for the comparison figure
     await server.start()
-    peers = {}
-    for j in range(N):
-        peer = Peer(server, Connection(Role.SERVER))
-        peer.transport = _NullTransport()  # type: ignore[assignment]
-        peer.worker_id = j
-        server.seats[j] = peer
-        peers[j] = peer
+    peers = _seat_fake_peers(server, N)
 
     gaps: list[float] = []
     stop = asyncio.Event()
@@ -199,3 +205,50 @@ def test_cyclic_ready_and_decode_run_off_the_event_loop() -> None:
     for off, inline in zip(offs, inlines, strict=True):
         assert off["ready_calls"] >= 1 and off["ready_calls_off_loop"] == off["ready_calls"]
         assert inline["ready_calls_off_loop"] == 0  # the comparison really ran inline
+
+
+async def _burst_round(n_answers: int) -> tuple[dict[str, Any], int, ParameterServer]:
+    """One cyclic round (n = 15, s = 2, d = 1000) whose first ``n_answers`` payloads are
+    offered back to back, without yielding to the loop in between."""
+    n, s, d = 15, 2, 1000
+    code = _Watched(make_code("cyclic", n, s))
+    grads = np.random.default_rng(1).standard_normal((code.n_partitions, d), dtype=np.float32)
+    engine = RoundEngine(
+        code,
+        np.zeros(d, np.float32),
+        SGD(SGDConfig(lr=1.0), d),
+        rounds=1,
+        decode_rng=lambda: np.random.default_rng(0),
+    )
+    rec = _Recorder()
+    config = PSConfig(n_workers=n, n_adversaries=s, code="cyclic", rounds=1, port=0)
+    server = ParameterServer(
+        config, task_spec={"model": "lstsq"}, code=code, engine=engine, secret=b"x" * 32, hooks=rec
+    )
+    await server.start()
+    peers = _seat_fake_peers(server, n)
+    round_task = asyncio.create_task(server._run_round())
+    while server._round is None:
+        await asyncio.sleep(0)
+    for j in range(n_answers):
+        y = code.encode(j, grads[list(code.partitions_of(j))])
+        msg = m.Gradient(round_index=0, payload=y, compute_seconds=0.0, attempt=0)
+        server.peer_message(peers[j], msg, y.nbytes)
+    await asyncio.wait_for(round_task, BOUND)
+    await server.shutdown("test over")
+    [record] = rec.records
+    return record, len(code.ready_threads), server
+
+
+def test_no_readiness_check_while_the_last_payloads_arrive_back_to_back() -> None:
+    """The O(n d) cyclic ready() waits for a silence without arrivals: a round whose
+    payloads all come in one burst closes as complete with no check at all (before: one
+    check started at the (n-s)-th arrival); a round missing a straggler gets exactly one
+    check, after the burst, and closes early on it."""
+    record, checks, server = asyncio.run(_burst_round(15))
+    assert checks == 0 and server.ready_checks == 0
+    assert record["erasures"] == [] and record["ready_cpu_seconds"] == 0.0
+    record, checks, server = asyncio.run(_burst_round(14))
+    assert checks == 1 and server.ready_checks == 1
+    assert record["erasures"] == [14] and not record["failed"]
+    assert record["ready_cpu_seconds"] > 0.0

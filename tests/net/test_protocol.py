@@ -112,6 +112,71 @@ def test_server_refuses_tensor_bytes_before_authentication() -> None:
         server.next_event()
 
 
+def test_allocate_hook_is_never_reached_before_authentication() -> None:
+    """A hostile pre-auth frame declaring tensors is refused from its prefix, no allocation."""
+    calls: list[tuple[np.dtype, tuple[int, ...]]] = []
+
+    def allocate(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        calls.append((dtype, shape))
+        return np.empty(shape, dtype)
+
+    server = Connection(Role.SERVER, Limits(), allocate)
+    server.receive_data(raw(Hello(PROTOCOL_VERSION, 1)))
+    assert isinstance(server.next_event(), Hello)
+    server.receive_data(raw(Gradient(0, PAYLOAD, 0.0)))
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        server.next_event()
+    assert calls == []
+
+
+def test_allocate_hook_receives_payloads_after_authentication() -> None:
+    target = np.full(PAYLOAD.shape, np.nan, PAYLOAD.dtype)
+    calls = []
+
+    def allocate(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        calls.append((dtype, shape))
+        return target
+
+    server, client = handshake()
+    server._decoder._allocate = allocate  # the hook Connection(..., allocate) installs
+    event = deliver(client, server, Gradient(0, PAYLOAD, 0.0))
+    assert isinstance(event, Gradient) and event.payload is target
+    assert calls == [(PAYLOAD.dtype, PAYLOAD.shape)]
+    np.testing.assert_array_equal(target, PAYLOAD)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 10**6])
+def test_mid_frame_body_means_next_event_needs_data(chunk: int) -> None:
+    """The shells skip the event pump while ``mid_frame_body``: it must never hide an event."""
+    server, client = handshake()
+    data = wire(client.send(Gradient(0, PAYLOAD, 0.0)))
+    seen_mid = False
+    events = []
+    pos = 0
+    while pos < len(data):
+        buf = server.get_buffer(-1)
+        n = min(len(buf), chunk, len(data) - pos)
+        buf[:n] = data[pos : pos + n]
+        pos += n
+        server.buffer_updated(n)
+        if server.mid_frame_body:
+            seen_mid = True
+            assert server.next_event() is NEED_DATA
+        else:
+            while not isinstance(ev := server.next_event(), NeedData):
+                events.append(ev)
+    assert seen_mid  # header reads stop at the header: the body is always entered empty
+    assert len(events) == 1 and isinstance(events[0], Gradient)
+    assert not server.mid_frame_body
+    # EOF in the middle of a body: not "mid body" any more, the error must surface.
+    server.receive_data(data[: len(data) - 4])
+    assert server.mid_frame_body
+    server.receive_data(b"")
+    assert not server.mid_frame_body
+    with pytest.raises(RemoteProtocolError, match="middle of a frame"):
+        server.next_event()
+
+
 def test_gradient_sent_too_early_is_refused_before_parsing() -> None:
     server = Connection(Role.SERVER, Limits())
     server.receive_data(raw(Gradient(0, PAYLOAD, 0.0)))

@@ -380,6 +380,9 @@ async def test_full_run_with_liars_equals_clean_engine_run() -> None:
         assert not r["failed"] and len(r["liars"]) == 1
         assert set(r["adversaries_located"]) <= set(r["liars"])
         assert r["bytes_in"] > 0 and r["bytes_out"] > 0
+    # Payloads after the first rounds landed in earlier rounds' buffers (ArrayPool), and the
+    # model below is still the clean run's: no buffer was reused while in use.
+    assert server.payload_pool.reused >= 7 * 3
     # The clean run, computed without any network.
     code = make_code("repetition", 7, 1)
     w = task.initial_params()
@@ -388,6 +391,33 @@ async def test_full_run_with_liars_equals_clean_engine_run() -> None:
         total = task.partition_gradients(w, t, range(7)).sum(axis=0, dtype=np.float32)
         w = sgd.step(w, total / np.float32(code.n_partitions))
     np.testing.assert_allclose(server.engine.params, w, rtol=1e-6, atol=1e-7)
+
+
+async def test_cyclic_rounds_account_the_ps_cpu_of_the_loop_and_the_ready_checks() -> None:
+    """Cyclic code over real sockets: pooled complex payloads decode to the clean model, and
+    each record splits the loop's CPU (user/system) and counts the off-loop ready checks."""
+    rec = Recorder()
+    server, task = make_server(n=7, s=1, code_name="cyclic", rounds=4, hooks=rec)
+    await server.start()
+    workers = [asyncio.create_task(honest_worker(server, task, j)) for j in range(7)]
+    outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*workers), TIMEOUT)
+    assert outcome.completed and len(rec.records) == 4
+    assert server.payload_pool.reused > 0
+    for r in rec.records:
+        parts = r["decode_cpu_seconds"] + r["loop_cpu_seconds"] + r["ready_cpu_seconds"]
+        assert r["ps_cpu_seconds"] == pytest.approx(parts)
+        split = r["loop_user_cpu_seconds"] + r["loop_sys_cpu_seconds"]
+        # Two clocks of the same thread (rusage is tick-apportioned): close, not equal.
+        assert split == pytest.approx(r["loop_cpu_seconds"], abs=0.02, rel=0.25)
+        assert r["loop_minor_faults"] >= 0 and r["ready_cpu_seconds"] >= 0.0
+    code = make_code("cyclic", 7, 1)
+    w = task.initial_params()
+    sgd = SGD(SGDConfig(lr=0.05), DIM)
+    for t in range(4):
+        total = task.partition_gradients(w, t, range(code.n_partitions)).sum(axis=0)
+        w = sgd.step(w, (total / np.float32(code.n_partitions)).astype(np.float32))
+    np.testing.assert_allclose(server.engine.params, w, rtol=1e-4, atol=1e-5)
 
 
 async def test_bad_gradients_are_erasures_and_the_run_completes() -> None:
