@@ -25,6 +25,8 @@ from draco.optim import SGDConfig
 CODES = ("repetition", "cyclic", "none")
 SCHEDULES = ("random", "fixed")
 LOOPS = ("uvloop", "asyncio")
+#: ``--vote``: full payloads, digest-first (draco.net.rounds.VOTES), or auto (see resolved_vote).
+VOTE_CHOICES = ("full", "digest", "auto")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
@@ -135,6 +137,11 @@ class PSConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
+    # -- the vote (how payloads travel; the model does not depend on it)
+    vote: str = "full"  # "full" | "digest" (repetition, exact vote) | "auto"
+    digest_bytes: int = 32  # BLAKE2b digest length, 16..64
+    max_payload_requests: int | None = None  # per group and attempt; None: s+1
+    payload_timeout: float = 10.0  # seconds a member asked for its payload has
 
     RUN_FIELDS = (
         "n_workers",
@@ -233,6 +240,24 @@ class PSConfig:
             raise ConfigError("--resume needs the run directory to continue")
         if not isinstance(self.limits, ServerLimits):
             raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
+        if self.vote not in VOTE_CHOICES:
+            raise ConfigError(f"--vote must be one of {', '.join(VOTE_CHOICES)}, got {self.vote!r}")
+        if self.vote == "digest" and self.code != "repetition":
+            raise ConfigError(
+                f"--vote digest works with --code repetition only (--code {self.code} needs "
+                "every full payload): use --vote full or auto"
+            )
+        _check_int("--digest-bytes", self.digest_bytes, 16, 64)
+        if self.max_payload_requests is not None:
+            _check_int("--max-payload-requests", self.max_payload_requests, 1)
+        _check_seconds("--payload-timeout", self.payload_timeout)
+
+    def resolved_vote(self, exact: bool = True) -> str:
+        """The vote this run uses: ``auto`` is ``digest`` for the repetition code with the
+        exact vote (``exact``: no ``rtol``), else ``full``."""
+        if self.vote != "auto":
+            return self.vote
+        return "digest" if self.code == "repetition" and exact else "full"
 
     # -- conversions ------------------------------------------------------------------------
 
@@ -329,6 +354,10 @@ class PSConfig:
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
             limits=limits,
+            vote=getattr(args, "vote", "full"),
+            digest_bytes=getattr(args, "digest_bytes", 32),
+            max_payload_requests=getattr(args, "max_payload_requests", None),
+            payload_timeout=getattr(args, "payload_timeout", 10.0),
         )
 
     def code_options(self) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from draco.config import PSConfig
+from draco.core.digests import payload_digest
 from draco.errors import AuthError, DracoError, ProtocolError, VersionMismatchError
 from draco.net import auth
 from draco.net import messages as m
@@ -513,6 +514,10 @@ class ParameterServer:
         self._timed_out: dict[tuple[int, int], float] = {}
         self._late_answer_seconds = 0.0
         self._absent_in_attempt: set[int] = set()
+        # Digest-first vote: the attempt whose payloads are being fetched, and per asked
+        # worker the future its Payload (None: it disconnected) resolves.
+        self._fetching: RoundCollector | None = None
+        self._pending_fetch: dict[int, asyncio.Future[np.ndarray | None]] = {}
         self._last_warning = -math.inf
         self._last_time_warning = -math.inf
         self._suppressed_warnings = 0
@@ -810,6 +815,7 @@ class ParameterServer:
                         attack=attack,
                         attack_seed=seed,
                         attempt=rnd.attempt,
+                        digest_key=rnd.digest_key or b"",
                     )
                 ),
                 at=sent_at,
@@ -826,12 +832,19 @@ class ParameterServer:
             return None
         if timed_out:
             self._timed_out[key] = t0
+        fetch_seconds = 0.0
+        if rnd.digest_mode:
+            t_fetch = time.perf_counter()
+            await self._fetch(rnd)
+            fetch_seconds = time.perf_counter() - t_fetch
+            if self._stop_reason is not None:
+                return None
         wait = time.perf_counter() - t0
         loop_cpu = time.thread_time() - cpu0
         absent = set(self._absent_in_attempt)
         silent = set()
         for j, peer in self.seats.items():
-            if j in rnd.received or j in absent:
+            if rnd.delivered(j) or j in absent:
                 continue
             stuck = rnd.erased.get(j, "").startswith("not reading")
             if stuck or (j not in rnd.erased and peer.last_answered < (rnd.index, 0)):
@@ -842,9 +855,92 @@ class ParameterServer:
             lambda: engine.finish(rnd, wait_seconds=wait, count_failure=counted),
         )
         result.record["wall_seconds"] = time.perf_counter() - t0
+        result.record["fetch_seconds"] = fetch_seconds
         result.record["loop_cpu_seconds"] = loop_cpu
         result.record["ps_cpu_seconds"] = result.record.get("ps_cpu_seconds", 0.0) + loop_cpu
         return result, absent, silent
+
+    async def _fetch(self, rnd: RoundCollector) -> None:
+        """Digest-first vote, phase 2: one verified payload per group, groups in parallel.
+
+        Skipped when a group has no majority digest (the attempt fails at decode anyway and
+        fetching would only cost bandwidth).
+        """
+        rnd.plan_fetch({j: _source(p) for j, p in self.seats.items()})
+        groups = rnd.fetch_groups
+        if len(groups) < len(getattr(self.code, "groups", ())):
+            return
+        self._fetching = rnd
+        try:
+            await asyncio.gather(*(self._fetch_group(rnd, g) for g in groups))
+        finally:
+            self._fetching = None
+            for fut in self._pending_fetch.values():
+                fut.cancel()
+            self._pending_fetch.clear()
+
+    async def _fetch_group(self, rnd: RoundCollector, g: int) -> None:
+        """Ask the members of group ``g``'s majority in turn until one payload verifies.
+
+        Next member on a timeout (``--payload-timeout``), a disconnect, or a payload that does
+        not match the member's own digest (that member is located as a liar); at most
+        ``--max-payload-requests`` requests (``RoundCollector.next_candidate``).
+        """
+        loop = asyncio.get_running_loop()
+        cfg = rnd.digest_config
+        key = rnd.digest_key
+        assert key is not None
+        while self._stop_reason is None:
+            j = rnd.next_candidate(g)
+            if j is None:
+                return
+            peer = self.seats.get(j)
+            if peer is None or peer.closed or peer.last_sent != (rnd.index, rnd.attempt):
+                rnd.give_up(j, "not connected when its payload was needed")
+                continue
+            fut: asyncio.Future[np.ndarray | None] = loop.create_future()
+            self._pending_fetch[j] = fut
+            rnd.requested(
+                j, g, peer.send(m.PayloadRequest(round_index=rnd.index, attempt=rnd.attempt))
+            )
+            try:
+                payload = await asyncio.wait_for(fut, cfg.payload_timeout)
+            except asyncio.TimeoutError:
+                rnd.give_up(j, f"no payload within --payload-timeout {cfg.payload_timeout:g} s")
+                log.info("round %d: worker %d did not send its payload in time", rnd.index, j)
+                continue
+            finally:
+                self._pending_fetch.pop(j, None)
+            if payload is None:
+                rnd.give_up(j, "disconnected before sending its payload")
+                continue
+            # Hashing a 45 MB payload takes ~55 ms: off the event loop (hashlib drops the GIL).
+            digest = await loop.run_in_executor(
+                self._executor, payload_digest, payload, key, cfg.digest_bytes
+            )
+            if rnd.verify(j, payload, digest):
+                return
+            log.warning(
+                "round %d: worker %d sent a payload that does not match its own digest: "
+                "located as a liar",
+                rnd.index,
+                j,
+            )
+
+    def _on_payload(self, peer: Peer, msg: m.Payload, wire_bytes: int) -> None:
+        """A requested payload (the Connection already refused unsolicited/duplicate ones)."""
+        j = peer.worker_id
+        assert j is not None
+        rnd = self._fetching
+        if rnd is None:
+            return  # its attempt is over: a late answer, legal and useless
+        offer = rnd.check_payload(j, msg.round_index, msg.attempt, msg.payload, wire_bytes)
+        if offer.verdict is Verdict.VIOLATION:
+            self.peer_violation(peer, ProtocolError(offer.reason))
+            return
+        fut = self._pending_fetch.get(j)
+        if offer.verdict is Verdict.ACCEPTED and fut is not None and not fut.done():
+            fut.set_result(msg.payload)
 
     async def shutdown(self, reason: str) -> None:
         """Stop accepting, Bye to every peer, wait up to the grace period, abort the rest."""
@@ -938,6 +1034,9 @@ class ParameterServer:
         j = peer.worker_id
         if j is not None and self.seats.get(j) is peer:
             del self.seats[j]
+            fut = self._pending_fetch.get(j)
+            if fut is not None and not fut.done():
+                fut.set_result(None)  # its payload will not come: ask the next member
             rnd = self._round
             if rnd is not None and peer.last_sent == (rnd.index, rnd.attempt):
                 rnd.erase(j, reason)
@@ -951,7 +1050,7 @@ class ParameterServer:
         if rnd.complete or rnd.known_ready:
             self._wake.set()
             return
-        if not rnd.received:
+        if not rnd.received and not rnd.digests:
             return
         if self._inline_ready:
             if rnd.ready:
@@ -1012,7 +1111,10 @@ class ParameterServer:
             self._erase_peer(peer, f"error: {msg.code}")
             peer.close()
             return
-        if isinstance(msg, m.Gradient) and (msg.round_index, msg.attempt) > peer.last_answered:
+        if (
+            isinstance(msg, m.Gradient | m.Digest)
+            and (msg.round_index, msg.attempt) > peer.last_answered
+        ):
             # A payload for a newer (round, attempt) opens a new count: a worker answering a
             # backlog after a pause sends many in a row, each a legitimate (late) answer.
             peer.messages_in_round = 0
@@ -1025,13 +1127,17 @@ class ParameterServer:
                 ),
             )
             return
-        if isinstance(msg, m.Gradient):
-            self._on_gradient(peer, msg, wire_bytes)
+        if isinstance(msg, m.Gradient | m.Digest):
+            self._on_answer(peer, msg, wire_bytes)
+            return
+        if isinstance(msg, m.Payload):
+            self._on_payload(peer, msg, wire_bytes)
             return
         # The Connection's state table admits nothing else from a READY client.
         self.peer_violation(peer, ProtocolError(f"unexpected {type(msg).__name__}"))
 
-    def _on_gradient(self, peer: Peer, msg: m.Gradient, wire_bytes: int) -> None:
+    def _on_answer(self, peer: Peer, msg: m.Gradient | m.Digest, wire_bytes: int) -> None:
+        """A worker's answer to a RoundStart: a full payload, or (digest vote) a digest."""
         j = peer.worker_id
         assert j is not None
         key = (msg.round_index, msg.attempt)
@@ -1063,10 +1169,12 @@ class ParameterServer:
         rnd = self._round
         if rnd is None or key < (rnd.index, rnd.attempt):
             return  # a straggler's payload for a closed attempt: useless, harmless
-        offer = rnd.offer(
+        # The collector validates either kind of answer the same way (order, duplicates).
+        value: Any = msg.digest if isinstance(msg, m.Digest) else msg.payload
+        offer = (rnd.offer_digest if isinstance(msg, m.Digest) else rnd.offer)(
             j,
             msg.round_index,
-            msg.payload,
+            value,
             msg.compute_seconds,
             wire_bytes,
             received_at=time.perf_counter(),
@@ -1192,6 +1300,8 @@ class ParameterServer:
             "seed": self.config.seed,
             "round_timeout": self.config.round_timeout,
             "attack_options": dict(getattr(self.config, "attack_options", {}) or {}),
+            "vote": self.engine.vote,
+            "digest_bytes": self.engine.digest_config.digest_bytes,
         }
 
 
