@@ -18,10 +18,11 @@ shapes the PS's egress (the parameter broadcast, the same P x d x 4 bytes in bot
 
 Output: one JSON object per run, with per round (after ``--warmup`` rounds): ``bytes_in``
 (read from the workers' sockets, answers that came after an early close included) and its
-ratio to P x d x 4 (``ingress_ratio``), ``bytes_used`` (the record's: what the round
-used), the PS's wall time per round (``round_seconds``: broadcast until the model is
-updated), its CPU time (``ps_cpu_seconds``), and the fetch phase (``fetch_seconds``, the extra request/response trip). Medians and
-[min, max] are given; the machine's load average (``uptime``) is recorded before and after.
+ratio to P x d x 4 (``ingress_ratio``), ``bytes_used`` (the record's: what the round used),
+the PS's wall time per round (``round_seconds``: broadcast until the model is updated), its
+CPU time (``ps_cpu_seconds``), and the fetch phase (``fetch_seconds``, the extra
+request/response trip). Medians and [min, max] are given; the machine's load average
+(``/proc/loadavg``) is recorded before and after.
 """
 
 from __future__ import annotations
