@@ -214,7 +214,7 @@ def _load() -> str:
 
 
 async def _serve(args: argparse.Namespace, host: str, netns: str | None) -> dict[str, Any]:
-    from draco.config import PSConfig
+    from draco.config import PSConfig, ServerLimits
     from draco.core.codes import make_code
     from draco.net.rounds import RoundEngine
     from draco.net.server import ParameterServer
@@ -245,6 +245,8 @@ async def _serve(args: argparse.Namespace, host: str, netns: str | None) -> dict
         join_timeout=120.0,
         vote=args.vote,
         payload_timeout=600.0,
+        # All P workers connect from one process at once: room for all their handshakes.
+        limits=ServerLimits(max_pending_per_source=max(16, n), max_pending_handshakes=max(256, n)),
     )
     engine = RoundEngine(
         code,
