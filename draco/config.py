@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,16 @@ SCHEDULES = ("random", "fixed")
 LOOPS = ("uvloop", "asyncio")
 #: ``--vote``: full payloads, digest-first (draco.net.rounds.VOTES), or auto (see resolved_vote).
 VOTE_CHOICES = ("full", "digest", "auto")
+
+
+def _is_loopback(host: str) -> bool:
+    """True for a loopback listen address (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume other hosts can reach it
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
@@ -138,7 +149,7 @@ class PSConfig:
     tls_ca: Path | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
     # -- the vote (how payloads travel; the model does not depend on it)
-    vote: str = "full"  # "full" | "digest" (repetition, exact vote) | "auto"
+    vote: str = "auto"  # "full" | "digest" (repetition, exact vote) | "auto" (resolved_vote)
     digest_bytes: int = 32  # BLAKE2b digest length, 16..64
     max_payload_requests: int | None = None  # per group and attempt; None: s+1
     payload_timeout: float = 10.0  # seconds a member asked for its payload has
@@ -253,11 +264,20 @@ class PSConfig:
         _check_seconds("--payload-timeout", self.payload_timeout)
 
     def resolved_vote(self, exact: bool = True) -> str:
-        """The vote this run uses: ``auto`` is ``digest`` for the repetition code with the
-        exact vote (``exact``: no ``rtol``), else ``full``."""
+        """The vote this run uses. ``auto``: ``digest`` for the repetition code with the exact
+        vote (``exact``: no ``rtol``) when the PS listens on a non-loopback address (workers
+        on other hosts: the PS's link is what the digest vote saves), else ``full``.
+
+        Why not on loopback: there every worker shares the PS's machine, so there is no link
+        to save and the workers' hashing and the extra request trip compete with the PS for
+        the same cores (benchmarks/results.md, "Digest-first vote": slower on loopback,
+        faster on a 1 Gb/s link).
+        """
         if self.vote != "auto":
             return self.vote
-        return "digest" if self.code == "repetition" and exact else "full"
+        if self.code != "repetition" or not exact or _is_loopback(self.host):
+            return "full"
+        return "digest"
 
     # -- conversions ------------------------------------------------------------------------
 

@@ -319,3 +319,42 @@ async def test_duplicate_or_unsolicited_payloads_close_the_connection(case: str)
         assert not r["failed"] and r["adversaries_located"] == []
     assert done[0]["digests"] == 1  # gone after its first round
     assert all(r["worker_compute_seconds"][0] is None for r in rec.records[1:])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--vote", "digest", "--code", "cyclic"], "--vote digest works with --code repetition"),
+        (["--vote", "digest", "--digest-bytes", "8"], "--digest-bytes"),
+        (["--vote", "digest", "--max-payload-requests", "0"], "--max-payload-requests"),
+        (["--vote", "digest", "--payload-timeout", "-1"], "--payload-timeout"),
+    ],
+)
+async def test_draco_ps_vote_usage_errors_are_one_line_exit_2(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from draco.cli import ps
+
+    argv = ["--workers", "5", "--adversaries", "1", "--model", "lstsq", *flags]
+    assert ps.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("draco-ps: error:") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("host", "code", "want"),
+    [
+        ("127.0.0.1", "repetition", "full"),
+        ("localhost", "repetition", "full"),
+        ("0.0.0.0", "repetition", "digest"),
+        ("10.0.0.7", "repetition", "digest"),
+        ("0.0.0.0", "cyclic", "full"),
+    ],
+)
+async def test_vote_auto_is_digest_for_repetition_off_loopback(
+    host: str, code: str, want: str
+) -> None:
+    from draco.config import PSConfig
+
+    assert PSConfig(host=host, code=code).resolved_vote() == want
+    assert PSConfig(host=host, code=code).resolved_vote(exact=False) == "full"
