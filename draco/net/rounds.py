@@ -55,6 +55,7 @@ import numpy as np
 from draco.core.digests import (
     DEFAULT_DIGEST_BYTES,
     DEFAULT_KEY_BYTES,
+    GroupDigestVote,
     check_digest_bytes,
     decode_repetition_digests,
     payload_digest,
@@ -314,8 +315,9 @@ class RoundCollector:
         self.fetch_liars: dict[int, str] = {}  # worker -> why (payload != its own digest)
         self.fetch_failed: dict[int, str] = {}  # worker -> why it did not deliver (timeout...)
         self.asked: dict[int, int] = {}  # worker -> group, payload requests sent
-        self._fetch_votes: list[Any] | None = None
+        self._fetch_votes: dict[int, GroupDigestVote] = {}  # group -> its vote, once planned
         self._fetch_order: dict[int, list[int]] = {}
+        self._host_load: dict[Any, int] = {}  # host -> groups it serves this attempt
 
     @property
     def index(self) -> int:
@@ -458,37 +460,58 @@ class RoundCollector:
     def _groups(self) -> tuple[tuple[int, ...], ...]:
         return tuple(tuple(g) for g in _code_groups(self.code))
 
-    def plan_fetch(self, hosts: Mapping[int, Any] | None = None) -> None:
-        """Close the digest phase: vote, and order each group's majority for the requests.
+    def group_of(self, worker: int) -> int:
+        """The repetition group of ``worker``."""
+        for g, members in enumerate(self._groups()):
+            if worker in members:
+                return g
+        raise ValueError(f"worker {worker} is in no group")
 
-        Spread: each group's candidates start at a rotation of its majority that moves with
-        the round and attempt (so the same worker does not serve every round), then the
-        groups are assigned greedily to the host that serves the fewest groups so far
-        (``hosts``: worker -> host; None: every worker on its own host).
+    def group_decided(self, group: int) -> bool:
+        """``group`` already has s+1 equal eligible digests: its fetch may start now, before
+        the other groups are decided (the fetch overlaps the stragglers' answers)."""
+        members = self._groups()[group]
+        eligible = {j: d for j, d in self._eligible_digests().items() if j in members}
+        return vote_digests([members], eligible, self.code.n_adversaries)[0].digest is not None
+
+    def plan_group(self, group: int, hosts: Mapping[int, Any] | None = None) -> GroupDigestVote:
+        """Vote in ``group`` and order its majority for the payload requests.
+
+        Spread: the candidates start at a rotation of the majority that moves with the round
+        and attempt (so the same worker does not serve every round), then members on hosts
+        that serve fewer groups of this attempt go first (``hosts``: worker -> host; None:
+        every worker on its own host). A group's winner does not change once it has s+1
+        equal digests (unless more than s members lie), so planning early is safe.
         """
-        votes = vote_digests(self._groups(), self._eligible_digests(), self.code.n_adversaries)
-        self._fetch_votes = votes
-        load: dict[Any, int] = {}
-        for g, vote in enumerate(votes):
-            backers = list(vote.backers)
-            if not backers:
-                self._fetch_order[g] = []
-                continue
-            shift = (self.index + self.attempt + g) % len(backers)
-            ring = backers[shift:] + backers[:shift]
+        members = self._groups()[group]
+        eligible = {j: d for j, d in self._eligible_digests().items() if j in members}
+        vote = vote_digests([members], eligible, self.code.n_adversaries)[0]
+        self._fetch_votes[group] = vote
+        backers = list(vote.backers)
+        if not backers:
+            self._fetch_order[group] = []
+            return vote
+        shift = (self.index + self.attempt + group) % len(backers)
+        ring = backers[shift:] + backers[:shift]
 
-            def host(j: int) -> Any:
-                return hosts.get(j, ("worker", j)) if hosts is not None else ("worker", j)
+        def host(j: int) -> Any:
+            return hosts.get(j, ("worker", j)) if hosts is not None else ("worker", j)
 
-            ring.sort(key=lambda j: load.get(host(j), 0))  # stable: the rotation breaks ties
-            load[host(ring[0])] = load.get(host(ring[0]), 0) + 1
-            self._fetch_order[g] = ring
+        ring.sort(key=lambda j: self._host_load.get(host(j), 0))  # stable: rotation breaks ties
+        self._host_load[host(ring[0])] = self._host_load.get(host(ring[0]), 0) + 1
+        self._fetch_order[group] = ring
+        return vote
+
+    def plan_fetch(self, hosts: Mapping[int, Any] | None = None) -> None:
+        """Close the digest phase: plan every group not planned yet (``plan_group``)."""
+        for g in range(len(self._groups())):
+            if g not in self._fetch_votes:
+                self.plan_group(g, hosts)
 
     @property
     def fetch_groups(self) -> list[int]:
-        """Groups the fetch phase has to serve (those with a majority digest)."""
-        assert self._fetch_votes is not None, "plan_fetch() first"
-        return [g for g, v in enumerate(self._fetch_votes) if v.digest is not None]
+        """Planned groups with a majority digest (the fetch phase serves them)."""
+        return sorted(g for g, v in self._fetch_votes.items() if v.digest is not None)
 
     def next_candidate(self, group: int) -> int | None:
         """The next majority member to ask for ``group``'s payload, or None (given up).
@@ -540,7 +563,6 @@ class RoundCollector:
         does not match the digest the worker itself sent, so the worker is located as a
         liar (the shell asks the next member).
         """
-        assert self._fetch_votes is not None
         g = self.asked[worker]
         if g in self.verified:
             return True
@@ -876,10 +898,10 @@ class RoundEngine:
         non-finite one is an erasure, as in the full vote). Returns (digests, erased).
         """
         digests = dict(rnd.digests)
-        if self.attack is None or not rnd.plan.simulated_at_ps or rnd._fetch_votes is None:
+        if self.attack is None or not rnd.plan.simulated_at_ps:
             return digests, frozenset()
         rebuilt: dict[int, np.ndarray] = {}
-        for g, vote in enumerate(rnd._fetch_votes):
+        for g, vote in rnd._fetch_votes.items():
             payload = rnd.verified.get(g)
             if payload is None or vote.digest is None:
                 continue

@@ -518,6 +518,8 @@ class ParameterServer:
         # worker the future its Payload (None: it disconnected) resolves.
         self._fetching: RoundCollector | None = None
         self._pending_fetch: dict[int, asyncio.Future[np.ndarray | None]] = {}
+        self._fetch_tasks: dict[int, asyncio.Future[None]] = {}  # group -> its fetch
+        self._fetch_hosts: dict[int, str] = {}  # worker -> host, at the attempt's broadcast
         self._last_warning = -math.inf
         self._last_time_warning = -math.inf
         self._suppressed_warnings = 0
@@ -568,6 +570,9 @@ class ParameterServer:
         if self._stop_reason is None:
             self._stop_reason = reason
             self._stop_code = exit_code
+        for fut in self._pending_fetch.values():
+            if not fut.done():
+                fut.set_result(None)  # a payload fetch in progress ends now
         if self._wake is not None:
             self._wake.set()
 
@@ -792,6 +797,11 @@ class ParameterServer:
         self._round = rnd
         self._absent_in_attempt = set()
         self._wake.clear()
+        if rnd.digest_mode:
+            # Payload requests may start during the digest phase (``_fetch_early``).
+            self._fetching = rnd
+            self._fetch_tasks = {}
+            self._fetch_hosts = {j: _source(p) for j, p in self.seats.items()}
         for j in range(self.n_workers):
             peer = self.seats.get(j)
             if peer is None or peer.closed:
@@ -829,6 +839,7 @@ class ParameterServer:
                 timed_out = not rnd.complete
         self._round = None  # from here, payloads for this attempt are stale
         if self._stop_reason is not None:
+            self._end_fetch()
             return None
         if timed_out:
             self._timed_out[key] = t0
@@ -866,18 +877,36 @@ class ParameterServer:
         Skipped when a group has no majority digest (the attempt fails at decode anyway and
         fetching would only cost bandwidth).
         """
-        rnd.plan_fetch({j: _source(p) for j, p in self.seats.items()})
-        groups = rnd.fetch_groups
-        if len(groups) < len(getattr(self.code, "groups", ())):
-            return
-        self._fetching = rnd
         try:
-            await asyncio.gather(*(self._fetch_group(rnd, g) for g in groups))
+            rnd.plan_fetch(self._fetch_hosts)
+            groups = rnd.fetch_groups
+            if len(groups) < len(getattr(self.code, "groups", ())):
+                return
+            for g in groups:
+                if g not in self._fetch_tasks:
+                    self._fetch_tasks[g] = asyncio.ensure_future(self._fetch_group(rnd, g))
+            await asyncio.gather(*self._fetch_tasks.values())
         finally:
-            self._fetching = None
-            for fut in self._pending_fetch.values():
-                fut.cancel()
-            self._pending_fetch.clear()
+            self._end_fetch()
+
+    def _end_fetch(self) -> None:
+        """The attempt's fetch is over (done, given up, or stopping): cancel what is left."""
+        self._fetching = None
+        for task in self._fetch_tasks.values():
+            task.cancel()
+        self._fetch_tasks = {}
+        for fut in self._pending_fetch.values():
+            fut.cancel()
+        self._pending_fetch.clear()
+
+    def _fetch_early(self, rnd: RoundCollector, j: int) -> None:
+        """Worker ``j``'s digest arrived: if its group is now decided, ask for its payload at
+        once, while the other groups' digests are still coming in."""
+        g = rnd.group_of(j)
+        if g in self._fetch_tasks or not rnd.group_decided(g):
+            return
+        rnd.plan_group(g, self._fetch_hosts)
+        self._fetch_tasks[g] = asyncio.ensure_future(self._fetch_group(rnd, g))
 
     async def _fetch_group(self, rnd: RoundCollector, g: int) -> None:
         """Ask the members of group ``g``'s majority in turn until one payload verifies.
@@ -1180,6 +1209,8 @@ class ParameterServer:
             received_at=time.perf_counter(),
             attempt=msg.attempt,
         )
+        if offer.verdict is Verdict.ACCEPTED and isinstance(msg, m.Digest):
+            self._fetch_early(rnd, j)
         if offer.verdict is Verdict.VIOLATION:
             self.peer_violation(peer, ProtocolError(offer.reason))
         elif offer.verdict is Verdict.ERASURE:

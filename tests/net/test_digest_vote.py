@@ -38,6 +38,7 @@ class Behaviour:
     """How a fake worker answers; the defaults are an honest worker's."""
 
     unsolicited = False  # send the payload right after the digest, unasked
+    delay = 0.0  # seconds before sending the digest (to fix who backs a group first)
 
     def digest(self, t: int, y: np.ndarray, key: bytes, n: int) -> bytes:
         return payload_digest(y, key, n)
@@ -90,6 +91,8 @@ async def digest_worker(
                 y, rng=rng, n_workers=cfg["n_workers"], n_adversaries=cfg["n_adversaries"]
             )
         held[(ev.round_index, ev.attempt)] = y
+        if how.delay:
+            await asyncio.sleep(how.delay)
         client.send(
             m.Digest(
                 round_index=ev.round_index,
@@ -143,6 +146,26 @@ def groups_of(n: int = N, s: int = S) -> tuple[tuple[int, ...], ...]:
     return make_code("repetition", n, s).groups
 
 
+class Late(Behaviour):
+    delay = 0.3
+
+
+def first_backers(behaviours: dict[int, Behaviour], n: int = N, s: int = S) -> dict[int, Behaviour]:
+    """Delay the digests of every other member of the behaving workers' groups but s+1
+    in all: a group's fetch starts as soon as s+1 equal digests are in, so those s+1
+    (the behaving workers first) are the ones asked, in id order rotated by the round."""
+    out = dict(behaviours)
+    for members in groups_of(n, s):
+        chosen = [j for j in members if j in behaviours]
+        if not chosen:
+            continue
+        partners = [j for j in members if j not in behaviours][: s + 1 - len(chosen)]
+        for j in members:
+            if j not in chosen and j not in partners:
+                out[j] = Late()
+    return out
+
+
 async def test_clean_run_fetches_one_payload_per_group_and_matches_the_full_vote() -> None:
     server, rec, done = await run()
     full, full_rec, _ = await run(vote="full")
@@ -173,7 +196,7 @@ class WrongDigest(Behaviour):
 async def test_liar_with_the_honest_digest_and_another_payload_is_located(liar: int) -> None:
     """Whichever member the PS asks first, the model is the full vote's; a liar that was
     asked is located (and costs one more request), nobody else is ever named."""
-    server, rec, _ = await run({liar: HonestDigestOtherPayload()})
+    server, rec, _ = await run(first_backers({liar: HonestDigestOtherPayload()}))
     assert server.engine.params.tobytes() == await full_vote_params()
     n_groups = len(groups_of())
     asked = 0
@@ -185,9 +208,9 @@ async def test_liar_with_the_honest_digest_and_another_payload_is_located(liar: 
             assert r["payload_requests"] == n_groups + 1
         else:
             assert r["payload_requests"] == n_groups
-    # The first member asked rotates with the round: over ROUNDS >= group size rounds every
-    # member of a group is asked first once.
-    assert asked >= 1
+    # The liar and one partner back its group first; who is asked first alternates with the
+    # round (rotation by round + group), so the liar is asked first in half the rounds.
+    assert asked == ROUNDS // 2
 
 
 @pytest.mark.parametrize("liar", [0, 5])
@@ -233,7 +256,9 @@ async def test_colluders_in_the_majority_cost_at_most_s_more_requests() -> None:
     one, the (s+1)-th request of the default limit."""
     n, s = 10, 2
     liars = {0, 1}
-    server, rec, _ = await run({j: CollusionInMajority() for j in liars}, n=n, s=s)
+    server, rec, _ = await run(
+        first_backers({j: CollusionInMajority() for j in liars}, n, s), n=n, s=s
+    )
     assert server.engine.params.tobytes() == await full_vote_params(n=n, s=s)
     first = rec.records[0]
     assert not first["failed"] and set(first["adversaries_located"]) == liars
@@ -247,7 +272,7 @@ async def test_a_request_limit_below_the_liars_fails_the_attempt_not_the_model()
     the retry, with a fresh key and the next member first, succeeds."""
     n, s = 10, 2
     server, rec, _ = await run(
-        {0: CollusionInMajority()},
+        first_backers({0: CollusionInMajority()}, n, s),
         n=n,
         s=s,
         digest=DigestVoteConfig(max_payload_requests=1),
@@ -266,7 +291,7 @@ class Vanish(Behaviour):
 
 async def test_a_majority_member_that_disconnects_before_its_payload_is_replaced() -> None:
     # Worker 0 is asked first in round 0 (rotation 0); it drops, worker 1 serves the group.
-    server, rec, done = await run({0: Vanish()})
+    server, rec, done = await run(first_backers({0: Vanish()}))
     assert server.engine.params.tobytes() == await full_vote_params()
     first = rec.records[0]
     assert not first["failed"] and first["attempts"] == 1
@@ -283,7 +308,9 @@ class Silent(Behaviour):
 
 
 async def test_a_member_that_does_not_answer_in_time_is_replaced() -> None:
-    server, rec, _ = await run({0: Silent()}, digest=DigestVoteConfig(payload_timeout=0.3))
+    server, rec, _ = await run(
+        first_backers({0: Silent()}), digest=DigestVoteConfig(payload_timeout=0.3)
+    )
     assert server.engine.params.tobytes() == await full_vote_params()
     first = rec.records[0]
     assert not first["failed"] and first["fetch_seconds"] >= 0.3
@@ -312,7 +339,7 @@ async def test_duplicate_or_unsolicited_payloads_close_the_connection(case: str)
     """Worker 0 (asked first in round 0) breaks the payload rule: its connection is closed
     as a protocol violation, and the rounds go on with the others (model unchanged)."""
     how: Behaviour = Duplicate() if case == "duplicate" else Unsolicited()
-    server, rec, done = await run({0: how})
+    server, rec, done = await run(first_backers({0: how}))
     assert server.refused == 1  # the violation closed worker 0's connection, nothing else
     assert server.engine.params.tobytes() == await full_vote_params()
     for r in rec.records:
