@@ -91,8 +91,13 @@ async def _workers_async(host: str, port: int, n: int, s: int, dim: int) -> None
     from draco.net import messages as m
     from draco.net.frames import PROTOCOL_VERSION, Limits
     from draco.net.protocol import Connection, Role
+    from draco.net.server import retain_freed_memory
     from draco.net.worker import _ClientProtocol
 
+    # This one process stands for P hosts and receives P parameter vectors per round: keep
+    # their freed buffers mapped so each round does not page-fault P x d x 4 fresh bytes
+    # (the PS does the same for its payloads; d x 4 may exceed glibc's default threshold).
+    retain_freed_memory(max_chunk=max(32 << 20, dim * 4 + (1 << 20)), keep=4 << 30)
     loop = asyncio.get_running_loop()
     group_of, payloads = _group_payloads(n, s, dim)
     # (key, group) -> the digest being computed: once per group and round, shared.

@@ -32,6 +32,11 @@ What this module does (the round logic itself is ``rounds.RoundEngine``):
    reading) is skipped for the attempt rather than buffered without bound. A protocol
    violation (malformed frame, a wrong-shape payload, too many messages, ...) is an erasure
    for the attempt and closes that connection; the server goes on.
+   Digest-first vote (``--vote digest``, docs/protocol.md section 6): the RoundStart carries
+   a fresh key, workers answer with keyed digests, and as soon as a group has s+1 equal
+   digests one member of that majority is asked for its payload (``_fetch_group``: hashed in
+   the helper thread, next member on a mismatch, ``--payload-timeout`` or a disconnect);
+   the attempt closes once every group's payload is verified or given up.
    A failed attempt is retried under the next attempt number after a pause that doubles
    (``RETRY_BACKOFF_BASE`` .. ``RETRY_BACKOFF_CAP``) and ends early once every seat is
    taken again. Attempts made while workers were not connected do not count against

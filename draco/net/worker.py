@@ -56,6 +56,7 @@ import numpy as np
 
 from draco.core.attacks import make_attack
 from draco.core.codes import make_code
+from draco.core.decoding import bitwise_equal
 from draco.core.digests import DEFAULT_DIGEST_BYTES, check_digest_bytes, payload_digest
 from draco.errors import (
     AuthError,
@@ -139,6 +140,10 @@ class _Compute:
         self._tasks: dict[str, Task] = {}
         # (task key, flip_labels) -> (round, params, {partition: (gradient row, seconds)})
         self._grads: dict[tuple[str, bool], tuple[int, np.ndarray, dict[int, Any]]] = {}
+        # Digest vote: (digest key, size) -> [(payload, digest)] for the newest key only. The
+        # members of a group in this process send bit-identical payloads: one hash, then a
+        # byte comparison (~5x cheaper) for each of the others.
+        self._digests: dict[tuple[bytes, int], list[tuple[np.ndarray, bytes]]] = {}
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -183,6 +188,20 @@ class _Compute:
                 done[k] = (g[row], per)
         rows = np.stack([done[k][0] for k in partitions]).astype(np.float32, copy=False)
         return rows, float(sum(done[k][1] for k in partitions))
+
+    def digest(self, payload: np.ndarray, key: bytes, size: int) -> bytes:
+        """``payload_digest(payload, key, size)``, shared between equal payloads of a round."""
+        payload = np.ascontiguousarray(payload)  # bitwise_equal compares memory
+        slot = (bytes(key), int(size))
+        if slot not in self._digests:
+            self._digests = {slot: []}  # a new round's key: the old digests are useless
+        seen = self._digests[slot]
+        for other, digest in seen:
+            if bitwise_equal(other, payload):
+                return digest
+        digest = payload_digest(payload, key, size)
+        seen.append((payload, digest))
+        return digest
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -498,7 +517,7 @@ class LogicalWorker:
             if msg.digest_key:
                 key = (msg.round_index, msg.attempt)
                 digest = await self.compute.run(
-                    payload_digest, payload, msg.digest_key, setup.digest_bytes
+                    self.compute.digest, payload, msg.digest_key, setup.digest_bytes
                 )
                 held[key] = payload
                 for old in sorted(held)[:-HELD_PAYLOADS]:

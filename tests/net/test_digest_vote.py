@@ -63,7 +63,7 @@ async def digest_worker(
     assert cfg["vote"] == "digest"
     code = make_code(cfg["code"], cfg["n_workers"], cfg["n_adversaries"], **cfg["code_options"])
     held: dict[tuple[int, int], np.ndarray] = {}
-    counts = {"digests": 0, "payloads": 0, "requests": 0}
+    counts: dict[str, Any] = {"digests": 0, "payloads": 0, "requests": 0, "keys": []}
     while True:
         ev = await client.recv()
         if ev is CLOSED or isinstance(ev, m.Bye | m.Error):
@@ -83,6 +83,7 @@ async def digest_worker(
             how.after_payload(client, ev.round_index, ev.attempt, out)
             continue
         assert isinstance(ev, m.RoundStart) and len(ev.digest_key) == 32
+        counts["keys"].append(ev.digest_key)
         g = task.partition_gradients(ev.params, ev.round_index, cfg["partitions"])
         y = code.encode(j, g)
         if ev.attack is not None:
@@ -176,6 +177,9 @@ async def test_clean_run_fetches_one_payload_per_group_and_matches_the_full_vote
         assert r["payload_requests"] == n_groups
         assert r["adversaries_located"] == [] and r["erasures"] == []
     assert sum(c["payloads"] for c in done) == n_groups * ROUNDS
+    # One fresh key per round, the same for every worker of the round.
+    keys = [c["keys"] for c in done]
+    assert all(k == keys[0] for k in keys) and len(set(keys[0])) == ROUNDS
     # Spread: the servers of a group rotate with the round.
     assert sum(1 for c in done if c["payloads"]) > n_groups
 
@@ -271,7 +275,7 @@ async def test_a_request_limit_below_the_liars_fails_the_attempt_not_the_model()
     """--max-payload-requests 1 with a lying first member: the attempt fails (model kept) and
     the retry, with a fresh key and the next member first, succeeds."""
     n, s = 10, 2
-    server, rec, _ = await run(
+    server, rec, done = await run(
         first_backers({0: CollusionInMajority()}, n, s),
         n=n,
         s=s,
@@ -279,6 +283,8 @@ async def test_a_request_limit_below_the_liars_fails_the_attempt_not_the_model()
     )
     assert server.engine.params.tobytes() == await full_vote_params(n=n, s=s)
     assert rec.records[0]["attempts"] == 2 and not rec.records[0]["failed"]
+    keys = done[0]["keys"]
+    assert len(keys) == ROUNDS + 1 and len(set(keys)) == ROUNDS + 1  # the retry: a new key
     assert "no member of its majority" in rec.records[0]["retry_error"]
 
 
