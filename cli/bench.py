@@ -22,7 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     bench_net.add_parser(sub)
     bench_siege.add_parser(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    from draco.errors import DracoError
+
+    try:
+        return int(args.func(args))
+    except DracoError as exc:  # a user mistake or an unusable machine: one line, status 2
+        print(f"draco-bench: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
+    from draco.cli import bench_vote
+
+    bench_vote.add_arguments(p)  # --vote full|digest: whole PS rounds (cli/bench_vote.py)
     p.set_defaults(func=run)
 
 
@@ -419,6 +422,10 @@ def measure(
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "vote", None) is not None:
+        from draco.cli import bench_vote
+
+        return bench_vote.run(args)
     result = measure(
         args.workers, args.dim, args.repeats, args.loop, args.trials, not args.no_payload_checks
     )

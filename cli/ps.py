@@ -38,7 +38,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from draco.config import CODES, LOOPS, SCHEDULES, PSConfig, ServerLimits
+from draco.config import CODES, LOOPS, SCHEDULES, VOTE_CHOICES, PSConfig, ServerLimits
 from draco.errors import ConfigError, DracoError
 from draco.optim import SGD
 from draco.task import Task, add_task_arguments, make_task, task_spec_from_args
@@ -239,6 +239,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K", help="0 = never"
+    )
+    vg = p.add_argument_group("vote (docs/protocol.md section 6)")
+    vg.add_argument(
+        "--vote",
+        choices=VOTE_CHOICES,
+        default=d.vote,
+        help="full: every worker sends its payload; digest: (repetition code, exact vote) "
+        "every worker sends a keyed BLAKE2b digest and the PS fetches one payload per group; "
+        "auto: digest where it applies, else full",
+    )
+    vg.add_argument(
+        "--digest-bytes",
+        type=int,
+        default=d.digest_bytes,
+        metavar="N",
+        help="digest length, 16..64 bytes",
+    )
+    vg.add_argument(
+        "--max-payload-requests",
+        type=int,
+        default=d.max_payload_requests,
+        metavar="K",
+        help="payload requests per group and attempt before the attempt fails (default s+1)",
+    )
+    vg.add_argument(
+        "--payload-timeout",
+        type=float,
+        default=d.payload_timeout,
+        metavar="SEC",
+        help="seconds an asked worker has to send its payload before the next one is asked",
     )
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_task_arguments(p)
@@ -499,7 +529,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
     """Build everything from ``config`` and serve the run; returns the exit status."""
     from draco.core.codes import make_code
     from draco.net import auth
-    from draco.net.rounds import RoundEngine
+    from draco.net.rounds import DigestVoteConfig, RoundEngine
     from draco.net.server import ParameterServer
 
     if config.secret_file is None:
@@ -537,6 +567,12 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
         schedule=config.adversary_schedule,
         max_failed_rounds=config.max_failed_rounds,
         link_gbps=config.link_gbps,
+        vote=config.resolved_vote(exact=getattr(code, "rtol", None) is None),
+        digest=DigestVoteConfig(
+            digest_bytes=config.digest_bytes,
+            max_payload_requests=config.max_payload_requests,
+            payload_timeout=config.payload_timeout,
+        ),
     )
     wall_offset = 0.0
     if rundir is not None:

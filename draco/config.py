@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,18 @@ from draco.optim import SGDConfig
 CODES = ("repetition", "cyclic", "none")
 SCHEDULES = ("random", "fixed")
 LOOPS = ("uvloop", "asyncio")
+#: ``--vote``: full payloads, digest-first (draco.net.rounds.VOTES), or auto (see resolved_vote).
+VOTE_CHOICES = ("full", "digest", "auto")
+
+
+def _is_loopback(host: str) -> bool:
+    """True for a loopback listen address (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume other hosts can reach it
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
@@ -135,6 +148,11 @@ class PSConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
+    # -- the vote (how payloads travel; the model does not depend on it)
+    vote: str = "auto"  # "full" | "digest" (repetition, exact vote) | "auto" (resolved_vote)
+    digest_bytes: int = 32  # BLAKE2b digest length, 16..64
+    max_payload_requests: int | None = None  # per group and attempt; None: s+1
+    payload_timeout: float = 10.0  # seconds a member asked for its payload has
 
     RUN_FIELDS = (
         "n_workers",
@@ -233,6 +251,33 @@ class PSConfig:
             raise ConfigError("--resume needs the run directory to continue")
         if not isinstance(self.limits, ServerLimits):
             raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
+        if self.vote not in VOTE_CHOICES:
+            raise ConfigError(f"--vote must be one of {', '.join(VOTE_CHOICES)}, got {self.vote!r}")
+        if self.vote == "digest" and self.code != "repetition":
+            raise ConfigError(
+                f"--vote digest works with --code repetition only (--code {self.code} needs "
+                "every full payload): use --vote full or auto"
+            )
+        _check_int("--digest-bytes", self.digest_bytes, 16, 64)
+        if self.max_payload_requests is not None:
+            _check_int("--max-payload-requests", self.max_payload_requests, 1)
+        _check_seconds("--payload-timeout", self.payload_timeout)
+
+    def resolved_vote(self, exact: bool = True) -> str:
+        """The vote this run uses. ``auto``: ``digest`` for the repetition code with the exact
+        vote (``exact``: no ``rtol``) when the PS listens on a non-loopback address (workers
+        on other hosts: the PS's link is what the digest vote saves), else ``full``.
+
+        Why not on loopback: there every worker shares the PS's machine, so there is no link
+        to save and the workers' hashing and the extra request trip compete with the PS for
+        the same cores (benchmarks/results.md, "Digest-first vote": slower on loopback,
+        faster on a 1 Gb/s link).
+        """
+        if self.vote != "auto":
+            return self.vote
+        if self.code != "repetition" or not exact or _is_loopback(self.host):
+            return "full"
+        return "digest"
 
     # -- conversions ------------------------------------------------------------------------
 
@@ -329,6 +374,10 @@ class PSConfig:
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
             limits=limits,
+            vote=getattr(args, "vote", "full"),
+            digest_bytes=getattr(args, "digest_bytes", 32),
+            max_payload_requests=getattr(args, "max_payload_requests", None),
+            payload_timeout=getattr(args, "payload_timeout", 10.0),
         )
 
     def code_options(self) -> dict[str, Any]:

@@ -34,7 +34,12 @@ from draco.core.cyclic_decoder import decode_cyclic
 from draco.core.decoder_types import CyclicDecoderConfig, DecodeResult
 from draco.core.locator import locate_cyclic
 from draco.core.projection import PROJECTIONS, WEIGHTS, Projections, project_rows
-from draco.core.vote import bitwise_equal, decode_repetition, repetition_ready
+from draco.core.vote import (
+    bitwise_equal,
+    decode_repetition,
+    repetition_ready,
+    sum_group_values,
+)
 from draco.core.weights import (
     check_weights,
     extended_roots,
@@ -60,4 +65,5 @@ __all__ = [
     "recovery_weights",
     "repetition_ready",
     "roots_of_unity",
+    "sum_group_values",
 ]

@@ -20,7 +20,7 @@ import numpy as np
 from draco.core.decoder_types import DecodeResult, well_formed
 from draco.errors import DecodeError
 
-__all__ = ["bitwise_equal", "decode_repetition", "repetition_ready"]
+__all__ = ["bitwise_equal", "decode_repetition", "repetition_ready", "sum_group_values"]
 
 
 def _load_memcmp() -> Callable[[int, int, int], int] | None:
@@ -203,13 +203,37 @@ def decode_repetition(
                 erasures.add(j)
             else:
                 adversaries.add(j)
+    total = sum_group_values(winners, s)
+    return DecodeResult(total, frozenset(adversaries), frozenset(erasures))
+
+
+def sum_group_values(winners: Sequence[np.ndarray], s: int) -> np.ndarray:
+    """The repetition code's decoded sum: the groups' agreed values added in group order.
+
+    Parameters
+    ----------
+    winners : sequence of ndarray, shape (d,), float32
+        Group g's agreed value (>= s+1 identical copies) at position g.
+    s : int
+        Liars tolerated per group (for the message).
+
+    Returns
+    -------
+    ndarray, shape (d,), float32
+        winners[0] + winners[1] + ... accumulated in float32 in that order (a new array).
+
+    Raises
+    ------
+    DecodeError
+        Values of different lengths, or a non-finite sum.
+    """
     shapes = {w.shape for w in winners}
     if len(shapes) != 1:
         raise DecodeError(
             f"repetition groups agree on payloads of different lengths {sorted(shapes)}: the "
             f"workers run different tasks (check that every worker has the same model)"
         )
-    total = winners[0].copy()
+    total = np.array(winners[0], dtype=np.float32, copy=True)
     with np.errstate(over="ignore", invalid="ignore"):  # reported below
         for w in winners[1:]:
             total += w
@@ -224,4 +248,4 @@ def decode_repetition(
                 f"diverged; lower the learning rate or restart from a checkpoint."
             )
         raise DecodeError("the sum of the groups' gradients overflows float32")
-    return DecodeResult(total, frozenset(adversaries), frozenset(erasures))
+    return total

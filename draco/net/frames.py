@@ -53,7 +53,7 @@ MAGIC = b"DRCO"
 #: six bytes) keep this position in every future version so a mismatch is always reported.
 #: Version 2 added ``attempt`` to ``round_start`` and ``gradient`` (retried rounds); a
 #: version-1 peer would refuse those keys, so it is told "version mismatch" instead.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 #: magic, version, flags, header_len, tensor_bytes, n_tensors (network byte order).
 PREFIX = struct.Struct("!4sHHIQI")
 PREFIX_SIZE = PREFIX.size  # 24

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 
+from draco.core.digests import MAX_DIGEST_BYTES, MIN_DIGEST_BYTES
 from draco.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -29,10 +30,13 @@ __all__ = [
     "Auth",
     "Bye",
     "Challenge",
+    "Digest",
     "Error",
     "Gradient",
     "Hello",
     "Message",
+    "Payload",
+    "PayloadRequest",
     "RoundStart",
     "Welcome",
     "from_wire",
@@ -66,6 +70,8 @@ MAX_ATTEMPT = 2**32 - 1
 _MAX_SEED = 2**64 - 1
 _MAX_TEXT = 4096
 _MAX_CONFIG_DEPTH = 16
+# Digest and digest-key lengths a message may carry: MIN_DIGEST_BYTES..MAX_DIGEST_BYTES
+# (draco.core.digests). The run's exact digest length is checked by the round engine.
 _IDENT = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
@@ -92,6 +98,28 @@ def _check_bytes(obj: Any, name: str, length: int) -> None:
     if len(value) != length:
         raise _fail(type(obj), f"{name} must be {length} bytes, got {len(value)}")
     object.__setattr__(obj, name, value)
+
+
+def _check_bytes_range(obj: Any, name: str, lo: int, hi: int, *, empty: bool = False) -> None:
+    """A bytes field of lo..hi bytes (or empty, when ``empty``)."""
+    value = getattr(obj, name)
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise _fail(type(obj), f"{name} must be bytes, got {type(value).__name__}")
+    value = bytes(value)
+    if not (lo <= len(value) <= hi or (empty and not value)):
+        allowed = f"empty or {lo}..{hi}" if empty else f"{lo}..{hi}"
+        raise _fail(type(obj), f"{name} must be {allowed} bytes, got {len(value)}")
+    object.__setattr__(obj, name, value)
+
+
+def _check_compute_seconds(obj: Any) -> None:
+    value = obj.compute_seconds
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise _fail(type(obj), f"compute_seconds must be a float, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise _fail(type(obj), f"compute_seconds must be finite and >= 0, got {value}")
+    object.__setattr__(obj, "compute_seconds", value)
 
 
 def _check_text(obj: Any, name: str, *, ident: bool = False, max_len: int = _MAX_TEXT) -> None:
@@ -230,6 +258,9 @@ class RoundStart:
     attempt : int
         0 .. 2**32-1: which attempt of ``round_index`` this is (0 = first; a failed round is
         run again with the same index and parameters under the next attempt number).
+    digest_key : bytes
+        Empty: answer with a ``Gradient`` (full payload). 16..64 bytes: digest-first vote,
+        answer with a ``Digest`` keyed with it (fresh and random for every attempt).
     """
 
     type_name: ClassVar[str] = "round_start"
@@ -240,6 +271,7 @@ class RoundStart:
     attack: str | None
     attack_seed: int
     attempt: int = 0
+    digest_key: bytes = b""
 
     def __post_init__(self) -> None:
         _check_int(self, "round_index", 0, _MAX_ROUND)
@@ -248,6 +280,7 @@ class RoundStart:
             _check_text(self, "attack", ident=True)
         _check_int(self, "attack_seed", 0, _MAX_SEED)
         _check_int(self, "attempt", 0, MAX_ATTEMPT)
+        _check_bytes_range(self, "digest_key", MIN_DIGEST_BYTES, MAX_DIGEST_BYTES, empty=True)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RoundStart):
@@ -257,6 +290,7 @@ class RoundStart:
             and self.attempt == other.attempt
             and self.attack == other.attack
             and self.attack_seed == other.attack_seed
+            and self.digest_key == other.digest_key
             and _arrays_equal(self.params, other.params)
         )
 
@@ -291,13 +325,7 @@ class Gradient:
         _check_int(self, "round_index", 0, _MAX_ROUND)
         _check_int(self, "attempt", 0, MAX_ATTEMPT)
         _check_vector(self, "payload", PAYLOAD_DTYPES)
-        value = self.compute_seconds
-        if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-            raise _fail(type(self), f"compute_seconds must be a float, got {type(value).__name__}")
-        value = float(value)
-        if not (math.isfinite(value) and value >= 0.0):
-            raise _fail(type(self), f"compute_seconds must be finite and >= 0, got {value}")
-        object.__setattr__(self, "compute_seconds", value)
+        _check_compute_seconds(self)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Gradient):
@@ -306,6 +334,88 @@ class Gradient:
             self.round_index == other.round_index
             and self.attempt == other.attempt
             and self.compute_seconds == other.compute_seconds
+            and _arrays_equal(self.payload, other.payload)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Client -> server (digest-first vote): the keyed digest of this worker's payload.
+
+    Attributes
+    ----------
+    round_index, attempt : int
+        The ``RoundStart`` this answers (echoed).
+    digest : bytes
+        ``BLAKE2b(payload bytes, key=RoundStart.digest_key, digest_size=D)``, 16..64 bytes
+        (D = ``Welcome.config["digest_bytes"]``; see ``draco.core.digests``).
+    compute_seconds : float
+        Time the worker spent computing, seconds (finite, >= 0).
+    """
+
+    type_name: ClassVar[str] = "digest"
+    tensor_fields: ClassVar[tuple[str, ...]] = ()
+
+    round_index: int
+    attempt: int
+    digest: bytes
+    compute_seconds: float
+
+    def __post_init__(self) -> None:
+        _check_int(self, "round_index", 0, _MAX_ROUND)
+        _check_int(self, "attempt", 0, MAX_ATTEMPT)
+        _check_bytes_range(self, "digest", MIN_DIGEST_BYTES, MAX_DIGEST_BYTES)
+        _check_compute_seconds(self)
+
+
+@dataclass(frozen=True)
+class PayloadRequest:
+    """Server -> client (digest-first vote): send the full payload you digested for
+    (``round_index``, ``attempt``)."""
+
+    type_name: ClassVar[str] = "payload_request"
+    tensor_fields: ClassVar[tuple[str, ...]] = ()
+
+    round_index: int
+    attempt: int
+
+    def __post_init__(self) -> None:
+        _check_int(self, "round_index", 0, _MAX_ROUND)
+        _check_int(self, "attempt", 0, MAX_ATTEMPT)
+
+
+@dataclass(frozen=True, eq=False)
+class Payload:
+    """Client -> server (digest-first vote): the full payload a ``PayloadRequest`` asked for.
+
+    Attributes
+    ----------
+    round_index, attempt : int
+        The request this answers (echoed).
+    payload : np.ndarray
+        (d,) float32 (the repetition code's payload); the PS checks its digest.
+    """
+
+    type_name: ClassVar[str] = "payload"
+    tensor_fields: ClassVar[tuple[str, ...]] = ("payload",)
+
+    round_index: int
+    attempt: int
+    payload: np.ndarray
+
+    def __post_init__(self) -> None:
+        _check_int(self, "round_index", 0, _MAX_ROUND)
+        _check_int(self, "attempt", 0, MAX_ATTEMPT)
+        _check_vector(self, "payload", PAYLOAD_DTYPES)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Payload):
+            return NotImplemented
+        return (
+            self.round_index == other.round_index
+            and self.attempt == other.attempt
             and _arrays_equal(self.payload, other.payload)
         )
 
@@ -344,12 +454,36 @@ class Error:
         _check_text(self, "message")
 
 
-Message: TypeAlias = Hello | Challenge | Auth | Welcome | RoundStart | Gradient | Bye | Error
+Message: TypeAlias = (
+    Hello
+    | Challenge
+    | Auth
+    | Welcome
+    | RoundStart
+    | Gradient
+    | Digest
+    | PayloadRequest
+    | Payload
+    | Bye
+    | Error
+)
 
 #: Wire type name -> message class.
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type_name: cls
-    for cls in (Hello, Challenge, Auth, Welcome, RoundStart, Gradient, Bye, Error)
+    for cls in (
+        Hello,
+        Challenge,
+        Auth,
+        Welcome,
+        RoundStart,
+        Gradient,
+        Digest,
+        PayloadRequest,
+        Payload,
+        Bye,
+        Error,
+    )
 }
 
 

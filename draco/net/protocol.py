@@ -16,6 +16,13 @@ and the timers and call into a :class:`Connection`::
 All legal transitions are in the table :data:`TRANSITIONS`. ``Bye`` and ``Error`` are legal
 in every open state, in both directions, and end the connection (state ``CLOSED``).
 
+Digest-first vote: a ``Payload`` is legal only as the answer to a ``PayloadRequest`` (same
+round and attempt) sent on this connection and not yet answered. Both sides keep the set of
+outstanding requests (at most ``max_outstanding_requests``; the oldest is forgotten beyond
+it). An answer to request k also retires every older request (answers come in request order,
+and a worker may skip a request a newer round made useless), so a duplicate or unsolicited
+``Payload`` is a remote protocol error found by the state machine alone.
+
 Tensor bytes before authentication: before the connection reaches ``READY`` (the server sent
 / the client received ``Welcome``), its decoder runs with ``limits.pre_auth()`` -- zero tensor
 bytes, zero tensors -- so an unauthenticated peer cannot make either side allocate more than
@@ -38,10 +45,13 @@ from draco.net.messages import (
     Auth,
     Bye,
     Challenge,
+    Digest,
     Error,
     Gradient,
     Hello,
     Message,
+    Payload,
+    PayloadRequest,
     RoundStart,
     Welcome,
     from_wire,
@@ -129,6 +139,9 @@ TRANSITIONS: dict[tuple[Role, State, str, type], State] = {
     (Role.SERVER, State.AUTHENTICATING, _SEND, Welcome): State.READY,
     (Role.SERVER, State.READY, _SEND, RoundStart): State.READY,
     (Role.SERVER, State.READY, _RECV, Gradient): State.READY,
+    (Role.SERVER, State.READY, _RECV, Digest): State.READY,
+    (Role.SERVER, State.READY, _SEND, PayloadRequest): State.READY,
+    (Role.SERVER, State.READY, _RECV, Payload): State.READY,  # only if requested
     # client
     (Role.CLIENT, State.SEND_HELLO, _SEND, Hello): State.AWAIT_CHALLENGE,
     (Role.CLIENT, State.AWAIT_CHALLENGE, _RECV, Challenge): State.SEND_AUTH,
@@ -136,7 +149,13 @@ TRANSITIONS: dict[tuple[Role, State, str, type], State] = {
     (Role.CLIENT, State.AWAIT_WELCOME, _RECV, Welcome): State.READY,
     (Role.CLIENT, State.READY, _RECV, RoundStart): State.READY,
     (Role.CLIENT, State.READY, _SEND, Gradient): State.READY,
+    (Role.CLIENT, State.READY, _SEND, Digest): State.READY,
+    (Role.CLIENT, State.READY, _RECV, PayloadRequest): State.READY,
+    (Role.CLIENT, State.READY, _SEND, Payload): State.READY,  # only if requested
 }
+#: Default bound on outstanding PayloadRequests per connection (the PS asks a worker at most
+#: once per attempt; more unanswered requests than this mean a worker that is not answering).
+MAX_OUTSTANDING_REQUESTS = 16
 _TERMINAL_MESSAGES = (Bye, Error)
 _INITIAL = {Role.SERVER: State.AWAIT_HELLO, Role.CLIENT: State.SEND_HELLO}
 
@@ -167,6 +186,9 @@ class Connection:
         The Challenge nonce sent (server) or received (client).
     bytes_received, bytes_sent : int
         Bytes fed in / produced by :meth:`send`, for metrics.
+    requested : list of (int, int)
+        (round, attempt) of the PayloadRequests sent (server) / received (client) and not yet
+        answered, oldest first; at most ``max_outstanding_requests``.
     """
 
     def __init__(
@@ -184,6 +206,8 @@ class Connection:
         self.bytes_sent = 0
         self._error: ProtocolError | None = None  # the error that killed the connection
         self._error_sent = False
+        self.requested: list[tuple[int, int]] = []
+        self.max_outstanding_requests = MAX_OUTSTANDING_REQUESTS
 
     # -- limits --------------------------------------------------------------------------
 
@@ -310,7 +334,23 @@ class Connection:
             raise error(
                 f"{self.role.value} cannot {verb} {type(msg).__name__} in state {self.state.value}"
             )
-        if isinstance(msg, Hello):
+        if isinstance(msg, PayloadRequest):
+            key = (msg.round_index, msg.attempt)
+            if key not in self.requested:
+                self.requested.append(key)
+                self.requested.sort()
+                # Bounded: a peer that never answers cannot grow this list.
+                del self.requested[: max(0, len(self.requested) - self.max_outstanding_requests)]
+        elif isinstance(msg, Payload):
+            key = (msg.round_index, msg.attempt)
+            if key not in self.requested:
+                raise error(
+                    f"Payload for round {msg.round_index} attempt {msg.attempt} was not "
+                    "requested (unsolicited or duplicate)"
+                )
+            # Retire it and every older request (answers come in request order).
+            self.requested = [k for k in self.requested if k > key]
+        elif isinstance(msg, Hello):
             if msg.protocol_version != PROTOCOL_VERSION:
                 raise (VersionMismatchError if direction == _RECV else LocalProtocolError)(
                     f"Hello announces protocol version {msg.protocol_version}, "

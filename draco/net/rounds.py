@@ -53,6 +53,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from draco.core.digests import (
+    DEFAULT_DIGEST_BYTES,
+    DEFAULT_KEY_BYTES,
+    GroupDigestVote,
+    check_digest_bytes,
+    decode_repetition_digests,
+    payload_digest,
+    vote_digests,
+)
 from draco.errors import ConfigError, DecodeError
 from draco.optim import SGD
 
@@ -158,12 +167,83 @@ class RoundPlan:
 
 
 class Verdict(enum.Enum):
-    """What ``RoundCollector.offer`` made of a payload."""
+    """What ``RoundCollector.offer`` (``offer_digest``, ``check_payload``) made of a message."""
 
     ACCEPTED = "accepted"
     STALE = "stale"  # for an earlier round: ignored
     ERASURE = "erasure"  # unusable this round (non-finite); connection may stay
     VIOLATION = "violation"  # erasure AND a protocol violation: close the connection
+
+
+#: The votes ``--vote`` offers: ``full`` (every worker sends its payload) and ``digest``
+#: (digest-first: every worker sends a keyed digest, the PS fetches one payload per group).
+VOTES = ("full", "digest")
+
+
+@dataclass(frozen=True)
+class DigestVoteConfig:
+    """Limits of the digest-first vote (``draco-ps --vote digest``).
+
+    Attributes
+    ----------
+    digest_bytes : int
+        BLAKE2b output length, 16..64 bytes (default 32).
+    max_payload_requests : int or None
+        Payload requests per group and attempt before the group is given up (the attempt
+        then fails and is retried). None: s+1, enough to reach an honest member of any
+        majority (a majority of >= s+1 holds at most s liars) when every asked member
+        answers.
+    payload_timeout : float
+        Seconds a member asked for its payload has before the PS asks the next one.
+    """
+
+    digest_bytes: int = DEFAULT_DIGEST_BYTES
+    max_payload_requests: int | None = None
+    payload_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_digest_bytes(self.digest_bytes)
+        if self.max_payload_requests is not None and (
+            isinstance(self.max_payload_requests, bool)
+            or not isinstance(self.max_payload_requests, int)
+            or self.max_payload_requests < 1
+        ):
+            raise ConfigError(
+                f"--max-payload-requests must be an integer >= 1, got {self.max_payload_requests!r}"
+            )
+        t = self.payload_timeout
+        if (
+            isinstance(t, bool)
+            or not isinstance(t, int | float)
+            or not (math.isfinite(t) and t > 0)
+        ):
+            raise ConfigError(f"--payload-timeout must be a positive number of seconds, got {t!r}")
+
+    def requests_per_group(self, s: int) -> int:
+        return self.max_payload_requests if self.max_payload_requests is not None else s + 1
+
+
+def check_vote(vote: str, code: Any) -> None:
+    """ConfigError unless ``vote`` is one of VOTES and fits ``code``.
+
+    The digest vote needs bit-identical honest payloads: the repetition code with the exact
+    vote. The tolerance vote (``rtol``) compares values, so it keeps full payloads; the
+    cyclic code and the baselines need every payload.
+    """
+    if vote not in VOTES:
+        raise ConfigError(f"--vote must be one of {', '.join(VOTES)}, got {vote!r}")
+    if vote == "digest":
+        name = getattr(code, "name", code)
+        if name != "repetition" or not hasattr(code, "groups"):
+            raise ConfigError(
+                f"--vote digest works with --code repetition only (the {name!r} code needs "
+                "every full payload): use --vote full"
+            )
+        if getattr(code, "rtol", None) is not None:
+            raise ConfigError(
+                "--vote digest needs bit-identical payloads; the tolerance vote (rtol) compares "
+                "values and keeps full payloads: use --vote full"
+            )
 
 
 @dataclass(frozen=True)
@@ -180,6 +260,11 @@ def _is_finite(x: np.ndarray) -> bool:
     return bool(np.isfinite(s)) or bool(np.isfinite(x).all())
 
 
+def _code_groups(code: Any) -> tuple[tuple[int, ...], ...]:
+    """The repetition code's groups (``check_vote`` made sure the code has them)."""
+    return tuple(tuple(int(j) for j in g) for g in code.groups)
+
+
 class RoundCollector:
     """The payloads of one round, validated as they arrive.
 
@@ -193,7 +278,16 @@ class RoundCollector:
         Payload length d.
     """
 
-    def __init__(self, plan: RoundPlan, code: CodeLike, dim: int, attempt: int = 0) -> None:
+    def __init__(
+        self,
+        plan: RoundPlan,
+        code: CodeLike,
+        dim: int,
+        attempt: int = 0,
+        *,
+        digest_key: bytes | None = None,
+        digest: DigestVoteConfig | None = None,
+    ) -> None:
         self.plan = plan
         # Which attempt of the round this is: payloads carry it, so answers to a failed
         # earlier attempt (which the workers computed before they read the retry) are told
@@ -214,10 +308,30 @@ class RoundCollector:
         self.bytes_in = 0
         self.bytes_out = 0
         self._ready = False
+        # Digest-first vote (``digest_key`` given): digests first, then one payload per group.
+        self.digest_key = digest_key
+        self.digest_config = digest or DigestVoteConfig()
+        self.digests: dict[int, bytes] = {}
+        self.verified: dict[int, np.ndarray] = {}  # group index -> payload with its digest
+        self.fetch_liars: dict[int, str] = {}  # worker -> why (payload != its own digest)
+        self.fetch_failed: dict[int, str] = {}  # worker -> why it did not deliver (timeout...)
+        self.asked: dict[int, int] = {}  # worker -> group, payload requests sent
+        self._fetch_votes: dict[int, GroupDigestVote] = {}  # group -> its vote, once planned
+        self._fetch_order: dict[int, list[int]] = {}
+        self._host_load: dict[Any, int] = {}  # host -> groups it serves this attempt
 
     @property
     def index(self) -> int:
         return self.plan.round_index
+
+    @property
+    def digest_mode(self) -> bool:
+        """True for a digest-first attempt (``RoundStart.digest_key`` non-empty)."""
+        return self.digest_key is not None
+
+    def delivered(self, worker: int) -> bool:
+        """``worker`` answered this attempt usably (a payload, or a digest)."""
+        return worker in self.received or worker in self.digests
 
     def sent(self, worker: int, nbytes: int, at: float | None = None) -> None:
         """The shell queued ``worker``'s RoundStart (``nbytes`` on the wire) at time ``at``."""
@@ -260,26 +374,11 @@ class RoundCollector:
             The attempt of ``round_index`` the payload answers (``Gradient.attempt``).
         """
         self.bytes_in += int(wire_bytes)
-        if round_index < self.index:
-            return Offer(Verdict.STALE, f"payload for round {round_index} arrived late")
-        if round_index == self.index and attempt < self.attempt:
-            return Offer(
-                Verdict.STALE, f"answer to attempt {attempt} of round {round_index} arrived late"
-            )
-        if not 0 <= worker < self.code.n_workers:
-            return Offer(Verdict.VIOLATION, f"worker id {worker} out of range")
-        if round_index > self.index:
-            return self._erase(worker, Verdict.VIOLATION, f"payload for future round {round_index}")
-        if attempt > self.attempt:
-            return self._erase(
-                worker, Verdict.VIOLATION, f"payload for attempt {attempt}, never started"
-            )
-        if worker in self.received or worker in self.erased:
-            # Already counted once: the first payload stays, the duplicate is a violation.
-            self.erased.setdefault(worker, "duplicate payload")
-            self.received.pop(worker, None)
-            self._ready = False
-            return Offer(Verdict.VIOLATION, "second payload in one attempt")
+        order = self._check_order(worker, round_index, attempt, "payload")
+        if order is not None:
+            return order
+        if self.digest_mode:
+            return self._erase(worker, Verdict.VIOLATION, "a full payload in a digest-first round")
         if not isinstance(payload, np.ndarray) or payload.dtype != self.dtype:
             got = getattr(payload, "dtype", type(payload).__name__)
             return self._erase(worker, Verdict.VIOLATION, f"dtype {got}, expected {self.dtype}")
@@ -294,6 +393,189 @@ class RoundCollector:
         self.compute_seconds[worker] = self._bounded_compute(worker, compute_seconds, received_at)
         # _ready stays as it is: once True, more payloads cannot make the round undecodable.
         return Offer(Verdict.ACCEPTED)
+
+    def _check_order(self, worker: int, round_index: int, attempt: int, what: str) -> Offer | None:
+        """Stale / future / duplicate checks shared by payloads and digests (None: go on)."""
+        if round_index < self.index:
+            return Offer(Verdict.STALE, f"{what} for round {round_index} arrived late")
+        if round_index == self.index and attempt < self.attempt:
+            return Offer(
+                Verdict.STALE, f"answer to attempt {attempt} of round {round_index} arrived late"
+            )
+        if not 0 <= worker < self.code.n_workers:
+            return Offer(Verdict.VIOLATION, f"worker id {worker} out of range")
+        if round_index > self.index:
+            return self._erase(worker, Verdict.VIOLATION, f"{what} for future round {round_index}")
+        if attempt > self.attempt:
+            return self._erase(
+                worker, Verdict.VIOLATION, f"{what} for attempt {attempt}, never started"
+            )
+        if self.delivered(worker) or worker in self.erased:
+            # Already counted once: the first answer stays out, the duplicate is a violation.
+            self.erased.setdefault(worker, f"duplicate {what}")
+            self.received.pop(worker, None)
+            self.digests.pop(worker, None)
+            self._ready = False
+            return Offer(Verdict.VIOLATION, f"second {what} in one attempt")
+        return None
+
+    def offer_digest(
+        self,
+        worker: int,
+        round_index: int,
+        digest: bytes,
+        compute_seconds: float = 0.0,
+        wire_bytes: int = 0,
+        received_at: float | None = None,
+        *,
+        attempt: int = 0,
+    ) -> Offer:
+        """Validate and keep one worker's digest (digest-first vote; see ``offer``).
+
+        A digest of the wrong length, or a digest in a full-payload round, is a violation.
+        """
+        self.bytes_in += int(wire_bytes)
+        order = self._check_order(worker, round_index, attempt, "digest")
+        if order is not None:
+            return order
+        if not self.digest_mode:
+            return self._erase(worker, Verdict.VIOLATION, "a digest in a full-payload round")
+        n = self.digest_config.digest_bytes
+        if not isinstance(digest, bytes) or len(digest) != n:
+            got = len(digest) if isinstance(digest, bytes) else type(digest).__name__
+            return self._erase(worker, Verdict.VIOLATION, f"digest of {got} bytes, expected {n}")
+        self.digests[worker] = digest
+        self.bytes_from[worker] = int(wire_bytes)
+        self.compute_seconds[worker] = self._bounded_compute(worker, compute_seconds, received_at)
+        return Offer(Verdict.ACCEPTED)
+
+    # -- digest-first: the fetch phase ---------------------------------------------------
+
+    def _eligible_digests(self) -> dict[int, bytes]:
+        """Digests that can back a value: the PS-simulated liars' are left out (their
+        payloads will be replaced, exactly as ``readiness_input`` leaves them out)."""
+        if self.plan.simulated_at_ps:
+            return {j: d for j, d in self.digests.items() if j not in self.plan.liars}
+        return dict(self.digests)
+
+    def _groups(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(g) for g in _code_groups(self.code))
+
+    def group_of(self, worker: int) -> int:
+        """The repetition group of ``worker``."""
+        for g, members in enumerate(self._groups()):
+            if worker in members:
+                return g
+        raise ValueError(f"worker {worker} is in no group")
+
+    def group_decided(self, group: int) -> bool:
+        """``group`` already has s+1 equal eligible digests: its fetch may start now, before
+        the other groups are decided (the fetch overlaps the stragglers' answers)."""
+        members = self._groups()[group]
+        eligible = {j: d for j, d in self._eligible_digests().items() if j in members}
+        return vote_digests([members], eligible, self.code.n_adversaries)[0].digest is not None
+
+    def plan_group(self, group: int, hosts: Mapping[int, Any] | None = None) -> GroupDigestVote:
+        """Vote in ``group`` and order its majority for the payload requests.
+
+        Spread: the candidates start at a rotation of the majority that moves with the round
+        and attempt (so the same worker does not serve every round), then members on hosts
+        that serve fewer groups of this attempt go first (``hosts``: worker -> host; None:
+        every worker on its own host). A group's winner does not change once it has s+1
+        equal digests (unless more than s members lie), so planning early is safe.
+        """
+        members = self._groups()[group]
+        eligible = {j: d for j, d in self._eligible_digests().items() if j in members}
+        vote = vote_digests([members], eligible, self.code.n_adversaries)[0]
+        self._fetch_votes[group] = vote
+        backers = list(vote.backers)
+        if not backers:
+            self._fetch_order[group] = []
+            return vote
+        shift = (self.index + self.attempt + group) % len(backers)
+        ring = backers[shift:] + backers[:shift]
+
+        def host(j: int) -> Any:
+            return hosts.get(j, ("worker", j)) if hosts is not None else ("worker", j)
+
+        ring.sort(key=lambda j: self._host_load.get(host(j), 0))  # stable: rotation breaks ties
+        self._host_load[host(ring[0])] = self._host_load.get(host(ring[0]), 0) + 1
+        self._fetch_order[group] = ring
+        return vote
+
+    def plan_fetch(self, hosts: Mapping[int, Any] | None = None) -> None:
+        """Close the digest phase: plan every group not planned yet (``plan_group``)."""
+        for g in range(len(self._groups())):
+            if g not in self._fetch_votes:
+                self.plan_group(g, hosts)
+
+    @property
+    def fetch_groups(self) -> list[int]:
+        """Planned groups with a majority digest (the fetch phase serves them)."""
+        return sorted(g for g, v in self._fetch_votes.items() if v.digest is not None)
+
+    def next_candidate(self, group: int) -> int | None:
+        """The next majority member to ask for ``group``'s payload, or None (given up).
+
+        Bounded by ``DigestVoteConfig.requests_per_group``; members that failed or were
+        found lying are skipped.
+        """
+        limit = self.digest_config.requests_per_group(self.code.n_adversaries)
+        if group in self.verified or sum(1 for g in self.asked.values() if g == group) >= limit:
+            return None
+        for j in self._fetch_order.get(group, []):
+            if j not in self.asked and j not in self.fetch_failed and j not in self.erased:
+                return j
+        return None
+
+    def requested(self, worker: int, group: int, nbytes: int) -> None:
+        """The shell sent ``worker`` a PayloadRequest for ``group`` (``nbytes`` on the wire)."""
+        self.asked[worker] = group
+        self.bytes_out += int(nbytes)
+        self.bytes_to[worker] = self.bytes_to.get(worker, 0) + int(nbytes)
+
+    def check_payload(
+        self, worker: int, round_index: int, attempt: int, payload: Any, wire_bytes: int = 0
+    ) -> Offer:
+        """A Payload answering a request: ACCEPTED means "hash it and call ``verify``".
+
+        STALE for another attempt or a request given up (timed out: the member's late answer
+        is legal but useless); VIOLATION for a wrong dtype or shape.
+        """
+        self.bytes_in += int(wire_bytes)
+        if (round_index, attempt) != (self.index, self.attempt) or worker not in self.asked:
+            return Offer(Verdict.STALE, "payload for a request no longer pending")
+        if worker in self.fetch_failed or self.asked[worker] in self.verified:
+            return Offer(Verdict.STALE, "payload after its request was given up")
+        self.bytes_from[worker] = self.bytes_from.get(worker, 0) + int(wire_bytes)
+        if not isinstance(payload, np.ndarray) or payload.dtype != self.dtype:
+            got = getattr(payload, "dtype", type(payload).__name__)
+            self.fetch_failed[worker] = f"payload dtype {got}"
+            return Offer(Verdict.VIOLATION, f"dtype {got}, expected {self.dtype}")
+        if payload.shape != (self.dim,):
+            self.fetch_failed[worker] = f"payload shape {payload.shape}"
+            return Offer(Verdict.VIOLATION, f"shape {payload.shape}, expected ({self.dim},)")
+        return Offer(Verdict.ACCEPTED)
+
+    def verify(self, worker: int, payload: np.ndarray, digest: bytes) -> bool:
+        """Record the fetched ``payload`` of ``worker`` whose keyed digest is ``digest``.
+
+        True: it matches the group's majority digest and is the group's value. False: it
+        does not match the digest the worker itself sent, so the worker is located as a
+        liar (the shell asks the next member).
+        """
+        g = self.asked[worker]
+        if g in self.verified:
+            return True
+        if digest == self._fetch_votes[g].digest:
+            self.verified[g] = payload
+            return True
+        self.fetch_liars[worker] = "payload does not match its own digest"
+        return False
+
+    def give_up(self, worker: int, reason: str) -> None:
+        """``worker`` did not deliver its requested payload (timeout, disconnect)."""
+        self.fetch_failed.setdefault(worker, reason)
 
     def _bounded_compute(self, worker: int, reported: Any, received_at: float | None) -> float:
         try:
@@ -317,13 +599,13 @@ class RoundCollector:
 
     def erase(self, worker: int, reason: str) -> None:
         """``worker`` will not deliver this round (disconnected, not joined)."""
-        if worker not in self.received:
+        if not self.delivered(worker):
             self.erased.setdefault(worker, reason)
 
     @property
     def accounted(self) -> int:
         """Workers that delivered or are known not to."""
-        return len(self.received) + len(self.erased)
+        return len(self.received) + len(self.digests) + len(self.erased)
 
     @property
     def complete(self) -> bool:
@@ -358,6 +640,13 @@ class RoundCollector:
         Calls ``code.ready`` inline when not yet known; the server runs expensive codes'
         checks off its event loop instead (``readiness_input`` + ``mark_ready``).
         """
+        if self.digest_mode:
+            if not self._ready and self.digests:
+                votes = vote_digests(
+                    self._groups(), self._eligible_digests(), self.code.n_adversaries
+                )
+                self._ready = all(v.digest is not None for v in votes)
+            return self._ready
         if not self._ready and self.received:
             self._ready = bool(self.code.ready(self.readiness_input()))
         return self._ready
@@ -464,6 +753,11 @@ class RoundEngine:
         Monotonic seconds (tests may inject).
     link_gbps : float
         Link speed of the modelled cluster, for ``cluster_seconds`` (docs/cluster_time.md).
+    vote : str
+        "full" (every worker sends its payload) or "digest" (digest-first vote, repetition
+        code with the exact vote only: ``check_vote``).
+    digest : DigestVoteConfig, optional
+        Limits of the digest-first vote.
     """
 
     def __init__(
@@ -481,7 +775,12 @@ class RoundEngine:
         decode_rng: Callable[[], np.random.Generator] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         link_gbps: float = DEFAULT_LINK_GBPS,
+        vote: str = "full",
+        digest: DigestVoteConfig | None = None,
     ) -> None:
+        check_vote(vote, code)
+        self.vote = vote
+        self.digest_config = digest or DigestVoteConfig()
         params = np.asarray(params)
         if not (np.isfinite(link_gbps) and link_gbps > 0):
             raise ConfigError(f"--link-gbps must be a positive number, got {link_gbps}")
@@ -555,14 +854,19 @@ class RoundEngine:
             self.code,
             self.dim,
             attempt=self.attempt,
+            # A fresh secret key per attempt: no liar can prepare a collision in advance.
+            digest_key=secrets.token_bytes(DEFAULT_KEY_BYTES) if self.vote == "digest" else None,
+            digest=self.digest_config,
         )
         return self.current
 
     # -- closing a round
 
-    def _simulate_attack(self, rnd: RoundCollector) -> dict[int, np.ndarray]:
+    def _simulate_attack(
+        self, rnd: RoundCollector, received: dict[int, np.ndarray]
+    ) -> dict[int, np.ndarray]:
         """Step 1: replace the scheduled liars' payloads (omniscient attacks only)."""
-        received = dict(rnd.received)
+        received = dict(received)
         attack = self.attack
         if attack is None or not rnd.plan.simulated_at_ps:
             return received
@@ -581,6 +885,42 @@ class RoundEngine:
         for j, lie in zip(liars, forged, strict=True):
             received[j] = np.asarray(lie, dtype=rnd.dtype)
         return received
+
+    def _simulate_attack_on_digests(
+        self, rnd: RoundCollector
+    ) -> tuple[dict[int, bytes], frozenset[int]]:
+        """Step 1 for the digest-first vote: the digests as the full vote would see them.
+
+        An omniscient attack needs the honest payloads: every worker whose digest is its
+        group's verified majority digest sent exactly that group's verified payload, so the
+        payloads are rebuilt from the verified ones and the attack is simulated on them as
+        in the full vote. A forged payload then counts through its keyed digest (a
+        non-finite one is an erasure, as in the full vote). Returns (digests, erased).
+        """
+        digests = dict(rnd.digests)
+        if self.attack is None or not rnd.plan.simulated_at_ps:
+            return digests, frozenset()
+        rebuilt: dict[int, np.ndarray] = {}
+        for g, vote in rnd._fetch_votes.items():
+            payload = rnd.verified.get(g)
+            if payload is None or vote.digest is None:
+                continue
+            for j in _code_groups(self.code)[g]:
+                if digests.get(j) == vote.digest:
+                    rebuilt[j] = payload
+        forged = self._simulate_attack(rnd, rebuilt)
+        erased = set()
+        key = rnd.digest_key
+        assert key is not None
+        for j in rnd.plan.liars:
+            if j not in rebuilt or forged[j] is rebuilt[j]:
+                continue
+            if not np.isfinite(forged[j]).all():
+                erased.add(j)
+                digests.pop(j, None)
+            else:
+                digests[j] = payload_digest(forged[j], key, rnd.digest_config.digest_bytes)
+        return digests, frozenset(erased)
 
     def finish(
         self, rnd: RoundCollector, *, wait_seconds: float = 0.0, count_failure: bool = True
@@ -612,11 +952,24 @@ class RoundEngine:
         # The omniscient attacks' simulation is the experiment's, not the PS's: timed apart.
         ts = self._clock()
         cs = time.thread_time()
-        received = self._simulate_attack(rnd)
+        if rnd.digest_mode:
+            digests, forged_erased = self._simulate_attack_on_digests(rnd)
+        else:
+            received = self._simulate_attack(rnd, rnd.received)
         t0 = self._clock()
         c0 = time.thread_time()
         try:
-            result = self.code.decode(received, rng=self._decode_rng())
+            if rnd.digest_mode:
+                result = decode_repetition_digests(
+                    _code_groups(self.code),
+                    digests,
+                    rnd.verified,
+                    self.code.n_adversaries,
+                    liars=frozenset(rnd.fetch_liars),
+                    erased=frozenset(rnd.erased) | forged_erased,
+                )
+            else:
+                result = self.code.decode(received, rng=self._decode_rng())
             gradient = np.asarray(result.gradient)
             if gradient.shape != (self.dim,) or not _is_finite(gradient):
                 raise DecodeError("the decoder returned an unusable gradient")
@@ -632,7 +985,7 @@ class RoundEngine:
         ok = not error
         located = sorted(int(j) for j in result.adversaries) if ok and result else []
         erasures = sorted(set(rnd.erased) | {int(j) for j in (result.erasures if result else ())})
-        used = sorted(rnd.received)
+        used = sorted(set(rnd.received) | set(rnd.digests))
         compute = {j: rnd.compute_seconds.get(j, 0.0) for j in used}
         per_worker_bytes = {j: rnd.bytes_to.get(j, 0) + rnd.bytes_from.get(j, 0) for j in used}
         n = self.code.n_workers
@@ -662,7 +1015,9 @@ class RoundEngine:
             "ps_cpu_seconds": c2 - c0,
             "bytes_in": rnd.bytes_in,
             "bytes_out": rnd.bytes_out,
-            "received": len(rnd.received),
+            "received": len(used),
+            "vote": "digest" if rnd.digest_mode else "full",
+            "payload_requests": len(rnd.asked),
             "erasures": erasures,
             "adversaries_located": located,
             "liars": sorted(rnd.plan.liars),

@@ -32,6 +32,11 @@ What this module does (the round logic itself is ``rounds.RoundEngine``):
    reading) is skipped for the attempt rather than buffered without bound. A protocol
    violation (malformed frame, a wrong-shape payload, too many messages, ...) is an erasure
    for the attempt and closes that connection; the server goes on.
+   Digest-first vote (``--vote digest``, docs/protocol.md section 6): the RoundStart carries
+   a fresh key, workers answer with keyed digests, and as soon as a group has s+1 equal
+   digests one member of that majority is asked for its payload (``_fetch_group``: hashed in
+   the helper thread, next member on a mismatch, ``--payload-timeout`` or a disconnect);
+   the attempt closes once every group's payload is verified or given up.
    A failed attempt is retried under the next attempt number after a pause that doubles
    (``RETRY_BACKOFF_BASE`` .. ``RETRY_BACKOFF_CAP``) and ends early once every seat is
    taken again. Attempts made while workers were not connected do not count against
@@ -64,6 +69,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from draco.config import PSConfig
+from draco.core.digests import payload_digest
 from draco.errors import AuthError, DracoError, ProtocolError, VersionMismatchError
 from draco.net import auth
 from draco.net import messages as m
@@ -552,6 +558,12 @@ class ParameterServer:
         self._timed_out: dict[tuple[int, int], float] = {}
         self._late_answer_seconds = 0.0
         self._absent_in_attempt: set[int] = set()
+        # Digest-first vote: the attempt whose payloads are being fetched, and per asked
+        # worker the future its Payload (None: it disconnected) resolves.
+        self._fetching: RoundCollector | None = None
+        self._pending_fetch: dict[int, asyncio.Future[np.ndarray | None]] = {}
+        self._fetch_tasks: dict[int, asyncio.Future[None]] = {}  # group -> its fetch
+        self._fetch_hosts: dict[int, str] = {}  # worker -> host, at the attempt's broadcast
         self._last_warning = -math.inf
         self._last_time_warning = -math.inf
         self._suppressed_warnings = 0
@@ -602,6 +614,9 @@ class ParameterServer:
         if self._stop_reason is None:
             self._stop_reason = reason
             self._stop_code = exit_code
+        for fut in self._pending_fetch.values():
+            if not fut.done():
+                fut.set_result(None)  # a payload fetch in progress ends now
         if self._wake is not None:
             self._wake.set()
 
@@ -829,6 +844,11 @@ class ParameterServer:
         self._round = rnd
         self._absent_in_attempt = set()
         self._wake.clear()
+        if rnd.digest_mode:
+            # Payload requests may start during the digest phase (``_fetch_early``).
+            self._fetching = rnd
+            self._fetch_tasks = {}
+            self._fetch_hosts = {j: _source(p) for j, p in self.seats.items()}
         for j in range(self.n_workers):
             peer = self.seats.get(j)
             if peer is None or peer.closed:
@@ -852,6 +872,7 @@ class ParameterServer:
                         attack=attack,
                         attack_seed=seed,
                         attempt=rnd.attempt,
+                        digest_key=rnd.digest_key or b"",
                     )
                 ),
                 at=sent_at,
@@ -865,16 +886,24 @@ class ParameterServer:
                 timed_out = not rnd.complete
         self._round = None  # from here, payloads for this attempt are stale
         if self._stop_reason is not None:
+            self._end_fetch()
             return None
         if timed_out:
             self._timed_out[key] = t0
+        fetch_seconds = 0.0
+        if rnd.digest_mode:
+            t_fetch = time.perf_counter()
+            await self._fetch(rnd)
+            fetch_seconds = time.perf_counter() - t_fetch
+            if self._stop_reason is not None:
+                return None
         wait = time.perf_counter() - t0
         loop_cpu = time.thread_time() - cpu0
         usage1 = _thread_usage()
         absent = set(self._absent_in_attempt)
         silent = set()
         for j, peer in self.seats.items():
-            if j in rnd.received or j in absent:
+            if rnd.delivered(j) or j in absent:
                 continue
             stuck = rnd.erased.get(j, "").startswith("not reading")
             if stuck or (j not in rnd.erased and peer.last_answered < (rnd.index, 0)):
@@ -886,6 +915,7 @@ class ParameterServer:
         )
         result.record["wall_seconds"] = time.perf_counter() - t0
         rec = result.record
+        rec["fetch_seconds"] = fetch_seconds
         rec["loop_cpu_seconds"] = loop_cpu
         if usage0 is not None and usage1 is not None:
             # Where the loop's time went: the kernel (socket copies, TCP, page faults) vs.
@@ -897,6 +927,106 @@ class ParameterServer:
         rec["ready_cpu_seconds"] = self._ready_cpu
         rec["ps_cpu_seconds"] = rec.get("ps_cpu_seconds", 0.0) + loop_cpu + self._ready_cpu
         return result, absent, silent
+
+    async def _fetch(self, rnd: RoundCollector) -> None:
+        """Digest-first vote, phase 2: one verified payload per group, groups in parallel.
+
+        Skipped when a group has no majority digest (the attempt fails at decode anyway and
+        fetching would only cost bandwidth).
+        """
+        try:
+            rnd.plan_fetch(self._fetch_hosts)
+            groups = rnd.fetch_groups
+            if len(groups) < len(getattr(self.code, "groups", ())):
+                return
+            for g in groups:
+                if g not in self._fetch_tasks:
+                    self._fetch_tasks[g] = asyncio.ensure_future(self._fetch_group(rnd, g))
+            await asyncio.gather(*self._fetch_tasks.values())
+        finally:
+            self._end_fetch()
+
+    def _end_fetch(self) -> None:
+        """The attempt's fetch is over (done, given up, or stopping): cancel what is left."""
+        self._fetching = None
+        for task in self._fetch_tasks.values():
+            task.cancel()
+        self._fetch_tasks = {}
+        for fut in self._pending_fetch.values():
+            fut.cancel()
+        self._pending_fetch.clear()
+
+    def _fetch_early(self, rnd: RoundCollector, j: int) -> None:
+        """Worker ``j``'s digest arrived: if its group is now decided, ask for its payload at
+        once, while the other groups' digests are still coming in."""
+        g = rnd.group_of(j)
+        if g in self._fetch_tasks or not rnd.group_decided(g):
+            return
+        rnd.plan_group(g, self._fetch_hosts)
+        self._fetch_tasks[g] = asyncio.ensure_future(self._fetch_group(rnd, g))
+
+    async def _fetch_group(self, rnd: RoundCollector, g: int) -> None:
+        """Ask the members of group ``g``'s majority in turn until one payload verifies.
+
+        Next member on a timeout (``--payload-timeout``), a disconnect, or a payload that does
+        not match the member's own digest (that member is located as a liar); at most
+        ``--max-payload-requests`` requests (``RoundCollector.next_candidate``).
+        """
+        loop = asyncio.get_running_loop()
+        cfg = rnd.digest_config
+        key = rnd.digest_key
+        assert key is not None
+        while self._stop_reason is None:
+            j = rnd.next_candidate(g)
+            if j is None:
+                return
+            peer = self.seats.get(j)
+            if peer is None or peer.closed or peer.last_sent != (rnd.index, rnd.attempt):
+                rnd.give_up(j, "not connected when its payload was needed")
+                continue
+            fut: asyncio.Future[np.ndarray | None] = loop.create_future()
+            self._pending_fetch[j] = fut
+            rnd.requested(
+                j, g, peer.send(m.PayloadRequest(round_index=rnd.index, attempt=rnd.attempt))
+            )
+            try:
+                payload = await asyncio.wait_for(fut, cfg.payload_timeout)
+            except asyncio.TimeoutError:
+                rnd.give_up(j, f"no payload within --payload-timeout {cfg.payload_timeout:g} s")
+                log.info("round %d: worker %d did not send its payload in time", rnd.index, j)
+                continue
+            finally:
+                self._pending_fetch.pop(j, None)
+            if payload is None:
+                rnd.give_up(j, "disconnected before sending its payload")
+                continue
+            # Hashing a 45 MB payload takes ~55 ms: off the event loop (hashlib drops the GIL).
+            digest = await loop.run_in_executor(
+                self._executor, payload_digest, payload, key, cfg.digest_bytes
+            )
+            if rnd.verify(j, payload, digest):
+                return
+            log.warning(
+                "round %d: worker %d sent a payload that does not match its own digest: "
+                "located as a liar",
+                rnd.index,
+                j,
+            )
+
+    def _on_payload(self, peer: Peer, msg: m.Payload, wire_bytes: int) -> None:
+        """A requested payload (the Connection already refused unsolicited/duplicate ones)."""
+        j = peer.worker_id
+        assert j is not None
+        rnd = self._fetching
+        if rnd is None:
+            return  # its attempt is over: a late answer, legal and useless
+        offer = rnd.check_payload(j, msg.round_index, msg.attempt, msg.payload, wire_bytes)
+        if offer.verdict is Verdict.VIOLATION:
+            self.peer_violation(peer, ProtocolError(offer.reason))
+            return
+        fut = self._pending_fetch.get(j)
+        if offer.verdict is Verdict.ACCEPTED and fut is not None and not fut.done():
+            fut.set_result(msg.payload)
 
     async def shutdown(self, reason: str) -> None:
         """Stop accepting, Bye to every peer, wait up to the grace period, abort the rest."""
@@ -990,6 +1120,9 @@ class ParameterServer:
         j = peer.worker_id
         if j is not None and self.seats.get(j) is peer:
             del self.seats[j]
+            fut = self._pending_fetch.get(j)
+            if fut is not None and not fut.done():
+                fut.set_result(None)  # its payload will not come: ask the next member
             rnd = self._round
             if rnd is not None and peer.last_sent == (rnd.index, rnd.attempt):
                 rnd.erase(j, reason)
@@ -1003,7 +1136,7 @@ class ParameterServer:
         if rnd.complete or rnd.known_ready:
             self._wake.set()
             return
-        if not rnd.received:
+        if not rnd.received and not rnd.digests:
             return
         if self._inline_ready:
             if rnd.ready:
@@ -1081,7 +1214,10 @@ class ParameterServer:
             self._erase_peer(peer, f"error: {msg.code}")
             peer.close()
             return
-        if isinstance(msg, m.Gradient) and (msg.round_index, msg.attempt) > peer.last_answered:
+        if (
+            isinstance(msg, m.Gradient | m.Digest)
+            and (msg.round_index, msg.attempt) > peer.last_answered
+        ):
             # A payload for a newer (round, attempt) opens a new count: a worker answering a
             # backlog after a pause sends many in a row, each a legitimate (late) answer.
             peer.messages_in_round = 0
@@ -1094,13 +1230,17 @@ class ParameterServer:
                 ),
             )
             return
-        if isinstance(msg, m.Gradient):
-            self._on_gradient(peer, msg, wire_bytes)
+        if isinstance(msg, m.Gradient | m.Digest):
+            self._on_answer(peer, msg, wire_bytes)
+            return
+        if isinstance(msg, m.Payload):
+            self._on_payload(peer, msg, wire_bytes)
             return
         # The Connection's state table admits nothing else from a READY client.
         self.peer_violation(peer, ProtocolError(f"unexpected {type(msg).__name__}"))
 
-    def _on_gradient(self, peer: Peer, msg: m.Gradient, wire_bytes: int) -> None:
+    def _on_answer(self, peer: Peer, msg: m.Gradient | m.Digest, wire_bytes: int) -> None:
+        """A worker's answer to a RoundStart: a full payload, or (digest vote) a digest."""
         j = peer.worker_id
         assert j is not None
         key = (msg.round_index, msg.attempt)
@@ -1132,15 +1272,19 @@ class ParameterServer:
         rnd = self._round
         if rnd is None or key < (rnd.index, rnd.attempt):
             return  # a straggler's payload for a closed attempt: useless, harmless
-        offer = rnd.offer(
+        # The collector validates either kind of answer the same way (order, duplicates).
+        value: Any = msg.digest if isinstance(msg, m.Digest) else msg.payload
+        offer = (rnd.offer_digest if isinstance(msg, m.Digest) else rnd.offer)(
             j,
             msg.round_index,
-            msg.payload,
+            value,
             msg.compute_seconds,
             wire_bytes,
             received_at=time.perf_counter(),
             attempt=msg.attempt,
         )
+        if offer.verdict is Verdict.ACCEPTED and isinstance(msg, m.Digest):
+            self._fetch_early(rnd, j)
         if offer.verdict is Verdict.VIOLATION:
             self.peer_violation(peer, ProtocolError(offer.reason))
         elif offer.verdict is Verdict.ERASURE:
@@ -1261,6 +1405,8 @@ class ParameterServer:
             "seed": self.config.seed,
             "round_timeout": self.config.round_timeout,
             "attack_options": dict(getattr(self.config, "attack_options", {}) or {}),
+            "vote": self.engine.vote,
+            "digest_bytes": self.engine.digest_config.digest_bytes,
         }
 
 

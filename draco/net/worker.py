@@ -13,6 +13,11 @@ Each logical worker ``j`` (ids ``first_id .. first_id + count - 1``) runs this l
            send Gradient(t, y_j, compute_seconds, attempt)
        A RoundStart superseded by a newer (round, attempt) already received is skipped: after
        a pause the worker answers only the newest (the PS would ignore the others anyway).
+       Digest-first vote (``RoundStart.digest_key`` non-empty): send instead
+           Digest(t, attempt, BLAKE2b(y_j, key=digest_key), compute_seconds)
+       and keep y_j; a PayloadRequest(t, attempt) is answered with Payload(t, attempt, y_j).
+       Only the payloads of the last ``HELD_PAYLOADS`` attempts are kept (a request for an
+       older one is not answered: the PS then asks another member).
     5. Bye -> done; a dropped connection -> back to 1 (rejoin at the next round).
 
 Gradients are computed one at a time in ONE compute thread for the whole process (torch uses
@@ -51,6 +56,8 @@ import numpy as np
 
 from draco.core.attacks import make_attack
 from draco.core.codes import make_code
+from draco.core.decoding import bitwise_equal
+from draco.core.digests import DEFAULT_DIGEST_BYTES, check_digest_bytes, payload_digest
 from draco.errors import (
     AuthError,
     ConfigError,
@@ -71,6 +78,9 @@ log = logging.getLogger("draco.worker")
 # ``connect``): attempt a waits uniform(0.5, 1) * min(CAP, BASE * 2**a) seconds.
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
+# Digest-first vote: payloads kept for PayloadRequests, newest attempts only. The PS asks for
+# the current attempt's payload only; one more covers a request crossing the next RoundStart.
+HELD_PAYLOADS = 2
 # OpenSSL's reasons when the bytes received are not TLS (a plain-text peer).
 _NOT_TLS_REASONS = frozenset(
     {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
@@ -130,6 +140,10 @@ class _Compute:
         self._tasks: dict[str, Task] = {}
         # (task key, flip_labels) -> (round, params, {partition: (gradient row, seconds)})
         self._grads: dict[tuple[str, bool], tuple[int, np.ndarray, dict[int, Any]]] = {}
+        # Digest vote: (digest key, size) -> [(payload, digest)] for the newest key only. The
+        # members of a group in this process send bit-identical payloads: one hash, then a
+        # byte comparison (~5x cheaper) for each of the others.
+        self._digests: dict[tuple[bytes, int], list[tuple[np.ndarray, bytes]]] = {}
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -174,6 +188,20 @@ class _Compute:
                 done[k] = (g[row], per)
         rows = np.stack([done[k][0] for k in partitions]).astype(np.float32, copy=False)
         return rows, float(sum(done[k][1] for k in partitions))
+
+    def digest(self, payload: np.ndarray, key: bytes, size: int) -> bytes:
+        """``payload_digest(payload, key, size)``, shared between equal payloads of a round."""
+        payload = np.ascontiguousarray(payload)  # bitwise_equal compares memory
+        slot = (bytes(key), int(size))
+        if slot not in self._digests:
+            self._digests = {slot: []}  # a new round's key: the old digests are useless
+        seen = self._digests[slot]
+        for other, digest in seen:
+            if bitwise_equal(other, payload):
+                return digest
+        digest = payload_digest(payload, key, size)
+        seen.append((payload, digest))
+        return digest
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -457,6 +485,7 @@ class LogicalWorker:
         setup = await self._setup(msg.config)
         self.welcomed = self._session_welcomed = True
         log.info("worker %d: joined (partitions %s)", self.id, setup.partitions)
+        held: dict[tuple[int, int], np.ndarray] = {}  # digest vote: payloads kept for requests
         while True:
             msg = await proto.next()
             if isinstance(msg, m.Bye):
@@ -464,6 +493,20 @@ class LogicalWorker:
                 return True
             if isinstance(msg, m.Error):
                 return self._ended_by(msg)
+            if isinstance(msg, m.PayloadRequest):
+                payload = held.get((msg.round_index, msg.attempt))
+                if payload is None:
+                    log.info(
+                        "worker %d: payload of round %d attempt %d no longer held",
+                        self.id,
+                        msg.round_index,
+                        msg.attempt,
+                    )
+                    continue
+                await proto.send(
+                    m.Payload(round_index=msg.round_index, attempt=msg.attempt, payload=payload)
+                )
+                continue
             if not isinstance(msg, m.RoundStart):
                 raise RemoteProtocolError(f"worker {self.id}: unexpected {type(msg).__name__}")
             if self._superseded(msg, proto):
@@ -471,6 +514,24 @@ class LogicalWorker:
             payload, seconds = await self._round(setup, msg)
             if self._superseded(msg, proto):
                 continue  # the PS moved on while we computed; a late payload is useless
+            if msg.digest_key:
+                key = (msg.round_index, msg.attempt)
+                digest = await self.compute.run(
+                    self.compute.digest, payload, msg.digest_key, setup.digest_bytes
+                )
+                held[key] = payload
+                for old in sorted(held)[:-HELD_PAYLOADS]:
+                    del held[old]
+                await proto.send(
+                    m.Digest(
+                        round_index=msg.round_index,
+                        attempt=msg.attempt,
+                        digest=digest,
+                        compute_seconds=seconds,
+                    )
+                )
+                self.rounds_sent += 1
+                continue
             await proto.send(
                 m.Gradient(
                     round_index=msg.round_index,
@@ -511,6 +572,9 @@ class LogicalWorker:
             spec = dict(config["task"])
             seed = int(config.get("seed", 0))
             attack_options = dict(config.get("attack_options") or {})
+            digest_bytes = check_digest_bytes(
+                int(config.get("digest_bytes", DEFAULT_DIGEST_BYTES)), "Welcome digest_bytes"
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteProtocolError(f"worker {self.id}: malformed Welcome config: {exc}") from exc
         if tuple(code.partitions_of(self.id)) != partitions:
@@ -525,7 +589,9 @@ class LogicalWorker:
                 f"{config['dim']} (different package versions?)"
             )
         persistent = make_attack(self.options.attack) if self.options.attack else None
-        return _Setup(code, partitions, key, task, n, s, seed, persistent, attack_options)
+        return _Setup(
+            code, partitions, key, task, n, s, seed, persistent, attack_options, digest_bytes
+        )
 
     async def _round(self, setup: _Setup, msg: m.RoundStart) -> tuple[np.ndarray, float]:
         """Gradient, encode and (maybe) attack for one round."""
@@ -565,6 +631,7 @@ class _Setup:
     seed: int
     persistent: Any
     attack_options: dict[str, Any] = field(default_factory=dict)
+    digest_bytes: int = DEFAULT_DIGEST_BYTES
 
 
 async def _speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool:

@@ -4,7 +4,8 @@ Real ``draco-run`` processes training the torch ``logreg`` model on the syntheti
 (small and quick; the mechanism is the same for ``fc``):
 
 - every attack of ``draco.core.attacks.ATTACKS`` with s at the repetition code's limit gives
-  the SAME ``model_sha256`` as the clean run;
+  the SAME ``model_sha256`` as the clean run, with the full-payload vote and with the
+  digest-first vote (``--vote digest``; the clean digest run too);
 - the cyclic code under attack ends within a relative 1e-5 of the clean parameters;
 - both agree with plain minibatch SGD (``--code none --aggregator mean`` with as many workers
   as the code has partitions) up to float summation order;
@@ -59,15 +60,28 @@ def _train(run_dir: Path, *args: Any) -> tuple[dict[str, Any], np.ndarray]:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], np.ndarray]:
     """The clean repetition run every attacked run must reproduce."""
-    return _train(tmp_path_factory.mktemp("clean") / "run", "--attack", "none")
+    return _train(tmp_path_factory.mktemp("clean") / "run", "--attack", "none", "--vote", "full")
 
 
+def test_clean_digest_vote_run_trains_the_identical_model(
+    tmp_path: Path, clean: tuple[dict[str, Any], np.ndarray]
+) -> None:
+    summ, _ = _train(tmp_path / "run", "--attack", "none", "--vote", "digest")
+    assert summ["model_sha256"] == clean[0]["model_sha256"]
+    records = metrics(tmp_path / "run")
+    assert all(r["vote"] == "digest" and r["payload_requests"] == 1 for r in records)
+
+
+@pytest.mark.parametrize("vote", ["full", "digest"])
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_attacked_repetition_run_trains_the_identical_model(
-    tmp_path: Path, clean: tuple[dict[str, Any], np.ndarray], attack: str
+    tmp_path: Path, clean: tuple[dict[str, Any], np.ndarray], attack: str, vote: str
 ) -> None:
-    summ, params = _train(tmp_path / "run", "--code", "repetition", "--attack", attack)
+    summ, params = _train(
+        tmp_path / "run", "--code", "repetition", "--attack", attack, "--vote", vote
+    )
     assert summ["model_sha256"] == clean[0]["model_sha256"]
+    assert all(r["vote"] == vote for r in metrics(tmp_path / "run"))
     np.testing.assert_array_equal(params, clean[1])
     # The liars really lied and were caught (a data attack lies through its gradient).
     assert_liars_located(metrics(tmp_path / "run"), S, caught=attack != "alie")

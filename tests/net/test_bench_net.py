@@ -54,3 +54,30 @@ def test_bench_net_rejects_bad_sizes() -> None:
         bench_net.measure(0, 10, 1)
     with pytest.raises(ConfigError, match="trials"):
         bench_net.measure(2, 10, 1, trials=0)
+
+
+@pytest.mark.parametrize("vote", ["full", "digest"])
+def test_bench_net_vote_rounds(vote: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Whole PS rounds on loopback: the ingress ratio is 1 for the full vote and one
+    payload per group (+ digests) for the digest vote."""
+    from draco.cli import bench
+
+    argv = ["net", "--vote", vote, "--workers", "7", "--adversaries", "1", "--dim", "20000"]
+    assert bench.main([*argv, "--rounds", "3"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["vote"] == vote and result["rounds_measured"] == 2
+    ratio = result["ingress_ratio"]["median"]
+    if vote == "full":
+        # Socket bytes per round: answers after an early close land in the next round.
+        assert 0.5 < ratio < 1.5 and result["payload_requests"] == [0, 0]
+    else:
+        # 2 groups of 7 workers: 2 payloads of 7, plus 7 digest frames (~100 bytes each).
+        assert 2 / 7 <= ratio < 2 / 7 + 0.01 and result["payload_requests"] == [2, 2]
+        assert result["hash_seconds"]["median"] > 0
+
+
+def test_bench_net_vote_refuses_impossible_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    from draco.cli import bench
+
+    assert bench.main(["net", "--vote", "digest", "--workers", "2", "--adversaries", "1"]) == 2
+    assert "draco-bench: error:" in capsys.readouterr().err

@@ -606,7 +606,7 @@ def test_golden_bytes_of_the_documented_example() -> None:
         [np.array([1 + 2j, 3 - 4j], dtype=np.complex64)],
     )
     head = bytes(chunks[0])
-    assert head[:24].hex() == "4452434f0002000000000062000000000000001000000001"
+    assert head[:24].hex() == "4452434f0003000000000062000000000000001000000001"
     assert head[24:].startswith(b"\x85\xa4type\xa8gradient\xabround_index\x07\xafcompute_seconds")
     assert b"\xa7attempt\x01\xa7tensors" in head
     assert bytes(chunks[1]) == np.array([1, 2, 3, -4], dtype="<f4").tobytes()

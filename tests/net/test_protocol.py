@@ -13,15 +13,27 @@ from draco.net.messages import (
     Auth,
     Bye,
     Challenge,
+    Digest,
     Error,
     Gradient,
     Hello,
     Message,
+    Payload,
+    PayloadRequest,
     RoundStart,
     Welcome,
     to_wire,
 )
-from draco.net.protocol import CLOSED, NEED_DATA, Closed, Connection, NeedData, Role, State
+from draco.net.protocol import (
+    CLOSED,
+    MAX_OUTSTANDING_REQUESTS,
+    NEED_DATA,
+    Closed,
+    Connection,
+    NeedData,
+    Role,
+    State,
+)
 
 NONCE = bytes(range(32))
 MAC = b"\x07" * 32
@@ -212,7 +224,14 @@ def test_client_accepts_welcome_and_round_start_in_one_read() -> None:
 # -- illegal transitions -------------------------------------------------------------------
 
 SERVER_RECV_ILLEGAL = {
-    State.AWAIT_HELLO: [Auth(MAC), Gradient(0, PAYLOAD, 0.0), Challenge(NONCE), Welcome({})],
+    State.AWAIT_HELLO: [
+        Auth(MAC),
+        Gradient(0, PAYLOAD, 0.0),
+        Challenge(NONCE),
+        Welcome({}),
+        Digest(0, 0, b"d" * 32, 0.0),
+        Payload(0, 0, PARAMS),
+    ],
     State.AWAIT_AUTH: [Hello(PROTOCOL_VERSION, 1), Challenge(NONCE)],
     State.READY: [Hello(PROTOCOL_VERSION, 1), Auth(MAC), RoundStart(0, PARAMS, None, 0)],
 }
@@ -400,3 +419,114 @@ def test_random_bytes_into_a_server(data: bytes, step: int) -> None:
         assert server.next_event() is CLOSED
     except RemoteProtocolError:
         assert server.state is State.ERROR
+
+
+# -- digest-first vote: Digest, PayloadRequest, Payload ------------------------------------
+
+KEY = b"\x42" * 32
+DIGEST = b"\x11" * 32
+
+
+@pytest.mark.parametrize("step", [0, 1, 7])
+def test_digest_round_flow(step: int) -> None:
+    """RoundStart(key) -> Digest -> PayloadRequest -> Payload, fed byte by byte."""
+    server, client = handshake(step)
+    for t in range(2):
+        rs = RoundStart(t, PARAMS, None, 0, attempt=1, digest_key=KEY)
+        assert deliver(server, client, rs, step) == rs
+        d = Digest(t, 1, DIGEST, 0.25)
+        assert deliver(client, server, d, step) == d
+        req = PayloadRequest(t, 1)
+        assert deliver(server, client, req, step) == req
+        assert server.requested == client.requested == [(t, 1)]
+        pay = Payload(t, 1, PARAMS)
+        assert deliver(client, server, pay, step) == pay
+        assert server.requested == client.requested == []
+    assert server.state is client.state is State.READY
+
+
+@pytest.mark.parametrize("step", [0, 1])
+def test_unsolicited_payload_is_a_remote_error(step: int) -> None:
+    server, _ = handshake()
+    data = raw(Payload(0, 0, PARAMS))
+    with pytest.raises(RemoteProtocolError, match="not requested"):
+        for i in range(0, len(data), step or len(data)):
+            server.receive_data(data[i : i + (step or len(data))])
+            assert server.next_event() is NEED_DATA
+    assert server.state is State.ERROR
+
+
+def test_duplicate_payload_is_a_remote_error() -> None:
+    server, client = handshake()
+    deliver(server, client, PayloadRequest(3, 0))
+    deliver(client, server, Payload(3, 0, PARAMS))
+    server.receive_data(raw(Payload(3, 0, PARAMS)))  # the same answer again
+    with pytest.raises(RemoteProtocolError, match="unsolicited or duplicate"):
+        server.next_event()
+
+
+def test_payload_for_another_attempt_than_requested_is_a_remote_error() -> None:
+    server, client = handshake()
+    deliver(server, client, PayloadRequest(3, 1))
+    server.receive_data(raw(Payload(3, 0, PARAMS)))
+    with pytest.raises(RemoteProtocolError):
+        server.next_event()
+
+
+def test_an_answer_retires_older_requests() -> None:
+    """A worker may skip a request a newer round made useless; answering the newer one
+    retires the older, which can then no longer be answered."""
+    server, client = handshake()
+    deliver(server, client, PayloadRequest(1, 0))
+    deliver(server, client, PayloadRequest(2, 0))
+    deliver(client, server, Payload(2, 0, PARAMS))
+    assert server.requested == client.requested == []
+    server.receive_data(raw(Payload(1, 0, PARAMS)))
+    with pytest.raises(RemoteProtocolError):
+        server.next_event()
+
+
+def test_outstanding_requests_are_bounded() -> None:
+    server, client = handshake()
+    for t in range(MAX_OUTSTANDING_REQUESTS + 5):
+        deliver(server, client, PayloadRequest(t, 0))
+    assert len(server.requested) == len(client.requested) == MAX_OUTSTANDING_REQUESTS
+    assert server.requested[0] == (5, 0)  # the oldest were forgotten
+    server.receive_data(raw(Payload(0, 0, PARAMS)))  # forgotten: no longer answerable
+    with pytest.raises(RemoteProtocolError):
+        server.next_event()
+
+
+def test_client_cannot_send_an_unrequested_payload() -> None:
+    _, client = handshake()
+    with pytest.raises(LocalProtocolError, match="not requested"):
+        client.send(Payload(0, 0, PARAMS))
+
+
+@pytest.mark.parametrize(
+    "msg", [Digest(0, 0, DIGEST, 0.0), Payload(0, 0, PARAMS), PayloadRequest(0, 0)]
+)
+def test_digest_messages_before_ready_are_remote_errors(msg: Message) -> None:
+    """Before authentication: Payload carries a tensor (refused on its prefix), the others
+    are out of order."""
+    server = server_in(State.AWAIT_AUTH)
+    server.receive_data(raw(msg))
+    with pytest.raises(RemoteProtocolError):
+        server.next_event()
+
+
+def test_server_cannot_receive_a_payload_request() -> None:
+    server, _ = handshake()
+    server.receive_data(raw(PayloadRequest(0, 0)))
+    with pytest.raises(RemoteProtocolError):
+        server.next_event()
+
+
+@pytest.mark.parametrize("n", [0, 15, 65])
+def test_digest_of_a_bad_length_is_a_remote_error(n: int) -> None:
+    server, _ = handshake()
+    header, tensors = to_wire(Digest(0, 0, DIGEST, 0.0))
+    header["digest"] = b"x" * n
+    server.receive_data(wire(encode_frame(header, tensors)))
+    with pytest.raises(RemoteProtocolError, match="digest"):
+        server.next_event()

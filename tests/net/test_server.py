@@ -57,6 +57,8 @@ def make_server(
     attack: str | None = None,
     hooks: Any = None,
     ssl_context: Any = None,
+    vote: str = "full",
+    digest: Any = None,
     **cfg: Any,
 ) -> tuple[ParameterServer, LeastSquaresTask]:
     options = {"aggregator": "mean"} if code_name == "none" else {}
@@ -84,6 +86,8 @@ def make_server(
         attack=None if attack is None else make_attack(attack),
         max_failed_rounds=config.max_failed_rounds,
         decode_rng=lambda: np.random.default_rng(0),
+        vote=vote,
+        digest=digest,
     )
     server = ParameterServer(
         config,

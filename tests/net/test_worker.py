@@ -466,3 +466,29 @@ async def test_against_the_real_server_with_liars(code_name: str) -> None:
         assert not r["failed"] and len(liars) == s
         assert located | erased == liars and not located & erased, r
     assert not np.array_equal(engine.params, task.initial_params())
+
+
+def test_equal_payloads_of_a_round_share_one_digest() -> None:
+    """The process's digest cache: equal payloads (a group's members) get the digest of
+    the first, any other payload or key is hashed; a new key forgets the old ones."""
+    from unittest import mock
+
+    from draco.core import digests
+    from draco.net import worker
+
+    compute = worker._Compute(share_gradients=True)
+    try:
+        key, other_key = b"k" * 32, b"q" * 32
+        x = np.arange(1000, dtype=np.float32)
+        y = x.copy()
+        y[7] += 1
+        with mock.patch.object(worker, "payload_digest", wraps=digests.payload_digest) as h:
+            d1 = compute.digest(x, key, 32)
+            assert compute.digest(x.copy(), key, 32) == d1 and h.call_count == 1
+            assert compute.digest(y, key, 32) != d1 and h.call_count == 2
+            assert compute.digest(x[::-1][::-1], key, 32) == d1 and h.call_count == 2
+            assert compute.digest(x, other_key, 32) == digests.payload_digest(x, other_key, 32)
+            assert h.call_count == 3
+            assert compute.digest(x, key, 32) == d1 and h.call_count == 4  # forgotten
+    finally:
+        compute.close()
