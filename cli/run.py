@@ -105,6 +105,8 @@ def _shared_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-ca", default=None)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--task", default=None)
+    p.add_argument("--task-file", type=Path, default=None)
     for flag in ("--port", "--ready-file", "--secret-file"):
         p.add_argument(flag, default=None)
     return p
@@ -192,6 +194,25 @@ def wait_ready(ready: Path, ps: subprocess.Popen[bytes], timeout: float) -> tupl
     raise DracoError(f"the parameter server was not ready after {timeout:g} s ({ready} missing)")
 
 
+def _plugin_allow(shared: argparse.Namespace) -> list[str]:
+    """``--allow-task NAME`` for the workers when the run names a plug-in task."""
+    name = shared.task
+    if name is None and shared.task_file is not None:
+        from draco.task import read_task_file
+
+        name = read_task_file(shared.task_file)[0]
+    return [] if name is None else ["--allow-task", str(name)]
+
+
+def _saved_allow(run_dir: Path) -> list[str]:
+    """``--allow-task NAME`` for a resumed run whose saved task is a plug-in."""
+    from draco.rundir import RunDir
+
+    task = RunDir(run_dir, resume=True).read_config().get("task")
+    name = task.get("factory") if isinstance(task, dict) else None
+    return [] if name is None else ["--allow-task", str(name)]
+
+
 def _default_run_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
@@ -237,7 +258,10 @@ def launch(args: argparse.Namespace, passthrough: list[str]) -> int:
                 f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
                 "or pick another --run-dir"
             )
-        defaults = [x for pair in DEMO_FLAGS for x in pair]
+        # A plug-in task replaces the demonstration's --model.
+        user, _ = _shared_parser().parse_known_args(passthrough)
+        plugin = user.task is not None or user.task_file is not None
+        defaults = [x for k, v in DEMO_FLAGS if not (plugin and k == "--model") for x in (k, v)]
         shared, _ = _shared_parser().parse_known_args(defaults + passthrough)
         if (
             shared.adversaries == 0
@@ -281,6 +305,8 @@ def launch(args: argparse.Namespace, passthrough: list[str]) -> int:
         tls = []
         if shared.tls_ca or shared.tls_cert:
             tls = ["--tls-ca", str(shared.tls_ca or shared.tls_cert)]
+        # The one operator of this machine named the task: its workers may run it.
+        allow = _saved_allow(run_dir) if args.resume is not None else _plugin_allow(shared)
         for first, count in split_workers(n_workers, args.worker_procs):
             worker_argv = [
                 sys.executable,
@@ -296,6 +322,7 @@ def launch(args: argparse.Namespace, passthrough: list[str]) -> int:
                 str(tokens_path),
                 *loop_flags,
                 *tls,
+                *allow,
             ]
             workers.append(_spawn(worker_argv))
         children.extend(workers)

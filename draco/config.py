@@ -25,6 +25,10 @@ from draco.optim import SGDConfig
 CODES = ("repetition", "cyclic", "none")
 SCHEDULES = ("random", "fixed")
 LOOPS = ("uvloop", "asyncio")
+VOTES = ("exact", "tolerance")  # the repetition code's vote (draco-ps --vote)
+# The tolerance vote's default: float32 gradients computed on different devices differ in
+# the last few bits of each term; their sums stay well within 1e-4 of the largest entry.
+DEFAULT_VOTE_RTOL = 1e-4
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
@@ -107,6 +111,10 @@ class PSConfig:
     attack: str | None = None  # None: nobody lies
     attack_options: dict[str, Any] = field(default_factory=dict)
     adversary_schedule: str = "random"  # which s workers lie: new each round, or fixed
+    # Repetition code only. None: the exact, bitwise vote. A float in (0, 1): the tolerance
+    # vote (payloads within rtol of each other count as equal) for workers whose devices
+    # cannot give bit-identical gradients (GPUs, mixed hosts; draco-ps --vote tolerance).
+    vote_rtol: float | None = None
     rounds: int = 100
     seed: int = 0
     task: dict[str, Any] = field(default_factory=lambda: {"model": "lstsq"})
@@ -145,6 +153,7 @@ class PSConfig:
         "attack",
         "attack_options",
         "adversary_schedule",
+        "vote_rtol",
         "rounds",
         "seed",
         "task",
@@ -180,6 +189,18 @@ class PSConfig:
         _check_options("--attack-option", self.attack_options)
         if self.attack is None and self.attack_options:
             raise ConfigError("--attack-option needs an --attack")
+        if self.vote_rtol is not None:
+            if self.code != "repetition":
+                raise ConfigError(
+                    f"--vote tolerance applies to the repetition code, not --code {self.code}"
+                )
+            rtol = self.vote_rtol
+            if (
+                isinstance(rtol, bool)
+                or not isinstance(rtol, (int, float))
+                or not 0.0 < float(rtol) < 1.0
+            ):
+                raise ConfigError(f"--vote-rtol must be a number in (0, 1), got {rtol!r}")
         if isinstance(self.link_gbps, bool) or not isinstance(self.link_gbps, (int, float)):
             raise ConfigError(f"--link-gbps must be a number, got {self.link_gbps!r}")
         if not (math.isfinite(self.link_gbps) and self.link_gbps > 0):
@@ -295,6 +316,11 @@ class PSConfig:
         attack_options = parse_options(getattr(args, "attack_option", None) or [])
         resume = args.resume is not None
         run_dir = args.resume if resume else args.run_dir
+        vote, vote_rtol = getattr(args, "vote", "exact"), getattr(args, "vote_rtol", None)
+        if vote == "exact" and vote_rtol is not None:
+            raise ConfigError("--vote-rtol needs --vote tolerance")
+        if vote == "tolerance" and vote_rtol is None:
+            vote_rtol = DEFAULT_VOTE_RTOL
         return cls(
             n_workers=args.workers,
             n_adversaries=args.adversaries,
@@ -304,6 +330,7 @@ class PSConfig:
             attack=attack,
             attack_options=attack_options,
             adversary_schedule=args.adversary_schedule,
+            vote_rtol=vote_rtol,
             rounds=args.rounds,
             seed=args.seed,
             task=task,
@@ -333,6 +360,8 @@ class PSConfig:
 
     def code_options(self) -> dict[str, Any]:
         """Options for ``make_code(self.code, n, s, **options)``."""
+        if self.code == "repetition" and self.vote_rtol is not None:
+            return {"rtol": float(self.vote_rtol)}
         if self.code != "none":
             return {}
         return {"aggregator": self.aggregator or "mean", **self.aggregator_options}
