@@ -80,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         + ". Flags shared with draco-ps: --workers, --adversaries, --code, --aggregator, "
         "--aggregator-option, --attack, --attack-option, --adversary-schedule, --rounds, "
         "--seed, --run-dir, --checkpoint-every, --link-gbps, --target-accuracy, "
-        "--round-timeout and the task flags (--model, --dataset, --data-dir, --batch-size, "
-        "--lr, --momentum, --weight-decay, --eval-every). Example: draco-run --workers 45 "
-        "--adversaries 5 --code cyclic --attack reverse --dataset mnist --rounds 500",
+        "--round-timeout, --vote and the task flags (--model or --task with --task-option / "
+        "--task-file, --dataset, --data-dir, --batch-size, --lr, --momentum, --weight-decay, "
+        "--eval-every); a --task is allowed on the workers this launcher starts. Example: "
+        "draco-run --workers 45 --adversaries 5 --code cyclic --attack reverse --dataset mnist "
+        "--rounds 500",
         allow_abbrev=False,
     )
     p.add_argument("--worker-procs", type=int, default=2, metavar="N", help="worker processes (2)")

@@ -11,8 +11,10 @@ bit-identical gradient g_k):
 - float32 throughout; pixels are normalised through a fixed float32 lookup table;
 - no dropout, no augmentation, no other randomness.
 
-Both settings are process-wide, so constructing a ``TorchTask`` sets them for the whole
-process (the parameter server's evaluation then runs single-threaded too).
+Both settings are process-wide (``draco.train.device.configure_torch``), so constructing a
+``TorchTask`` sets them for the whole process (the parameter server's evaluation then runs
+single-threaded too). ``device="cuda"``/``"mps"`` computes the gradients there (evaluation
+stays on the CPU); see draco.train.device for what that means for the vote.
 
 Performance: the dataset is loaded once per process and shared by every task instance (the
 logical workers of one process); one model per (architecture, purpose) per process is reused,

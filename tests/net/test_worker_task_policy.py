@@ -175,3 +175,33 @@ async def test_an_allowed_plugin_task_computes_its_gradients(
     parts = code.partitions_of(0)
     expect = code.encode(0, local.partition_gradients(params, 4, parts))
     np.testing.assert_array_equal(got[0].payload, expect)
+
+
+def test_cli_refuses_a_malformed_allow_task(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from draco.cli import worker as cli
+
+    argv = ["--ps", "127.0.0.1:1", "--id", "0", "--token-file", str(tmp_path / "t")]
+    assert cli.main([*argv, "--allow-task", "os:path.join"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("draco-worker: error: a task factory is named package.module:function")
+    assert cli.main([*argv, "--max-task-option-depth", "99"]) == 2
+    assert "--max-task-option-depth must be an int in [0, 16]" in capsys.readouterr().err
+
+
+def test_cli_takes_its_ids_from_the_launcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from draco.cli import worker as cli
+    from draco.net.auth import issue_tokens, write_token_file
+
+    tokens = tmp_path / "tokens"
+    write_token_file(tokens, issue_tokens(SECRET, range(4)))
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    # Rank 2 of 3 with --count 2 runs ids 4 and 5: the tokens file has none of them.
+    assert cli.main(["--ps", "127.0.0.1:1", "--count", "2", "--token-file", str(tokens)]) == 2
+    assert "no token for worker id(s) [4, 5]" in capsys.readouterr().err
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "3")
+    assert cli.main(["--ps", "127.0.0.1:1", "--token-file", str(tokens)]) == 2
+    assert "launcher variables disagree" in capsys.readouterr().err
