@@ -133,12 +133,16 @@ class _Compute:
     Everything that touches a task runs in the one thread, so the caches need no locks.
     """
 
-    def __init__(self, options: WorkerOptions) -> None:
-        self.options = options
+    def __init__(self, share_gradients: bool, options: WorkerOptions | None = None) -> None:
+        # ``options``: the operator's task policy (allowlist, device, option limits); None
+        # keeps the defaults (built-in tasks only, CPU).
+        self.allowed_tasks = options.allowed_tasks if options else frozenset()
+        self.device = options.device if options else "cpu"
+        self.option_limits = options.task_option_limits if options else TaskOptionLimits()
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="draco-compute"
         )
-        self.share = options.share_gradients
+        self.share = share_gradients
         self._tasks: dict[str, Task] = {}
         # (task key, flip_labels) -> (round, params, {partition: (gradient row, seconds)})
         self._grads: dict[tuple[str, bool], tuple[int, np.ndarray, dict[int, Any]]] = {}
@@ -151,12 +155,11 @@ class _Compute:
         # Runs in the compute thread: loading a data set must not stall the event loop.
         key = json.dumps(spec, sort_keys=True)
         if key not in self._tasks:
-            opts = self.options
             self._tasks[key] = make_task(
                 spec,
-                allowed=opts.allowed_tasks,
-                device=opts.device,
-                option_limits=opts.task_option_limits,
+                allowed=self.allowed_tasks,
+                device=self.device,
+                option_limits=self.option_limits,
             )
         return key, self._tasks[key]
 
@@ -647,7 +650,7 @@ async def run_workers(options: WorkerOptions) -> None:
             f"attack {options.attack!r} needs the honest payloads of the others; run it "
             "with draco-ps --attack (simulated at the PS) instead of draco-worker --attack"
         )
-    compute = _Compute(options)
+    compute = _Compute(options.share_gradients, options)
     workers = [
         LogicalWorker(wid, options.tokens[wid], options, compute) for wid in sorted(options.tokens)
     ]
