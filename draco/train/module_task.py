@@ -206,6 +206,14 @@ class ModuleTask:
         seq = np.random.SeedSequence([self.ctx.seed, _RNG_STREAM, round_index, partition])
         return int(seq.generate_state(1, dtype=np.uint64)[0] >> 1)
 
+    def _seed_torch(self, seed: int) -> None:
+        # On the CPU only the default generator matters; torch.manual_seed would also seed
+        # every accelerator's generators, about 100x the cost (benchmarks/results.md).
+        if self.device.type == "cpu":
+            torch.default_generator.manual_seed(seed)
+        else:
+            torch.manual_seed(seed)
+
     def _check_params(self, params: np.ndarray) -> torch.Tensor:
         w = np.asarray(params)
         if w.shape != (self._dim,):
@@ -252,7 +260,7 @@ class ModuleTask:
                     devices=[] if self.device.type == "cpu" else None,
                     device_type=self.device.type if self.device.type != "cpu" else "cuda",
                 ):
-                    torch.manual_seed(self._partition_seed(round_index, int(k)))
+                    self._seed_torch(self._partition_seed(round_index, int(k)))
                     x, y = self.train.batch(self.sampler.indices(round_index, int(k)))
                     x, y = x.to(self.device), y.to(self.device)
                     output = model(x)
@@ -260,7 +268,11 @@ class ModuleTask:
                         y = (output.shape[-1] - 1) - y if self.classification else -y
                     loss = self.loss(output, y)
                 grads = torch.autograd.grad(loss, self._grad_params)
-                out_t[row].copy_(torch.cat([g.reshape(-1) for g in grads]))
+                flat = [g.reshape(-1) for g in grads]
+                if self.device.type == "cpu":
+                    torch.cat(flat, out=out_t[row])  # straight into the result, no copy
+                else:
+                    out_t[row].copy_(torch.cat(flat))
         return out
 
     def evaluate(self, params: np.ndarray) -> dict[str, float]:
