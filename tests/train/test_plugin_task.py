@@ -465,3 +465,25 @@ def test_task_flag_errors(tmp_path: Path, argv: list[str], toml: str | None, mat
 def test_missing_task_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read --task-file"):
         task_spec_from_args(_args("--task-file", str(tmp_path / "nope.toml")), 6, 9)
+
+
+# -- devices ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a CUDA device")
+def test_cuda_without_a_gpu_is_a_clear_error_for_every_torch_task() -> None:
+    builtin = {"model": "logreg", "dataset": "synthetic", "data_dir": None}
+    builtin.update(n_partitions=2, batch_size=4, seed=0)
+    with pytest.raises(ConfigError, match=r"--device cuda: .*use --device cpu"):
+        make_task(builtin, device="cuda")
+    with pytest.raises(ConfigError, match="--device cuda: "):
+        ModuleTask(_ctx(device="cuda"), model=lambda: nn.Linear(3, 2), data=_linear_data)
+
+
+def test_device_names_and_numpy_tasks() -> None:
+    lstsq = {"model": "lstsq", "dim": 4, "n_partitions": 2, "batch_size": 4, "seed": 0}
+    with pytest.raises(ConfigError, match="lstsq task computes with numpy"):
+        make_task(lstsq, device="mps")
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        make_task(lstsq, device="tpu")
+    assert make_task(lstsq, device="cpu").dim == 4
