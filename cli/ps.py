@@ -38,10 +38,18 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from draco.config import CODES, LOOPS, SCHEDULES, VOTE_CHOICES, PSConfig, ServerLimits
+from draco.config import (
+    CODES,
+    DEFAULT_VOTE_RTOL,
+    LOOPS,
+    SCHEDULES,
+    VOTE_CHOICES,
+    PSConfig,
+    ServerLimits,
+)
 from draco.errors import ConfigError, DracoError
 from draco.optim import SGD
-from draco.task import Task, add_task_arguments, make_task, task_spec_from_args
+from draco.task import CUSTOM_MODEL, Task, add_task_arguments, make_task, task_spec_from_args
 
 PROG = "draco-ps"
 EXIT_USAGE = 2
@@ -247,7 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.vote,
         help="full: every worker sends its payload; digest: (repetition code, exact vote) "
         "every worker sends a keyed BLAKE2b digest and the PS fetches one payload per group; "
-        "auto: digest where it applies, else full",
+        "auto: digest where it applies, else full; tolerance: (repetition code) full "
+        "payloads that agree within --vote-rtol count as equal, for workers whose devices "
+        "cannot give bit-identical gradients (draco-worker --device cuda/mps, mixed hosts)",
+    )
+    vg.add_argument(
+        "--vote-rtol",
+        type=float,
+        default=None,
+        metavar="RTOL",
+        help=f"tolerance vote: payloads a, b count as equal when max|a-b| <= RTOL * "
+        f"max(|a|_inf, |b|_inf) (default {DEFAULT_VOTE_RTOL:g})",
     )
     vg.add_argument(
         "--digest-bytes",
@@ -550,8 +568,20 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
             f"the task has {config.task['n_partitions']} partitions, the code "
             f"{code.n_partitions}: they must match"
         )
-    # Loading a data set can take seconds: keep the loop free (signals still work).
-    task = await asyncio.get_running_loop().run_in_executor(None, make_task, config.task)
+    # Loading a data set can take seconds: keep the loop free (signals still work). A
+    # plug-in factory is allowed here because this process's own operator named it.
+    allowed = [config.task["factory"]] if config.task.get("model") == CUSTOM_MODEL else []
+    task = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: make_task(config.task, allowed=allowed)
+    )
+    if config.vote_rtol is not None:
+        print(
+            f"{PROG}: repetition code with the TOLERANCE vote (rtol {config.vote_rtol:g}): "
+            "payloads that agree within rtol count as equal, for workers on devices that "
+            "cannot give bit-identical gradients",
+            file=out,
+            flush=True,
+        )
     attack = None
     if config.attack is not None:
         from draco.core.attacks import make_attack
@@ -640,10 +670,15 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
         "failed_rounds": engine.totals.failed_rounds,
         "admission": {k: v for k, v in server.admission.counters.items() if v},
         "code": config.code,
+        "task": config.task.get("factory", config.task.get("model")),
         "workers": config.n_workers,
         "adversaries": config.n_adversaries,
         "attack": config.attack,
         "aggregator": (config.aggregator or "mean") if config.code == "none" else None,
+        "vote": None
+        if config.code != "repetition"
+        else ("tolerance" if config.vote_rtol is not None else engine.vote),
+        "vote_rtol": config.vote_rtol,
         "aggregator_options": dict(config.aggregator_options),
         "attack_options": dict(config.attack_options),
         "seed": config.seed,

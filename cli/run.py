@@ -80,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         + ". Flags shared with draco-ps: --workers, --adversaries, --code, --aggregator, "
         "--aggregator-option, --attack, --attack-option, --adversary-schedule, --rounds, "
         "--seed, --run-dir, --checkpoint-every, --link-gbps, --target-accuracy, "
-        "--round-timeout and the task flags (--model, --dataset, --data-dir, --batch-size, "
-        "--lr, --momentum, --weight-decay, --eval-every). Example: draco-run --workers 45 "
-        "--adversaries 5 --code cyclic --attack reverse --dataset mnist --rounds 500",
+        "--round-timeout, --vote and the task flags (--model or --task with --task-option / "
+        "--task-file, --dataset, --data-dir, --batch-size, --lr, --momentum, --weight-decay, "
+        "--eval-every); a --task is allowed on the workers this launcher starts. Example: "
+        "draco-run --workers 45 --adversaries 5 --code cyclic --attack reverse --dataset mnist "
+        "--rounds 500",
         allow_abbrev=False,
     )
     p.add_argument("--worker-procs", type=int, default=2, metavar="N", help="worker processes (2)")
@@ -105,6 +107,8 @@ def _shared_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-ca", default=None)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--task", default=None)
+    p.add_argument("--task-file", type=Path, default=None)
     for flag in ("--port", "--ready-file", "--secret-file"):
         p.add_argument(flag, default=None)
     return p
@@ -192,6 +196,25 @@ def wait_ready(ready: Path, ps: subprocess.Popen[bytes], timeout: float) -> tupl
     raise DracoError(f"the parameter server was not ready after {timeout:g} s ({ready} missing)")
 
 
+def _plugin_allow(shared: argparse.Namespace) -> list[str]:
+    """``--allow-task NAME`` for the workers when the run names a plug-in task."""
+    name = shared.task
+    if name is None and shared.task_file is not None:
+        from draco.task import read_task_file
+
+        name = read_task_file(shared.task_file)[0]
+    return [] if name is None else ["--allow-task", str(name)]
+
+
+def _saved_allow(run_dir: Path) -> list[str]:
+    """``--allow-task NAME`` for a resumed run whose saved task is a plug-in."""
+    from draco.rundir import RunDir
+
+    task = RunDir(run_dir, resume=True).read_config().get("task")
+    name = task.get("factory") if isinstance(task, dict) else None
+    return [] if name is None else ["--allow-task", str(name)]
+
+
 def _default_run_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
@@ -237,7 +260,10 @@ def launch(args: argparse.Namespace, passthrough: list[str]) -> int:
                 f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
                 "or pick another --run-dir"
             )
-        defaults = [x for pair in DEMO_FLAGS for x in pair]
+        # A plug-in task replaces the demonstration's --model.
+        user, _ = _shared_parser().parse_known_args(passthrough)
+        plugin = user.task is not None or user.task_file is not None
+        defaults = [x for k, v in DEMO_FLAGS if not (plugin and k == "--model") for x in (k, v)]
         shared, _ = _shared_parser().parse_known_args(defaults + passthrough)
         if (
             shared.adversaries == 0
@@ -281,6 +307,8 @@ def launch(args: argparse.Namespace, passthrough: list[str]) -> int:
         tls = []
         if shared.tls_ca or shared.tls_cert:
             tls = ["--tls-ca", str(shared.tls_ca or shared.tls_cert)]
+        # The one operator of this machine named the task: its workers may run it.
+        allow = _saved_allow(run_dir) if args.resume is not None else _plugin_allow(shared)
         for first, count in split_workers(n_workers, args.worker_procs):
             worker_argv = [
                 sys.executable,
@@ -296,6 +324,7 @@ def launch(args: argparse.Namespace, passthrough: list[str]) -> int:
                 str(tokens_path),
                 *loop_flags,
                 *tls,
+                *allow,
             ]
             workers.append(_spawn(worker_argv))
         children.extend(workers)

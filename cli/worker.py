@@ -5,6 +5,16 @@ Example (the PS issued the tokens with ``draco-ps keys --secret-file S --workers
     draco-worker --ps 10.0.0.1:7000 --id 0 --count 8 --token-file T
     draco-worker --ps 10.0.0.1:7000 --id 8 --count 7 --token-file T
 
+Under a launcher the ids come from its environment (draco.launch_env, docs/slurm.md)::
+
+    srun -n 15 draco-worker --ps 10.0.0.1:7000 --token-file T     # one id per task
+    srun -n 3 draco-worker --ps 10.0.0.1:7000 --workers 15 --token-file T   # 5 ids each
+
+A plug-in task runs only if this worker's operator allows its factory (docs/tasks.md)::
+
+    draco-worker --ps 10.0.0.1:7000 --id 0 --count 8 --token-file T \
+                 --allow-task my_tasks.cnn:make_task --device cuda
+
 Exit status: 0 when the PS ends the run (Bye), 2 on an error a user can fix (wrong address,
 refused credential, version mismatch, bad flags), 130/143 when interrupted.
 """
@@ -23,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from draco.errors import ConfigError, DracoError
+from draco.launch_env import resolve_ids
+from draco.task import DEVICES, TaskOptionLimits, check_factory_name
 
 PROG = "draco-worker"
 
@@ -43,8 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run K logical DRACO workers (ids I..I+K-1) against a parameter server.",
     )
     p.add_argument("--ps", required=True, metavar="HOST:PORT", help="the parameter server")
-    p.add_argument("--id", type=int, required=True, metavar="I", help="first worker id")
-    p.add_argument("--count", type=int, default=1, metavar="K", help="logical workers (1)")
+    p.add_argument(
+        "--id",
+        type=int,
+        default=None,
+        metavar="I",
+        help="first worker id (else from $SLURM_PROCID or $RANK; see docs/slurm.md)",
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        default=None,
+        metavar="K",
+        help="logical workers in this process (1); under a launcher rank r runs r*K..r*K+K-1",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="under a launcher: split the run's N worker ids evenly over its tasks",
+    )
     p.add_argument(
         "--token-file",
         required=True,
@@ -73,6 +104,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep retrying, with backoff, connections the PS closes before welcoming us "
         "(its handshake slots are full, a handshake timed out) this long (120)",
     )
+    p.add_argument(
+        "--allow-task",
+        action="append",
+        default=[],
+        metavar="PACKAGE.MODULE:FACTORY",
+        help="a plug-in task factory this worker may import and run when the PS names it "
+        "(repeatable; the built-in tasks need none). Nothing else is ever imported",
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where gradients are computed (cpu); cuda/mps need the PS's --vote tolerance "
+        "with the repetition code",
+    )
+    lim = TaskOptionLimits()
+    for what, metavar, default, help_ in (
+        ("depth", "D", lim.max_depth, "nest deeper than this"),
+        ("items", "N", lim.max_items, "hold more values than this"),
+        ("text", "CHARS", lim.max_text, "hold a longer string than this"),
+    ):
+        p.add_argument(
+            f"--max-task-option-{what}",
+            type=int,
+            default=default,
+            metavar=metavar,
+            help=f"refuse a task whose options (from the PS) {help_} ({default})",
+        )
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     p.add_argument("--tls-ca", type=Path, default=None, help="CA file to verify the PS with")
     p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mTLS)")
@@ -147,16 +206,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from draco.net.worker import WorkerOptions, run_workers
 
-        if args.count < 1:
-            raise ConfigError(f"--count must be >= 1, got {args.count}")
-        if args.id < 0:
-            raise ConfigError(f"--id must be >= 0, got {args.id}")
+        ids = resolve_ids(args.id, args.count, args.workers, os.environ)
+        logging.getLogger("draco.worker").info(
+            "worker ids %d..%d (from %s)", ids.first, ids.first + ids.count - 1, ids.source
+        )
+        for name in args.allow_task:
+            check_factory_name(name)
+        option_limits = TaskOptionLimits(
+            max_depth=args.max_task_option_depth,
+            max_items=args.max_task_option_items,
+            max_text=args.max_task_option_text,
+        )
+        if args.device != "cpu":
+            # Fail before connecting: a worker that cannot compute must not take a seat.
+            from draco.train.device import check_device
+
+            check_device(args.device)
         if args.connect_timeout <= 0:
             raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
         if not args.join_timeout > 0:
             raise ConfigError(f"--join-timeout must be > 0, got {args.join_timeout}")
         host, port = parse_address(args.ps)
-        tokens = load_tokens(args.token_file, args.id, args.count)
+        tokens = load_tokens(args.token_file, ids.first, ids.count)
         ssl_context = None
         if args.tls_ca or args.tls_cert or args.tls_key:
             from draco.net.auth import client_ssl_context
@@ -170,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             connect_timeout=args.connect_timeout,
             join_timeout=args.join_timeout,
             ssl_context=ssl_context,
+            allowed_tasks=frozenset(args.allow_task),
+            device=args.device,
+            task_option_limits=option_limits,
         )
     except DracoError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

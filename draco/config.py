@@ -26,8 +26,15 @@ from draco.optim import SGDConfig
 CODES = ("repetition", "cyclic", "none")
 SCHEDULES = ("random", "fixed")
 LOOPS = ("uvloop", "asyncio")
-#: ``--vote``: full payloads, digest-first (draco.net.rounds.VOTES), or auto (see resolved_vote).
-VOTE_CHOICES = ("full", "digest", "auto")
+#: ``PSConfig.vote``: full payloads, digest-first (draco.net.rounds.VOTES), or auto (see
+#: resolved_vote).
+VOTES = ("full", "digest", "auto")
+#: ``draco-ps --vote``: the above, or the repetition code's tolerance vote (full payloads
+#: that agree within ``--vote-rtol`` count as equal: ``PSConfig.vote_rtol``).
+VOTE_CHOICES = (*VOTES, "tolerance")
+# The tolerance vote's default: float32 gradients computed on different devices differ in
+# the last few bits of each term; their sums stay well within 1e-4 of the largest entry.
+DEFAULT_VOTE_RTOL = 1e-4
 
 
 def _is_loopback(host: str) -> bool:
@@ -120,6 +127,10 @@ class PSConfig:
     attack: str | None = None  # None: nobody lies
     attack_options: dict[str, Any] = field(default_factory=dict)
     adversary_schedule: str = "random"  # which s workers lie: new each round, or fixed
+    # Repetition code only. None: the exact, bitwise vote. A float in (0, 1): the tolerance
+    # vote (payloads within rtol of each other count as equal) for workers whose devices
+    # cannot give bit-identical gradients (GPUs, mixed hosts; draco-ps --vote tolerance).
+    vote_rtol: float | None = None
     rounds: int = 100
     seed: int = 0
     task: dict[str, Any] = field(default_factory=lambda: {"model": "lstsq"})
@@ -163,6 +174,7 @@ class PSConfig:
         "attack",
         "attack_options",
         "adversary_schedule",
+        "vote_rtol",
         "rounds",
         "seed",
         "task",
@@ -198,6 +210,18 @@ class PSConfig:
         _check_options("--attack-option", self.attack_options)
         if self.attack is None and self.attack_options:
             raise ConfigError("--attack-option needs an --attack")
+        if self.vote_rtol is not None:
+            if self.code != "repetition":
+                raise ConfigError(
+                    f"--vote tolerance applies to the repetition code, not --code {self.code}"
+                )
+            rtol = self.vote_rtol
+            if (
+                isinstance(rtol, bool)
+                or not isinstance(rtol, (int, float))
+                or not 0.0 < float(rtol) < 1.0
+            ):
+                raise ConfigError(f"--vote-rtol must be a number in (0, 1), got {rtol!r}")
         if isinstance(self.link_gbps, bool) or not isinstance(self.link_gbps, (int, float)):
             raise ConfigError(f"--link-gbps must be a number, got {self.link_gbps!r}")
         if not (math.isfinite(self.link_gbps) and self.link_gbps > 0):
@@ -251,8 +275,13 @@ class PSConfig:
             raise ConfigError("--resume needs the run directory to continue")
         if not isinstance(self.limits, ServerLimits):
             raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
-        if self.vote not in VOTE_CHOICES:
+        if self.vote not in VOTES:
             raise ConfigError(f"--vote must be one of {', '.join(VOTE_CHOICES)}, got {self.vote!r}")
+        if self.vote == "digest" and self.vote_rtol is not None:
+            raise ConfigError(
+                "--vote digest is an exact vote (bit-identical payloads); the tolerance vote "
+                "needs every full payload"
+            )
         if self.vote == "digest" and self.code != "repetition":
             raise ConfigError(
                 f"--vote digest works with --code repetition only (--code {self.code} needs "
@@ -273,6 +302,8 @@ class PSConfig:
         the same cores (benchmarks/results.md, "Digest-first vote": slower on loopback,
         faster on a 1 Gb/s link).
         """
+        if self.vote_rtol is not None:
+            return "full"  # the tolerance vote compares full payloads
         if self.vote != "auto":
             return self.vote
         if self.code != "repetition" or not exact or _is_loopback(self.host):
@@ -340,6 +371,12 @@ class PSConfig:
         attack_options = parse_options(getattr(args, "attack_option", None) or [])
         resume = args.resume is not None
         run_dir = args.resume if resume else args.run_dir
+        vote, vote_rtol = getattr(args, "vote", "auto"), getattr(args, "vote_rtol", None)
+        if vote != "tolerance" and vote_rtol is not None:
+            raise ConfigError("--vote-rtol needs --vote tolerance")
+        if vote == "tolerance":
+            # The tolerance vote compares full payloads.
+            vote, vote_rtol = "full", DEFAULT_VOTE_RTOL if vote_rtol is None else vote_rtol
         return cls(
             n_workers=args.workers,
             n_adversaries=args.adversaries,
@@ -349,6 +386,7 @@ class PSConfig:
             attack=attack,
             attack_options=attack_options,
             adversary_schedule=args.adversary_schedule,
+            vote_rtol=vote_rtol,
             rounds=args.rounds,
             seed=args.seed,
             task=task,
@@ -374,7 +412,7 @@ class PSConfig:
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
             limits=limits,
-            vote=getattr(args, "vote", "full"),
+            vote=vote,
             digest_bytes=getattr(args, "digest_bytes", 32),
             max_payload_requests=getattr(args, "max_payload_requests", None),
             payload_timeout=getattr(args, "payload_timeout", 10.0),
@@ -382,6 +420,8 @@ class PSConfig:
 
     def code_options(self) -> dict[str, Any]:
         """Options for ``make_code(self.code, n, s, **options)``."""
+        if self.code == "repetition" and self.vote_rtol is not None:
+            return {"rtol": float(self.vote_rtol)}
         if self.code != "none":
             return {}
         return {"aggregator": self.aggregator or "mean", **self.aggregator_options}

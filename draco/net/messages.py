@@ -61,6 +61,7 @@ ERROR_CODES = (
     "timeout",  # handshake or round deadline missed
     "shutdown",  # the parameter server is stopping
     "internal",  # a bug on the sender's side
+    "refused_config",  # a worker will not run the Welcome's task / code (its own policy)
 )
 
 _MAX_WORKER_ID = 2**32 - 1

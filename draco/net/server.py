@@ -1210,7 +1210,8 @@ class ParameterServer:
             peer.close()
             return
         if isinstance(msg, m.Error):
-            log.info("%r sent an error: %s %s", peer, msg.code, msg.message)
+            # Warning: a worker refusing the run's task or code needs its operator's action.
+            log.warning("%r sent an error: %s %s", peer, msg.code, msg.message)
             self._erase_peer(peer, f"error: {msg.code}")
             peer.close()
             return

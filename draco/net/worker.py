@@ -70,7 +70,7 @@ from draco.net import messages as m
 from draco.net.auth import handshake_mac
 from draco.net.frames import PROTOCOL_VERSION, Limits
 from draco.net.protocol import Closed, Connection, NeedData, Role, State
-from draco.task import Task, make_task
+from draco.task import Task, TaskOptionLimits, make_task
 
 log = logging.getLogger("draco.worker")
 
@@ -112,6 +112,14 @@ class WorkerOptions:
     share_gradients : bool
         Share partition gradients between the logical workers of this process (see module
         docstring). Off: every logical worker computes all its partitions itself.
+    allowed_tasks : frozenset of str
+        Plug-in task factories (``package.module:function``) this process may import when
+        the PS names one; any other is refused before anything is imported.
+    device : str
+        ``cpu``, ``cuda`` or ``mps``: where torch tasks compute. Not ``cpu``: a repetition
+        run must use the tolerance vote (the bits differ across devices), else refused.
+    task_option_limits : TaskOptionLimits
+        Bounds on a plug-in task's options received from the PS.
     """
 
     host: str
@@ -124,6 +132,9 @@ class WorkerOptions:
     server_hostname: str | None = None
     share_gradients: bool = True
     limits: Limits = field(default_factory=Limits)
+    allowed_tasks: frozenset[str] = frozenset()
+    device: str = "cpu"
+    task_option_limits: TaskOptionLimits = field(default_factory=TaskOptionLimits)
 
 
 class _Compute:
@@ -132,7 +143,12 @@ class _Compute:
     Everything that touches a task runs in the one thread, so the caches need no locks.
     """
 
-    def __init__(self, share_gradients: bool) -> None:
+    def __init__(self, share_gradients: bool, options: WorkerOptions | None = None) -> None:
+        # ``options``: the operator's task policy (allowlist, device, option limits); None
+        # keeps the defaults (built-in tasks only, CPU).
+        self.allowed_tasks = options.allowed_tasks if options else frozenset()
+        self.device = options.device if options else "cpu"
+        self.option_limits = options.task_option_limits if options else TaskOptionLimits()
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="draco-compute"
         )
@@ -153,7 +169,12 @@ class _Compute:
         # Runs in the compute thread: loading a data set must not stall the event loop.
         key = json.dumps(spec, sort_keys=True)
         if key not in self._tasks:
-            self._tasks[key] = make_task(spec)
+            self._tasks[key] = make_task(
+                spec,
+                allowed=self.allowed_tasks,
+                device=self.device,
+                option_limits=self.option_limits,
+            )
         return key, self._tasks[key]
 
     def gradients(
@@ -482,7 +503,12 @@ class LogicalWorker:
             return True
         if not isinstance(msg, m.Welcome):
             raise RemoteProtocolError(f"worker {self.id}: expected Welcome, got {msg!r}")
-        setup = await self._setup(msg.config)
+        try:
+            setup = await self._setup(msg.config)
+        except ConfigError as exc:
+            # Final for us; tell the PS why before going, so its operator sees it too.
+            await proto.send(m.Error("refused_config", str(exc)[:4000]))
+            raise
         self.welcomed = self._session_welcomed = True
         log.info("worker %d: joined (partitions %s)", self.id, setup.partitions)
         held: dict[tuple[int, int], np.ndarray] = {}  # digest vote: payloads kept for requests
@@ -577,6 +603,7 @@ class LogicalWorker:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteProtocolError(f"worker {self.id}: malformed Welcome config: {exc}") from exc
+        self._check_vote(code)
         if tuple(code.partitions_of(self.id)) != partitions:
             raise RemoteProtocolError(
                 f"worker {self.id}: the PS assigned partitions {partitions} but the code "
@@ -592,6 +619,25 @@ class LogicalWorker:
         return _Setup(
             code, partitions, key, task, n, s, seed, persistent, attack_options, digest_bytes
         )
+
+    def _check_vote(self, code: Any) -> None:
+        """A non-CPU device needs the repetition code's tolerance vote (draco.train.device)."""
+        device = self.options.device
+        if device == "cpu":
+            return
+        if code.name == "repetition" and getattr(code, "rtol", None) is None:
+            raise ConfigError(
+                f"worker {self.id}: --device {device} cannot give bit-identical gradients "
+                "across workers, and the PS runs the repetition code's exact vote: restart "
+                "draco-ps with --vote tolerance, or run this worker with --device cpu"
+            )
+        if code.name == "cyclic":
+            log.warning(
+                "worker %d: --device %s with the cyclic code: its decoder refuses a round "
+                "whose honest payloads disagree beyond its measured noise floor",
+                self.id,
+                device,
+            )
 
     async def _round(self, setup: _Setup, msg: m.RoundStart) -> tuple[np.ndarray, float]:
         """Gradient, encode and (maybe) attack for one round."""
@@ -671,7 +717,7 @@ async def run_workers(options: WorkerOptions) -> None:
             f"attack {options.attack!r} needs the honest payloads of the others; run it "
             "with draco-ps --attack (simulated at the PS) instead of draco-worker --attack"
         )
-    compute = _Compute(options.share_gradients)
+    compute = _Compute(options.share_gradients, options)
     workers = [
         LogicalWorker(wid, options.tokens[wid], options, compute) for wid in sorted(options.tokens)
     ]

@@ -11,8 +11,10 @@ bit-identical gradient g_k):
 - float32 throughout; pixels are normalised through a fixed float32 lookup table;
 - no dropout, no augmentation, no other randomness.
 
-Both settings are process-wide, so constructing a ``TorchTask`` sets them for the whole
-process (the parameter server's evaluation then runs single-threaded too).
+Both settings are process-wide (``draco.train.device.configure_torch``), so constructing a
+``TorchTask`` sets them for the whole process (the parameter server's evaluation then runs
+single-threaded too). ``device="cuda"``/``"mps"`` computes the gradients there (evaluation
+stays on the CPU); see draco.train.device for what that means for the vote.
 
 Performance: the dataset is loaded once per process and shared by every task instance (the
 logical workers of one process); one model per (architecture, purpose) per process is reused,
@@ -35,17 +37,10 @@ from torch.nn import functional as F
 from draco.errors import ConfigError
 from draco.sampler import PartitionSampler
 from draco.train.data import DATASET_NAMES, Dataset, load_dataset, normalize_lut
+from draco.train.device import check_device, configure_torch
 from draco.train.models import MODEL_NAMES, bind_flat_storage, create_model, initial_vector
 
 EVAL_BATCH = 1000  # test samples per forward pass in evaluate()
-
-
-def configure_torch() -> None:
-    """One torch thread and deterministic algorithms, process-wide (see module docstring)."""
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
-    if not torch.are_deterministic_algorithms_enabled():
-        torch.use_deterministic_algorithms(True)
 
 
 @dataclass
@@ -58,18 +53,18 @@ class _Engine:
     lock: threading.Lock
 
 
-_ENGINES: dict[tuple[str, str], _Engine] = {}
+_ENGINES: dict[tuple[str, str, str], _Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def _engine(model_name: str, purpose: str) -> _Engine:
+def _engine(model_name: str, purpose: str, device: str = "cpu") -> _Engine:
     # "grad" and "eval" get separate models, so an evaluation in one thread never races a
     # gradient computation in another (in-process tests run server and workers together).
-    key = (model_name, purpose)
+    key = (model_name, purpose, device)
     with _ENGINES_LOCK:
         eng = _ENGINES.get(key)
         if eng is None:
-            model = create_model(model_name)
+            model = create_model(model_name).to(device)
             flat = bind_flat_storage(model)
             eng = _Engine(model, flat, list(model.parameters()), threading.Lock())
             _ENGINES[key] = eng
@@ -101,6 +96,9 @@ class TorchTask:
         Seeds the initial parameters and the sampler's shuffling.
     data_dir : str, optional
         Where to look for the IDX files first (see ``draco.train.data``).
+    device : str
+        Where gradients are computed: ``cpu`` (default), ``cuda`` or ``mps`` (not part of
+        the spec: each worker chooses its own; evaluation always runs on the CPU).
 
     Raises
     ------
@@ -118,6 +116,7 @@ class TorchTask:
         batch_size: int,
         seed: int,
         data_dir: str | None = None,
+        device: str = "cpu",
     ) -> None:
         if model not in MODEL_NAMES:
             raise ConfigError(
@@ -127,7 +126,8 @@ class TorchTask:
             raise ConfigError(
                 f"unknown dataset {dataset!r}; choose one of {', '.join(DATASET_NAMES)}"
             )
-        configure_torch()
+        self.device = check_device(device)
+        configure_torch(device)
         self._spec: dict[str, Any] = {
             "model": model,
             "dataset": dataset,
@@ -141,7 +141,7 @@ class TorchTask:
         self.data: Dataset = load_dataset(dataset, data_dir)
         self.n_classes = self.data.n_classes
         self.sampler = PartitionSampler(len(self.data.train_labels), n_partitions, batch_size, seed)
-        self._grad = _engine(model, "grad")
+        self._grad = _engine(model, "grad", device)
         self._eval = _engine(model, "eval")
         self._dim = int(self._grad.flat.numel())
         self._train_x = _as_tensor(self.data.train_images)
@@ -156,7 +156,7 @@ class TorchTask:
         )
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> TorchTask:
+    def from_spec(cls, spec: dict[str, Any], *, device: str = "cpu") -> TorchTask:
         """Rebuild a task from ``spec()`` (as sent to workers). ``ConfigError`` if malformed."""
         try:
             data_dir = spec.get("data_dir")
@@ -167,6 +167,7 @@ class TorchTask:
                 batch_size=int(spec["batch_size"]),
                 seed=int(spec["seed"]),
                 data_dir=None if data_dir is None else str(data_dir),
+                device=device,
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
@@ -191,7 +192,10 @@ class TorchTask:
     def partition_batch(
         self, round_index: int, partition: int, *, flip_labels: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The inputs (B, 784) float32 and labels (B,) int64 of one partition in one round."""
+        """The inputs (B, 784) float32 and labels (B,) int64 of one partition in one round.
+
+        On the task's device (prepared on the CPU, then moved).
+        """
         idx = torch.from_numpy(self.sampler.indices(round_index, partition))
         x = self._train_x.index_select(0, idx)
         if self._lut is not None:
@@ -199,7 +203,7 @@ class TorchTask:
         y = self._train_y.index_select(0, idx)
         if flip_labels:
             y = (self.n_classes - 1) - y  # the label_flip attack: y -> C-1-y
-        return x, y
+        return x.to(self.device), y.to(self.device)
 
     def partition_gradients(
         self,
@@ -240,7 +244,10 @@ class TorchTask:
                 x, y = self.partition_batch(round_index, int(k), flip_labels=flip_labels)
                 loss = F.cross_entropy(eng.model(x), y)  # mean over the batch
                 grads = torch.autograd.grad(loss, eng.params)
-                torch.cat([g.reshape(-1) for g in grads], out=out_t[row])
+                if self.device.type == "cpu":
+                    torch.cat([g.reshape(-1) for g in grads], out=out_t[row])
+                else:
+                    out_t[row].copy_(torch.cat([g.reshape(-1) for g in grads]))
         return out
 
     def evaluate(self, params: np.ndarray) -> dict[str, float]:
