@@ -61,6 +61,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,13 @@ from typing import Any
 import numpy as np
 
 from draco.errors import ConfigError, DracoError
-from draco.rundir import RunDir, atomic_write_json, atomic_write_text, read_metrics
+from draco.rundir import (
+    atomic_write_json,
+    atomic_write_text,
+    checkpoint_file,
+    load_checkpoint,
+    read_metrics,
+)
 
 PROG = "draco-experiment"
 DRACO_CODES = ("repetition", "cyclic")
@@ -383,8 +390,13 @@ def distance_to_clean(runs: Path, row: dict[str, Any], clean: dict[str, Any]) ->
         pass
     finals = []
     for r in (row, clean):
-        ckpt = RunDir(runs / r["run"]).latest_checkpoint()
-        if ckpt is None or ckpt.round_index != r.get("rounds"):
+        rounds = r.get("rounds")
+        path = checkpoint_file(runs / r["run"], rounds) if isinstance(rounds, int) else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            ckpt = load_checkpoint(path, expected_round=rounds)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
             return None
         finals.append(ckpt.params.astype(np.float64))
     params, reference = finals

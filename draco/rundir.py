@@ -353,7 +353,7 @@ class RunDir:
 
     def checkpoint_path(self, round_index: int) -> Path:
         """Where the checkpoint for ``round_index`` completed rounds lives."""
-        return self.checkpoint_dir / f"ckpt-{round_index:08d}.npz"
+        return checkpoint_file(self.path, round_index)
 
     def _checkpoint_files(self) -> list[tuple[int, Path]]:
         """(round, path) of the checkpoint files present, newest first."""
@@ -440,6 +440,12 @@ class RunDir:
         """Paths of the checkpoint files present, newest first (not verified)."""
         for _, p in self._checkpoint_files():
             yield p
+
+
+def checkpoint_file(run_dir: str | os.PathLike[str], round_index: int) -> Path:
+    """Where a run directory keeps the checkpoint of ``round_index`` completed rounds (for
+    readers that must not open the run as a ``RunDir``, which creates folders)."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"ckpt-{round_index:08d}.npz"
 
 
 def load_checkpoint(

@@ -11,7 +11,8 @@ Numerics and measured accuracy: ``docs/numerics.md`` (made by
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,6 +33,11 @@ _RECOVERY_BLOCK = 1 << 14
 #: coordinates (``decode_cyclic``).
 _SAMPLE_MIN_BLOCKS = 8
 _SAMPLE_FRACTION = 8
+#: Step 2e corrects at most 1 / this of the recovery blocks (a lie spread wider than that
+#: takes the full path: re-projecting most blocks would cost as much).
+_MAX_FLAGGED_FRACTION = 8
+# Step 2e maps recovery blocks into projection blocks: one must hold whole ones.
+assert (SAMPLE_BLOCK * PROJECTIONS) % _RECOVERY_BLOCK == 0
 #: Bound on (rows summed in the payload precision before each float64 accumulation) x
 #: (recovery amplification) in ``_recover``. Payload rounding dominates the error: with s
 #: liars adjacent on the circle, d = 131072, complex64, relative error of the sum for
@@ -40,12 +46,20 @@ _SAMPLE_FRACTION = 8
 _GROUP_BUDGET = 256.0
 
 
+def recovery_block(dtype: np.dtype | type) -> int:
+    """Coordinates per block of ``_recover`` for payloads of ``dtype`` (the same bytes per
+    staged row for complex64 and complex128: cache-sized)."""
+    return _RECOVERY_BLOCK if np.dtype(dtype) == np.complex64 else _RECOVERY_BLOCK // 2
+
+
 def _recover(
     rows: Mapping[int, np.ndarray],
     weights: np.ndarray,
     d: int,
     delta: np.ndarray | None = None,
-) -> tuple[np.ndarray, float | None]:
+    blocks: Sequence[int] | None = None,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, float | None, np.ndarray]:
     """Re(sum_j w_j y_j) as float32 in one pass over the payloads; optionally its check.
 
     The gradient depends on the kept rows and ``weights`` only, never on a random draw:
@@ -67,19 +81,30 @@ def _recover(
        accumulate ||c||^2 in float64. delta^T c = 0 on codewords: on consistent rows c is
        payload rounding, on every coordinate.
 
+    With ``blocks`` (indices of blocks of ``recovery_block`` coordinates) only those blocks
+    are computed, into ``out`` (the rest of ``out`` is left as it is).
+
     Returns
     -------
     gradient : ndarray, shape (d,), float32
+        ``out`` when given.
     check : float or None (without ``delta``)
-        ||delta^T Y_kept||_2 over all coordinates; non-finite when a kept payload holds
-        NaN/Inf.
+        ||delta^T Y_kept||_2 over the computed coordinates; non-finite when a kept payload
+        holds NaN/Inf.
+    parity : ndarray, shape (blocks of d,), float64
+        Each block's share of check^2 (zeros without ``delta`` and for blocks not computed).
     """
-    out = np.empty(d, dtype=np.float32)
+    if out is None:
+        out = np.empty(d, dtype=np.float32)
     keys = [j for j in sorted(rows) if weights[j] != 0]
+    dtype = np.result_type(*(rows[j].dtype for j in keys)) if keys else np.complex64
+    block = recovery_block(dtype)
+    parity = np.zeros(-(-d // block))
+    starts = range(0, d, block) if blocks is None else [b * block for b in blocks]
     if not keys:
-        out[:] = 0.0
-        return out, (0.0 if delta is not None else None)
-    dtype = np.result_type(*(rows[j].dtype for j in keys))
+        for start in starts:
+            out[start : start + block] = 0.0
+        return out, (0.0 if delta is not None else None), parity
     arrays = [rows[j].astype(dtype, copy=False) for j in keys]
     vectors = [weights[keys].astype(dtype)]
     if delta is not None:
@@ -87,12 +112,9 @@ def _recover(
     amplification = float(np.sqrt(weights.size) * np.linalg.norm(weights))
     group = max(1, min(len(keys), int(_GROUP_BUDGET // max(amplification, 1.0))))
     bounds = [(g, min(len(keys), g + group)) for g in range(0, len(keys), group)]
-    # Same bytes per staged row for complex64 and complex128 (cache-sized).
-    block = _RECOVERY_BLOCK if dtype == np.complex64 else _RECOVERY_BLOCK // 2
     staging = np.empty((len(keys), min(d, block)), dtype=dtype)
     acc = np.empty(staging.shape[1], dtype=np.complex128)
-    parity = 0.0
-    for start in range(0, d, block):
+    for start in starts:
         stop = min(d, start + block)
         size = stop - start
         # Step 1.
@@ -111,8 +133,107 @@ def _recover(
             if which == 0:
                 out[start:stop] = u.real
             else:
-                parity += float(np.vdot(u, u).real)
-    return out, (float(np.sqrt(parity)) if delta is not None else None)
+                parity[start // block] = float(np.vdot(u, u).real)
+    check = float(np.sqrt(np.sum(parity))) if delta is not None else None
+    return out, check, parity
+
+
+@dataclass(frozen=True)
+class _Recovered:
+    """One recovery pass of the fast path: its result and how to judge its check."""
+
+    gradient: np.ndarray  # (d,) float32
+    parity: np.ndarray  # (blocks,) each block's share of check^2
+    limit: float  # the check passes while sqrt(sum of parity) is <= this
+    liars: frozenset[int]
+    erasures: frozenset[int]
+
+
+def _sample_recovery(
+    nodes: np.ndarray,
+    s: int,
+    arrays: Mapping[int, np.ndarray],
+    d: int,
+    rng: np.random.Generator,
+    config: CyclicDecoderConfig,
+    blocks: Sequence[int],
+    energy: Mapping[int, float] | None = None,
+    recover: Sequence[int] | None = None,
+    out: np.ndarray | None = None,
+) -> tuple[_Recovered, dict[int, float]] | None:
+    """Steps 2a-c: project ``arrays`` on the projection ``blocks``, locate, recover.
+
+    ``recover``: only these recovery blocks, into ``out`` (step 2e). ``energy``: the rows'
+    energies over all coordinates (estimated from this sample when None). Returns the
+    pass and the energies, or None when the sample cannot be decoded (go to the full path).
+    """
+    n = nodes.size
+    sample = project_rows(arrays, d, rng, blocks).finite()
+    erasures = frozenset(range(n)) - frozenset(sample.z)
+    if len(erasures) > 2 * s:
+        return None
+    loc = locate_cyclic(nodes, s, sample, erasures, config)
+    bad = sorted(erasures | loc.excluded)
+    if not (loc.within_budget and loc.residual <= config.factor and len(bad) < 2 * s):
+        return None
+    w, expected = decoder_weights(nodes, s, bad, config)
+    if expected > config.max_error:
+        return None
+    delta = check_weights(nodes, s, bad, rng, float(np.linalg.norm(w)))
+    kept = {j: arrays[j] for j in sample.z if j not in bad}
+    if energy is None:
+        scale = d / max(sample.coordinates, 1)
+        energy = {j: float(np.sum(sample.energy[j][:PROJECTIONS])) * scale for j in sample.z}
+    gradient, _, parity = _recover(kept, w, d, delta, recover, out)
+    e = np.array([energy.get(j, 0.0) if j in kept else 0.0 for j in range(n)])
+    limit = config.check_factor * config.check_unit * float(np.sqrt(np.abs(delta) ** 2 @ e))
+    return _Recovered(gradient, parity, limit, loc.liars, erasures), dict(energy)
+
+
+def _fast_path(
+    nodes: np.ndarray,
+    s: int,
+    arrays: Mapping[int, np.ndarray],
+    d: int,
+    rng: np.random.Generator,
+    config: CyclicDecoderConfig,
+) -> DecodeResult | None:
+    """Step 2 of ``decode_cyclic``; None: take the full path."""
+    n_blocks = -(-(d // PROJECTIONS) // SAMPLE_BLOCK)
+    if n_blocks < _SAMPLE_MIN_BLOCKS:
+        return None
+    size = max(1, n_blocks // _SAMPLE_FRACTION)
+    blocks = sorted(int(b) for b in rng.choice(n_blocks, size, replace=False))
+    first = _sample_recovery(nodes, s, arrays, d, rng, config, blocks)
+    if first is None:
+        return None
+    rec, energy = first
+    if not np.isfinite(rec.gradient).all() or not np.isfinite(rec.parity).all():
+        return None
+    # Step 2d.
+    if float(np.sqrt(np.sum(rec.parity))) <= rec.limit:
+        return DecodeResult(rec.gradient, rec.liars, rec.erasures)
+    # Step 2e: the lie sits in a few blocks the sample missed (a sparse lie).
+    order = np.argsort(-rec.parity, kind="stable")
+    rest = np.cumsum(rec.parity[order][::-1])[::-1]  # rest[i]: parity of order[i:]
+    flagged = int(np.argmax(np.append(rest, 0.0) <= (rec.limit / 2) ** 2))
+    if flagged > max(1, rec.parity.size // _MAX_FLAGGED_FRACTION):
+        return None
+    redo = sorted(int(b) for b in order[:flagged])
+    # The projection blocks (SAMPLE_BLOCK x K coordinates, a multiple of the recovery
+    # block) that hold the blocks to redo.
+    block = recovery_block(np.result_type(*(a.dtype for a in arrays.values())))
+    coverage = sorted({b * block // (SAMPLE_BLOCK * PROJECTIONS) for b in redo})
+    usable = {j: a for j, a in arrays.items() if j not in rec.erasures}
+    second = _sample_recovery(
+        nodes, s, usable, d, rng, config, coverage, energy, redo, rec.gradient.copy()
+    )
+    if second is None:
+        return None
+    fix = second[0]
+    if not np.isfinite(fix.gradient).all() or float(np.sqrt(np.sum(fix.parity))) > fix.limit:
+        return None
+    return DecodeResult(fix.gradient, rec.liars | fix.liars, rec.erasures | fix.erasures)
 
 
 def decode_cyclic(
@@ -142,8 +263,16 @@ def decode_cyclic(
           noise bound, config.check_unit x sqrt(sum_j |delta_j|^2 E_j), with E_j row j's
           energy estimated from the sample (sample energy x d / sampled coordinates: a lie
           outside the sample cannot raise it). Otherwise (a lie or NaN
-          outside the sample, a failed check, nothing left to check) fall through to the
-          full path. Sound: what is returned was checked on every coordinate.
+          outside the sample, a failed check, nothing left to check) go on with e.;
+       e. a lie in a few blocks the sample missed (a sparse lie): the blocks whose share of
+          the check is largest, fewest first until the rest passes at half the limit, are
+          redone (at most 1 / _MAX_FLAGGED_FRACTION of them): locate again on the
+          projection blocks that hold them (a-b on those blocks only), recover just those
+          blocks with the new weights and check them with a new secret delta against the
+          whole rows' bound. Any recovery weights give the sum on consistent rows, so a
+          block's rows need only be honest in that block. Otherwise (the lie is spread,
+          the new location or check fails) fall through to the full path.
+          Sound: what is returned was checked on every coordinate.
     3. Full path: project every usable payload over all coordinates (``project_rows``);
        non-finite projections (NaN/Inf) are erasures.
     4. Locate the liars (``locate_cyclic``: PGZ locator, refits, self-check).
@@ -181,33 +310,9 @@ def decode_cyclic(
     arrays = {j: a for j, a in arrays.items() if a.size == d}
     # Step 2 (fast path): locate on a secret sample of the coordinates, then recover and
     # check the kept rows on ALL coordinates in the same pass.
-    n_blocks = -(-(d // PROJECTIONS) // SAMPLE_BLOCK)
-    if n_blocks >= _SAMPLE_MIN_BLOCKS:
-        size = max(1, n_blocks // _SAMPLE_FRACTION)
-        blocks = sorted(int(b) for b in rng.choice(n_blocks, size, replace=False))
-        sample = project_rows(arrays, d, rng, blocks).finite()
-        erasures = frozenset(range(n)) - frozenset(sample.z)
-        if len(erasures) <= 2 * s:
-            loc = locate_cyclic(nodes, s, sample, erasures, config)
-            bad = sorted(erasures | loc.excluded)
-            located = loc.within_budget and loc.residual <= config.factor and len(bad) < 2 * s
-            w, expected = decoder_weights(nodes, s, bad, config) if located else (None, np.inf)
-            if w is not None and expected <= config.max_error:
-                delta = check_weights(nodes, s, bad, rng, float(np.linalg.norm(w)))
-                kept = {j: arrays[j] for j in sample.z if j not in bad}
-                gradient, check = _recover(kept, w, d, delta)
-                scale = d / max(sample.coordinates, 1)
-                energy = np.zeros(n)
-                for j in kept:
-                    energy[j] = float(np.sum(sample.energy[j][:PROJECTIONS])) * scale
-                bound = config.check_unit * float(np.sqrt(np.abs(delta) ** 2 @ energy))
-                if (
-                    check is not None
-                    and np.isfinite(gradient).all()
-                    and np.isfinite(check)
-                    and check <= config.check_factor * bound
-                ):
-                    return DecodeResult(gradient, loc.liars, erasures)
+    fast = _fast_path(nodes, s, arrays, d, rng, config)
+    if fast is not None:
+        return fast
     # Step 3 (full path).
     full = project_rows(arrays, d, rng).finite()
     erasures = frozenset(range(n)) - frozenset(full.z)
@@ -243,7 +348,7 @@ def decode_cyclic(
             f"workers{tip}."
         )
     honest = {j: arrays[j] for j in full.z if j not in loc.excluded}
-    gradient, _ = _recover(honest, w, d)
+    gradient, _, _ = _recover(honest, w, d)
     # Step 6.
     if not np.isfinite(gradient).all():
         raise DecodeError("cyclic decode produced non-finite values (payloads overflow float32)")

@@ -377,11 +377,12 @@ def test_recover_check_is_noise_for_honest_rows_and_catches_one_coordinate() -> 
     w = recovery_weights(code.nodes, 3, [4])
     delta = check_weights(code.nodes, 3, [4], rng, float(np.linalg.norm(w)))
     kept = {j: honest[j] for j in range(15) if j != 4}
-    gradient, check = _recover(kept, w, d, delta)
-    assert check is not None
+    gradient, check, parity = _recover(kept, w, d, delta)
+    assert check is not None and parity.shape == (-(-d // 16384),)
+    assert np.isclose(np.sqrt(parity.sum()), check)
     assert rel_err(gradient, truth) <= 1e-6
     # The sum does not depend on the secret check (a decode is reproducible).
-    plain, none = _recover(kept, w, d)
+    plain, none, _ = _recover(kept, w, d)
     assert none is None and np.array_equal(gradient, plain)
     # Honest rows: both checks are payload rounding, within their noise bound.
     energy = np.array(
@@ -393,42 +394,68 @@ def test_recover_check_is_noise_for_honest_rows_and_catches_one_coordinate() -> 
     lied = dict(kept)
     lied[9] = honest[9].copy()
     lied[9][31_337] += 0.5  # one coordinate, far below the payload's magnitude
-    _, check = _recover(lied, w, d, delta)
+    _, check, parity = _recover(lied, w, d, delta)
     assert check is not None and check > 1e3 * honest_check
+    # ... in the block that holds the coordinate: the others keep their honest share.
+    assert int(np.argmax(parity)) == 31_337 // 16384 and parity.max() > 0.99 * check**2
+    # Redoing one block writes that block only.
+    out = np.full(d, 7.0, dtype=np.float32)
+    _, _, redo = _recover(lied, w, d, delta, blocks=[1], out=out)
+    assert np.array_equal(out[16384:32768], _recover(lied, w, d)[0][16384:32768])
+    assert (out[:16384] == 7.0).all() and (out[32768:] == 7.0).all()
+    assert np.flatnonzero(redo).tolist() == [1]
 
 
-def test_large_payloads_take_the_fast_path_unless_a_lie_hides_outside_the_sample(
+def test_large_payloads_take_the_fast_path_unless_a_lie_is_spread_outside_the_sample(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The full projection (``project_rows`` without ``blocks``) runs only as a fallback."""
-    full_calls: list[bool] = []
+    """The full projection (``project_rows`` without ``blocks``) runs only as a fallback:
+    a lie the sample misses in a few blocks is redone on those blocks (step 2e); one spread
+    over many blocks the sample missed takes the full path."""
+    calls: list[object] = []
     original = cyclic_decoder.project_rows
 
     def spy(rows: object, d: int, rng: object, blocks: object = None) -> object:
-        full_calls.append(blocks is None)
+        calls.append(None if blocks is None else list(blocks))  # type: ignore[call-overload]
         return original(rows, d, rng, blocks)  # type: ignore[arg-type]
 
     monkeypatch.setattr(cyclic_decoder, "project_rows", spy)
     code = cyclic(9, 2)
-    d = 8 * (1 << 16)
+    d = 16 * (1 << 16)  # 16 projection blocks, 2 in the sample; 64 recovery blocks
     truth, honest, rng = setup(code, d, 5)
     received = dict(honest)
     received[4] = lie("constant", 4, honest, rng, honest[4])
     result = code.decode(received, rng=rng)
-    assert not any(full_calls) and result.adversaries == frozenset({4})
+    assert None not in calls and len(calls) == 1 and result.adversaries == frozenset({4})
     assert rel_err(result.gradient, truth) <= 1e-6
-    full_calls.clear()
+    # A sparse lie: 3 coordinates in 2 blocks (both liars), wherever the sample falls.
+    received = dict(honest)
+    for j, coords in ((6, (d - 3, d - 70_000)), (2, (5,))):
+        received[j] = honest[j].copy()
+        received[j][list(coords)] += 50
+    redone = 0
+    for seed in range(6):
+        calls.clear()
+        result = code.decode(received, rng=np.random.default_rng(seed))
+        assert result.adversaries == frozenset({2, 6}) and None not in calls
+        assert rel_err(result.gradient, truth) <= 1e-6
+        redone += len(calls) == 2
+        if len(calls) == 2:  # sample, then the blocks that hold the lies
+            assert set(calls[1]) <= {0, 14, 15}  # type: ignore[arg-type]
+    assert redone, "no draw left the sparse lie outside the sample"
+    # One coordinate in each of 36 recovery blocks (projection blocks 0-8): when the sample
+    # misses them all, too many blocks to redo one by one: the full path.
     received = dict(honest)
     received[6] = honest[6].copy()
-    received[6][d - 3] += 50  # the last block: outside the sample unless it was drawn
-    for seed in range(4):
-        full_calls.clear()
+    received[6][: 36 * 16384 : 16384] += 50
+    full = 0
+    for seed in range(40):
+        calls.clear()
         result = code.decode(received, rng=np.random.default_rng(seed))
         assert result.adversaries == frozenset({6})
         assert rel_err(result.gradient, truth) <= 1e-6
-        if any(full_calls):
-            break
-    assert any(full_calls), "a lie outside the sample must send the decode to the full path"
+        full += calls[-1] is None
+    assert full, "no draw left the spread lie outside the sample"
 
 
 def test_auto_dtype_decodes_the_worst_erasures_and_complex64_refuses_them() -> None:

@@ -147,7 +147,9 @@ def test_distance_to_clean_from_checkpoints_then_from_its_cache(tmp_path: Path) 
     clean_params = np.array([1.0, -4.0, 2.0], np.float32)
     attacked_params = np.array([1.0, -4.0, 2.5], np.float32)
     for name, params in (("m-none", clean_params), ("m-ipm", attacked_params)):
-        RunDir(runs / name).save_checkpoint(3, params, {}, {})
+        run = RunDir(runs / name)
+        run.write_config({"finished": True})  # a real run: RunDir(path) would refuse it now
+        run.save_checkpoint(3, params, {}, {})
     clean = {"run": "m-none", "rounds": 3, "model_sha256": "aa"}
     row = {"run": "m-ipm", "rounds": 3, "model_sha256": "bb"}
     assert distance_to_clean(runs, row, clean) == pytest.approx(0.5 / 4.0)
@@ -160,6 +162,6 @@ def test_distance_to_clean_from_checkpoints_then_from_its_cache(tmp_path: Path) 
     # ... but not for another model: unknown rather than stale.
     assert distance_to_clean(runs, {**row, "model_sha256": "cc"}, clean) is None
     # A run that stopped early has no final checkpoint to compare.
-    RunDir(runs / "m-none").save_checkpoint(2, clean_params, {}, {})
-    RunDir(runs / "m-ipm").save_checkpoint(3, attacked_params, {}, {})
+    RunDir(runs / "m-none", resume=True).save_checkpoint(2, clean_params, {}, {})
+    RunDir(runs / "m-ipm", resume=True).save_checkpoint(3, attacked_params, {}, {})
     assert distance_to_clean(runs, {**row, "model_sha256": "dd"}, clean) is None
