@@ -322,7 +322,9 @@ async def test_a_member_that_does_not_answer_in_time_is_replaced() -> None:
     )
     assert server.engine.params.tobytes() == await full_vote_params()
     first = rec.records[0]
-    assert not first["failed"] and first["fetch_seconds"] >= 0.3
+    # The request went out during the digest phase (early fetch), so the timeout shows in
+    # the round's wait (broadcast to close), not necessarily in fetch_seconds.
+    assert not first["failed"] and first["wait_seconds"] >= 0.3
     assert first["payload_requests"] == len(groups_of()) + 1
 
 
