@@ -283,8 +283,11 @@ async def test_a_request_limit_below_the_liars_fails_the_attempt_not_the_model()
     )
     assert server.engine.params.tobytes() == await full_vote_params(n=n, s=s)
     assert rec.records[0]["attempts"] == 2 and not rec.records[0]["failed"]
+    # Every attempt, retries included, came with its own key (the liar is asked first again
+    # whenever the rotation comes back to it, so more than one round may be retried).
     keys = done[0]["keys"]
-    assert len(keys) == ROUNDS + 1 and len(set(keys)) == ROUNDS + 1  # the retry: a new key
+    assert len(keys) == sum(r["attempts"] for r in rec.records) > ROUNDS
+    assert len(set(keys)) == len(keys)
     assert "no member of its majority" in rec.records[0]["retry_error"]
 
 
@@ -319,7 +322,9 @@ async def test_a_member_that_does_not_answer_in_time_is_replaced() -> None:
     )
     assert server.engine.params.tobytes() == await full_vote_params()
     first = rec.records[0]
-    assert not first["failed"] and first["fetch_seconds"] >= 0.3
+    # The request went out during the digest phase (early fetch), so the timeout shows in
+    # the round's wait (broadcast to close), not necessarily in fetch_seconds.
+    assert not first["failed"] and first["wait_seconds"] >= 0.3
     assert first["payload_requests"] == len(groups_of()) + 1
 
 
