@@ -114,7 +114,7 @@ def vote_digests(
 ) -> list[GroupDigestVote]:
     """The repetition code's exact majority vote, on digests instead of payloads.
 
-    The same rule as ``draco.core.decoding._vote_group`` (exact vote): members in the given
+    The same rule as ``draco.core.vote._vote_group`` (exact vote): members in the given
     order; the first unclassified member is the candidate, its class the members with an
     equal digest; a class with >= s+1 members wins (it contains an honest worker, so its
     digest is the honest payload's). Equal digests stand for equal payloads (up to a BLAKE2b
