@@ -7,8 +7,8 @@ rebuilds the identical task with ``make_task(spec)``. Workers call
 optimizer (``draco.optim``) to the decoded gradient itself.
 
 Tasks: ``lstsq`` (numpy least squares, no files, no torch: ``draco.lstsq``) and the torch
-models ``fc``, ``lenet``, ``logreg`` (``draco.train.task``, imported only when asked for, so
-the network layer never imports torch).
+models ``fc``, ``lenet``, ``logreg``, ``lenet_bn``, ``resnet18`` (``draco.train.task``,
+imported only when asked for, so the network layer never imports torch).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 
 from draco.errors import ConfigError
 
-TORCH_MODELS = ("fc", "lenet", "logreg")
+TORCH_MODELS = ("fc", "lenet", "logreg", "lenet_bn", "resnet18")
 MODELS = ("lstsq", *TORCH_MODELS)
-DATASETS = ("synthetic", "mnist", "fashion-mnist")
+DATASETS = ("synthetic", "mnist", "fashion-mnist", "cifar10")
 
 
 @runtime_checkable
@@ -86,7 +86,8 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=MODELS,
         default="fc",
-        help="what to train (fc = the paper's 784-800-500-10 network; lstsq needs no torch)",
+        help="what to train (fc = the paper's 784-800-500-10 network; resnet18 = the CIFAR "
+        "ResNet-18, with --dataset cifar10; lstsq needs no torch)",
     )
     g.add_argument(
         "--dataset",
@@ -97,7 +98,7 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--data-dir",
         default=None,
-        help="folder with the IDX files (else $DRACO_DATA, then standard places)",
+        help="folder with the IDX / CIFAR-10 files (else $DRACO_DATA, then standard places)",
     )
     g.add_argument("--batch-size", type=int, default=32, help="samples per partition per round")
     g.add_argument("--lr", type=float, default=0.01, help="learning rate")
