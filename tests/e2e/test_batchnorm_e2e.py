@@ -20,11 +20,9 @@ import pytest
 from e2e_helpers import (
     assert_liars_located,
     assert_resume_reproduces,
-    draco_run,
-    final_params,
     metrics,
     rel_diff,
-    summary,
+    trained_run,
 )
 
 from draco.core.attacks import ATTACKS
@@ -43,11 +41,7 @@ TRAIN = [
 
 
 def _train(run_dir: Path, *args: Any, rounds: int = ROUNDS) -> tuple[dict[str, Any], np.ndarray]:
-    status, _, err = draco_run(run_dir, *args)
-    assert status == 0, err
-    summ = summary(run_dir)
-    assert (summ["rounds"], summ["failed_rounds"]) == (rounds, 0), summ
-    return summ, final_params(run_dir, rounds)
+    return trained_run(run_dir, rounds, *args)
 
 
 @pytest.fixture(scope="module")
