@@ -1,5 +1,7 @@
 """Datasets: IDX files (MNIST, Fashion-MNIST), their lookup on disk, and the ``Dataset`` record.
 
+(CIFAR-10 is read by ``draco.train.cifar``; ``load_dataset("cifar10")`` wraps it here.)
+
 IDX format (LeCun's): a 4-byte magic ``00 00 <type> <ndim>`` (type 0x08 = unsigned byte), then
 ``ndim`` big-endian int32 sizes, then the data in C order. Images are magic 2051 (ndim 3),
 labels magic 2049 (ndim 1). Files may be raw or gzipped; torchvision's names are used:
@@ -39,8 +41,7 @@ import numpy as np
 from draco.errors import ConfigError, DataError
 
 IDX_DATASETS = ("mnist", "fashion-mnist")
-IMAGE_DATASETS = (*IDX_DATASETS, "cifar10")  # read from files (cifar10: draco.train.cifar)
-DATASET_NAMES = ("synthetic", *IMAGE_DATASETS)
+DATASET_NAMES = ("synthetic", *IDX_DATASETS, "cifar10")  # cifar10: draco.train.cifar
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"

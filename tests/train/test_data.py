@@ -234,7 +234,7 @@ def test_load_fake_dataset_unverified(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_unknown_dataset() -> None:
     with pytest.raises(ConfigError):
-        load_dataset("cifar10")
+        load_dataset("cifar100")
     with pytest.raises(ConfigError):
         find_dataset("cifar10")
 
