@@ -17,8 +17,7 @@ framing) on each. The receiver is this process, measured twice with the SAME byt
 One round = time from the "go" sent to the sender until all n payloads are in. Output (one
 JSON object): ``project_gbps`` and ``raw_gbps`` (median over ``--repeats`` rounds after one
 warm-up round, in GB/s = 1e9 bytes/s), ``ratio`` = project / raw, plus the parameters and the
-per-round figures, the peak RSS of the receiver and of the sender (MB) and the 1-minute
-load average at the end (the machine may be shared: read the timings next to it).
+per-round figures.
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
-import resource
 import socket
 import statistics
 import time
@@ -292,13 +289,6 @@ def measure(n: int, dim: int, repeats: int, loop: str = "uvloop") -> dict[str, A
         "loop": loop,
         "project_seconds": [round(t, 6) for t in project_times],
         "raw_seconds": [round(t, 6) for t in raw_times],
-        # Memory at ResNet-18 size matters (45 x 44.7 MB per round): the receiver's peak and
-        # the largest sender child's, in MB (ru_maxrss is KiB on Linux).
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "sender_peak_rss_mb": round(
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
-        ),
-        "load_average_1min": os.getloadavg()[0],
     }
 
 

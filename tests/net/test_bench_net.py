@@ -26,7 +26,6 @@ def test_bench_net_prints_one_json_object(capsys: pytest.CaptureFixture[str]) ->
     assert len(result["project_seconds"]) == len(result["raw_seconds"]) == 2
     # The same bytes on both paths: n frames of one float32 payload (+ prefix and header).
     assert 3 * 4000 < result["bytes_per_round"] < 3 * 4200
-    assert result["peak_rss_mb"] > 0 and result["sender_peak_rss_mb"] > 0
 
 
 def test_bench_net_rejects_bad_sizes() -> None:
