@@ -590,7 +590,8 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
     engine = RoundEngine(
         code,
         task.initial_params(),
-        SGD(config.sgd, task.dim),
+        # Batch-norm buffers in the task's state vector follow their own rule (draco.optim).
+        SGD(config.sgd, task.dim, getattr(task, "running_stats", None)),
         rounds=config.rounds,
         seed=config.seed,
         attack=attack,

@@ -11,6 +11,10 @@ worker state. Epoch-based shuffling, exactly like plain minibatch SGD with a glo
    each); partition k takes the B slots starting at ``t*P*B + k*B``.
 
 A round may straddle two epochs; that is handled in step 3 by reading across the boundary.
+
+Data augmentation (CIFAR-10's random crop and flip) draws from its own stream,
+``default_rng([seed, AUGMENT_STREAM, round, partition])`` (``augmentation``), so it too is a
+pure function of (seed, round, partition): every replica of a partition augments alike.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from functools import lru_cache
 import numpy as np
 
 from draco.errors import ConfigError
+
+AUGMENT_STREAM = 0xA06  # separates the augmentation draws from the epoch permutations
 
 
 @lru_cache(maxsize=4)
@@ -74,6 +80,25 @@ class PartitionSampler:
             ]
             filled += take
         return out
+
+    def augmentation(
+        self, round_index: int, partition: int, n_offsets: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Crop offsets and flips for the batch of ``partition`` in round ``round_index``.
+
+        Returns
+        -------
+        dy, dx : np.ndarray
+            int64, (batch_size,): crop offsets in [0, n_offsets) (rows, columns).
+        flip : np.ndarray
+            bool, (batch_size,): mirror the image left-right, probability 1/2.
+        """
+        if round_index < 0 or not 0 <= partition < self.n_partitions or n_offsets < 1:
+            raise ValueError(f"bad round {round_index}, partition {partition} or {n_offsets}")
+        rng = np.random.default_rng([self.seed, AUGMENT_STREAM, round_index, partition])
+        offsets = rng.integers(0, n_offsets, size=(2, self.batch_size), dtype=np.int64)
+        flip = rng.integers(0, 2, size=self.batch_size, dtype=np.int64).astype(bool)
+        return offsets[0], offsets[1], flip
 
     def epoch_of(self, round_index: int) -> float:
         """Fractional epoch reached at the start of ``round_index``."""

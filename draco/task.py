@@ -7,8 +7,8 @@ rebuilds the identical task with ``make_task(spec)``. Workers call
 optimizer (``draco.optim``) to the decoded gradient itself.
 
 Built-in tasks: ``lstsq`` (numpy least squares, no files, no torch: ``draco.lstsq``) and the
-torch models ``fc``, ``lenet``, ``logreg`` (``draco.train.task``, imported only when asked
-for, so the network layer never imports torch).
+torch models ``fc``, ``lenet``, ``logreg``, ``lenet_bn``, ``resnet18`` (``draco.train.task``,
+imported only when asked for, so the network layer never imports torch).
 
 Plug-in tasks (docs/tasks.md): the PS names a factory ``package.module:function`` with
 ``draco-ps --task`` and its options with ``--task-option KEY=VALUE`` or ``--task-file``; the
@@ -37,9 +37,9 @@ import numpy as np
 
 from draco.errors import ConfigError
 
-TORCH_MODELS = ("fc", "lenet", "logreg")
+TORCH_MODELS = ("fc", "lenet", "logreg", "lenet_bn", "resnet18")
 MODELS = ("lstsq", *TORCH_MODELS)
-DATASETS = ("synthetic", "mnist", "fashion-mnist")
+DATASETS = ("synthetic", "mnist", "fashion-mnist", "cifar10")
 #: The ``model`` of a plug-in task's spec; the factory is in ``spec["factory"]``.
 CUSTOM_MODEL = "custom"
 #: Devices a worker may compute on (``draco-worker --device``).
@@ -414,8 +414,8 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=MODELS,
         default=None,
-        help="a built-in task (fc = the paper's 784-800-500-10 network, the default; lstsq "
-        "needs no torch)",
+        help="a built-in task (fc = the paper's 784-800-500-10 network, the default; "
+        "resnet18 = the CIFAR ResNet-18, with --dataset cifar10; lstsq needs no torch)",
     )
     g.add_argument(
         "--task",
@@ -448,8 +448,8 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--data-dir",
         default=None,
-        help="folder with the IDX files (else $DRACO_DATA, then standard places); a plug-in "
-        "task gets it as ctx.data_dir",
+        help="folder with the IDX / CIFAR-10 files (else $DRACO_DATA, then standard places); a "
+        "plug-in task gets it as ctx.data_dir",
     )
     g.add_argument("--batch-size", type=int, default=32, help="samples per partition per round")
     g.add_argument("--lr", type=float, default=0.01, help="learning rate")

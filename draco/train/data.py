@@ -1,5 +1,7 @@
 """Datasets: IDX files (MNIST, Fashion-MNIST), their lookup on disk, and the ``Dataset`` record.
 
+(CIFAR-10 is read by ``draco.train.cifar``; ``load_dataset("cifar10")`` wraps it here.)
+
 IDX format (LeCun's): a 4-byte magic ``00 00 <type> <ndim>`` (type 0x08 = unsigned byte), then
 ``ndim`` big-endian int32 sizes, then the data in C order. Images are magic 2051 (ndim 3),
 labels magic 2049 (ndim 1). Files may be raw or gzipped; torchvision's names are used:
@@ -39,7 +41,7 @@ import numpy as np
 from draco.errors import ConfigError, DataError
 
 IDX_DATASETS = ("mnist", "fashion-mnist")
-DATASET_NAMES = ("synthetic", *IDX_DATASETS)
+DATASET_NAMES = ("synthetic", *IDX_DATASETS, "cifar10")  # cifar10: draco.train.cifar
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -96,17 +98,23 @@ class Dataset:
     Attributes
     ----------
     name : str
-        ``mnist``, ``fashion-mnist`` or ``synthetic``.
+        ``mnist``, ``fashion-mnist``, ``cifar10`` or ``synthetic``.
     train_images, test_images : np.ndarray
-        (n, 784): uint8 pixels (IDX datasets, normalise with ``normalize``) or float32
-        features that are already normalised (synthetic).
+        (n, C*H*W), channel-major: uint8 pixels (normalise with ``normalize`` /
+        ``channel_lut``) or float32 features that are already normalised (synthetic).
     train_labels, test_labels : np.ndarray
         (n,) int64 in [0, n_classes).
     n_classes : int
     mean, std : float
-        Normalisation constants for uint8 pixels: x -> (x/255 - mean)/std.
+        Normalisation constants for uint8 pixels: x -> (x/255 - mean)/std (grey images).
     source : str
         Where it came from (a folder, or "generated").
+    image_shape : tuple of int
+        (C, H, W) of one image: (1, 28, 28) for MNIST-like data, (3, 32, 32) for CIFAR-10.
+    channel_mean, channel_std : tuple of float, optional
+        Per-channel constants for colour images (they replace ``mean``/``std``).
+    augment : bool
+        Train with random crops (4-pixel zero padding) and horizontal flips (CIFAR-10).
     """
 
     name: str
@@ -118,10 +126,21 @@ class Dataset:
     mean: float
     std: float
     source: str
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    channel_mean: tuple[float, ...] | None = None
+    channel_std: tuple[float, ...] | None = None
+    augment: bool = False
 
     @property
     def n_features(self) -> int:
         return int(self.train_images.shape[1])
+
+    def pixel_lut(self) -> np.ndarray:
+        """The float32 normalisation table, (C, 256): row c maps channel c's uint8 values."""
+        c = self.image_shape[0]
+        if self.channel_mean is not None and self.channel_std is not None:
+            return channel_lut(self.channel_mean, self.channel_std)
+        return np.repeat(normalize_lut(self.mean, self.std)[None, :], c, axis=0)
 
 
 def normalize_lut(mean: float, std: float) -> np.ndarray:
@@ -131,6 +150,13 @@ def normalize_lut(mean: float, std: float) -> np.ndarray:
     """
     v = np.arange(256, dtype=np.float32)
     return ((v / np.float32(255.0) - np.float32(mean)) / np.float32(std)).astype(np.float32)
+
+
+def channel_lut(means: tuple[float, ...], stds: tuple[float, ...]) -> np.ndarray:
+    """Per-channel tables, float32 (C, 256): row c is ``normalize_lut(means[c], stds[c])``."""
+    if len(means) != len(stds):
+        raise ValueError(f"{len(means)} channel means but {len(stds)} stds")
+    return np.stack([normalize_lut(m, s) for m, s in zip(means, stds, strict=True)])
 
 
 def normalize(images: np.ndarray, mean: float, std: float) -> np.ndarray:
@@ -376,4 +402,28 @@ def load_dataset(
         return synthetic_dataset(seed)
     if name in IDX_DATASETS:
         return load_idx_dataset(name, data_dir, verify=verify)
+    if name == "cifar10":
+        return load_cifar10_dataset(data_dir)
     raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+
+
+def load_cifar10_dataset(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """CIFAR-10 (python or binary version, ``draco.train.cifar``) as a ``Dataset``."""
+    from draco.train import cifar
+
+    train_x, train_y, test_x, test_y, folder = cifar.load_cifar10(data_dir)
+    return Dataset(
+        name=cifar.NAME,
+        train_images=train_x,
+        train_labels=train_y,
+        test_images=test_x,
+        test_labels=test_y,
+        n_classes=cifar.N_CLASSES,
+        mean=0.0,
+        std=1.0,
+        source=folder,
+        image_shape=cifar.IMAGE_SHAPE,
+        channel_mean=cifar.CHANNEL_MEAN,
+        channel_std=cifar.CHANNEL_STD,
+        augment=True,
+    )

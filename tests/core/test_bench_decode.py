@@ -54,3 +54,14 @@ def test_table_and_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_decode.main(["--workers", "5", "--adversaries", "3"]) == 2
     assert "2s+1" in capsys.readouterr().err
+
+
+def test_skip_aggregators_times_only_the_mean_and_the_codes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--workers", "7", "--dim", "64", "--repeats", "1", "--adversaries", "1"]
+    assert bench_decode.main([*argv, "--skip-aggregators", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    methods = {row["method"] for row in report["results"]}
+    assert methods == {"numpy_mean", "repetition_decode", "cyclic_decode"}
+    assert report["parameters"]["aggregators"] is False

@@ -166,6 +166,16 @@ def draco_run(run_dir: Path, *args: Any, timeout: float = RUN_TIMEOUT) -> tuple[
     return p.returncode, p.stdout, p.stderr
 
 
+def trained_run(run_dir: Path, rounds: int, *args: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """``draco-run args`` that must complete ``rounds`` rounds without a failed one:
+    (summary, the final parameters from its last checkpoint)."""
+    status, _, err = draco_run(run_dir, *args)
+    assert status == 0, err
+    summ = summary(run_dir)
+    assert (summ["rounds"], summ["failed_rounds"]) == (rounds, 0), summ
+    return summ, final_params(run_dir, rounds)
+
+
 def processes_mentioning(text: str) -> list[int]:
     """PIDs of live processes whose command line contains ``text`` (Linux /proc)."""
     found = []

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -238,7 +234,7 @@ def test_load_fake_dataset_unverified(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_unknown_dataset() -> None:
     with pytest.raises(ConfigError):
-        load_dataset("cifar10")
+        load_dataset("cifar100")
     with pytest.raises(ConfigError):
         find_dataset("cifar10")
 
@@ -301,27 +297,6 @@ def test_synthetic_is_not_separable_by_one_feature() -> None:
 
 
 # ----------------------------------------------------------------------------- draco-data
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A local HTTP server on 127.0.0.1 serving a temp folder: (folder, base URL)."""
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_download_verifies_and_is_idempotent(tmp_path: Path, http_root: tuple[Path, str]) -> None:

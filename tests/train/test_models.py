@@ -8,6 +8,7 @@ import torch
 
 from draco.errors import ConfigError
 from draco.train.models import (
+    INPUT_SHAPES,
     MODEL_NAMES,
     bind_flat_storage,
     build_model,
@@ -33,7 +34,10 @@ def test_fc_is_the_papers_network() -> None:
     ]
 
 
-@pytest.mark.parametrize(("name", "count"), [("lenet", 61_706), ("logreg", 7_850)])
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [("lenet", 61_706), ("logreg", 7_850), ("lenet_bn", 61_848), ("resnet18", 11_173_962)],
+)
 def test_other_sizes(name: str, count: int) -> None:
     assert param_count(create_model(name)) == count
 
@@ -41,7 +45,9 @@ def test_other_sizes(name: str, count: int) -> None:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_forward_shape(name: str) -> None:
     model = build_model(name, seed=0)
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((5, 784)).astype(np.float32))
+    n_features = int(np.prod(INPUT_SHAPES[name]))
+    x = np.random.default_rng(0).standard_normal((5, n_features)).astype(np.float32)
+    x = torch.from_numpy(x)
     assert model(x).shape == (5, 10)
 
 
