@@ -27,7 +27,8 @@ What this module does (the round logic itself is ``rounds.RoundEngine``):
    (the loop keeps serving handshakes meanwhile). ``code.ready`` runs inline only for the
    codes whose check is a byte comparison (repetition, none); the cyclic code's O(n d) check
    runs in the helper thread, at most one at a time, re-run once for the payloads that
-   arrived meanwhile. A worker that joins or reconnects mid-round is welcomed and joins at
+   arrived meanwhile, and only after a silence without arrivals (``READY_CHECK_FRACTION``).
+   A worker that joins or reconnects mid-round is welcomed and joins at
    the next attempt. A peer whose socket still holds the previous round's parameters (not
    reading) is skipped for the attempt rather than buffered without bound. A protocol
    violation (malformed frame, a wrong-shape payload, too many messages, ...) is an erasure
