@@ -144,7 +144,8 @@ def _lstsq(run_dir: Path, *args: Any) -> tuple[dict[str, Any], str]:
 
 def test_tolerance_vote_is_announced_and_trains_the_clean_model(tmp_path: Path) -> None:
     exact, out = _lstsq(tmp_path / "exact", "--attack", "none")
-    assert exact["vote"] == "exact" and "TOLERANCE" not in out
+    # The exact vote, travelling as full payloads (--vote auto on loopback).
+    assert (exact["vote"], exact["vote_rtol"]) == ("full", None) and "TOLERANCE" not in out
     tol, out = _lstsq(tmp_path / "tol", "--attack", "constant", "--vote", "tolerance")
     assert "TOLERANCE vote (rtol 0.0001)" in out
     assert (tol["vote"], tol["vote_rtol"]) == ("tolerance", 1e-4)
