@@ -225,8 +225,10 @@ def _fast_path(
     block = recovery_block(np.result_type(*(a.dtype for a in arrays.values())))
     coverage = sorted({b * block // (SAMPLE_BLOCK * PROJECTIONS) for b in redo})
     usable = {j: a for j, a in arrays.items() if j not in rec.erasures}
+    # The redone blocks are written into the first pass's gradient in place: if the redo
+    # fails, the full path computes a new one and this one is dropped.
     second = _sample_recovery(
-        nodes, s, usable, d, rng, config, coverage, energy, redo, rec.gradient.copy()
+        nodes, s, usable, d, rng, config, coverage, energy, redo, rec.gradient
     )
     if second is None:
         return None
