@@ -320,7 +320,7 @@ def bench_project(
     ``checks=False`` leaves out ``RoundCollector.offer`` (the payload checks): the framing
     and receive machinery alone, for attributing the difference to the raw path.
     """
-    from draco.net.server import run_with_loop
+    from draco.net.eventloop import run_with_loop
 
     return list(run_with_loop(lambda: _bench_project_async(n, dim, repeats, checks), loop))
 

@@ -163,7 +163,7 @@ async def _workers_async(host: str, port: int, n: int, s: int, dim: int) -> None
 def worker_main(argv: list[str]) -> None:
     """Entry of the worker process: ``host port n s dim``."""
     host, port, n, s, dim = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
-    from draco.net.server import run_with_loop
+    from draco.net.eventloop import run_with_loop
 
     run_with_loop(lambda: _workers_async(host, port, n, s, dim), "uvloop")
 
@@ -304,7 +304,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--workers must be >= 2 * --adversaries + 1 and --dim >= 1")
     if args.rounds <= args.warmup:
         raise ConfigError("--rounds must be larger than --warmup")
-    from draco.net.server import run_with_loop
+    from draco.net.eventloop import run_with_loop
 
     load_before = _load()
     if args.link:

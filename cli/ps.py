@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import signal
 import sys
 import time
 from collections import deque
@@ -53,7 +51,6 @@ from draco.task import CUSTOM_MODEL, Task, add_task_arguments, make_task, task_s
 
 PROG = "draco-ps"
 EXIT_USAGE = 2
-_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 # config.json keys that are not PSConfig fields (informational).
 _CONFIG_EXTRAS = ("dim", "n_partitions", "format")
@@ -547,6 +544,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
     """Build everything from ``config`` and serve the run; returns the exit status."""
     from draco.core.codes import make_code
     from draco.net import auth
+    from draco.net.eventloop import exit_status, on_stop_signals
     from draco.net.rounds import DigestVoteConfig, RoundEngine
     from draco.net.server import ParameterServer
 
@@ -640,11 +638,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
     )
     recorder.counters = server.admission.counters
     loop = asyncio.get_running_loop()
-    for sig, status in _SIGNAL_EXIT.items():
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # non-POSIX loops
-            loop.add_signal_handler(
-                sig, server.request_stop, f"stopped by {signal.Signals(sig).name}", status
-            )
+    on_stop_signals(lambda sig: server.request_stop(f"stopped by {sig.name}", exit_status(sig)))
     host, port = await server.start()
     print(
         f"{PROG}: listening on {host}:{port} for {config.n_workers} workers", file=out, flush=True
@@ -718,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
             level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
         config = config_from_args(args)
-        from draco.net.server import run_with_loop
+        from draco.net.eventloop import run_with_loop
 
         return int(run_with_loop(lambda: serve(config), config.loop))
     except DracoError as exc:

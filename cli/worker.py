@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -34,6 +33,7 @@ from typing import Any
 
 from draco.errors import ConfigError, DracoError
 from draco.launch_env import resolve_ids
+from draco.net.eventloop import exit_status, on_stop_signals, run_with_loop
 from draco.task import DEVICES, TaskOptionLimits, check_factory_name
 
 PROG = "draco-worker"
@@ -160,39 +160,27 @@ def run_coroutine(
     make: Callable[[], Coroutine[Any, Any, None]], loop_name: str
 ) -> tuple[int, BaseException | None]:
     """Run ``make()`` on the chosen loop; SIGINT/SIGTERM cancel it (exit 130 / 143)."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if loop_name == "uvloop":
-        try:
-            import uvloop
-
-            factory = uvloop.new_event_loop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-            factory = None
     got: list[int] = []
 
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
 
-            def stop(sig: int = sig) -> None:
-                got.append(sig)
-                task.cancel()
+        def stop(sig: int) -> None:
+            got.append(sig)
+            task.cancel()
 
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows
-                loop.add_signal_handler(sig, stop)
+        on_stop_signals(stop)
         await make()
 
-    with asyncio.Runner(loop_factory=factory) as runner:
-        try:
-            runner.run(main())
-        except asyncio.CancelledError:
-            return 128 + (got[0] if got else signal.SIGINT), None
-        except KeyboardInterrupt:
-            return 130, None
-        except DracoError as exc:
-            return 2, exc
+    try:
+        run_with_loop(main, loop_name)
+    except asyncio.CancelledError:
+        return exit_status(got[0] if got else signal.SIGINT), None
+    except KeyboardInterrupt:
+        return exit_status(signal.SIGINT), None
+    except DracoError as exc:
+        return 2, exc
     return 0, None
 
 

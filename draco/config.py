@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from draco.core.codes import CODES
 from draco.errors import ConfigError
 from draco.optim import SGDConfig
 
-CODES = ("repetition", "cyclic", "none")
 SCHEDULES = ("random", "fixed")
 LOOPS = ("uvloop", "asyncio")
 #: ``PSConfig.vote``: full payloads, digest-first (draco.net.rounds.VOTES), or auto (see

@@ -24,13 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from draco.errors import ConfigError
+from draco.net.messages import MAX_WORKER_ID
 
 #: (rank variable, size variable) per launcher, in the order they are reported.
 LAUNCHERS: tuple[tuple[str, str, str], ...] = (
     ("SLURM", "SLURM_PROCID", "SLURM_NTASKS"),
     ("torchrun", "RANK", "WORLD_SIZE"),
 )
-MAX_IDS = 2**32  # worker ids are uint32 on the wire
+MAX_IDS = MAX_WORKER_ID + 1  # worker ids are uint32 on the wire
 
 
 @dataclass(frozen=True)

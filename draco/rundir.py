@@ -27,17 +27,17 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from draco.errors import ConfigError
+from draco.fileio import TMP_PREFIX, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ _PARAMS_KEY = "params"
 _OPT_PREFIX = "opt__"
 _EXTRA_KEY = "extra_json"
 _META_KEY = "meta_json"
-_TMP_PREFIX = ".tmp-"
 
 
 class CheckpointWarning(UserWarning):
@@ -111,40 +110,6 @@ def dumps(obj: Any, *, indent: int | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable. Not possible on Windows (directories cannot be opened).
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
-    """Write a file atomically: ``write(f)`` fills a temp file, which then replaces ``path``.
-
-    1. Create a temp file in the target's folder (same file system, so the rename is atomic).
-    2. ``write(f)``, flush, fsync.
-    3. ``os.replace(temp, path)``, then fsync the folder.
-    On any error the temp file is removed and ``path`` is untouched.
-    """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + target.name + ".", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -417,7 +382,7 @@ class RunDir:
                 with contextlib.suppress(OSError):
                     p.unlink()
         # Temp files left by a crash mid-write are ours and never complete: remove them.
-        for p in self.checkpoint_dir.glob(_TMP_PREFIX + "ckpt-*"):
+        for p in self.checkpoint_dir.glob(TMP_PREFIX + "ckpt-*"):
             with contextlib.suppress(OSError):
                 p.unlink()
 

@@ -27,12 +27,13 @@ import os
 import secrets
 import ssl
 import stat
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from draco.errors import ConfigError
+from draco.fileio import atomic_write
+from draco.net.messages import MAX_WORKER_ID, NONCE_BYTES
 
 __all__ = [
     "MIN_SECRET_BYTES",
@@ -56,17 +57,15 @@ __all__ = [
 SECRET_BYTES = 32  # size of a generated secret
 MIN_SECRET_BYTES = 32  # shortest secret accepted from a file
 TOKEN_BYTES = 32  # HMAC-SHA256 output
-NONCE_BYTES = 32
 _TOKEN_LABEL = b"draco-worker-token-v1"
 _AUTH_LABEL = b"draco-auth-v1"
-_MAX_WORKER_ID = 2**63 - 1
 
 
 def _id_bytes(worker_id: int) -> bytes:
     if isinstance(worker_id, bool) or not isinstance(worker_id, int):
         raise ConfigError(f"worker id must be an int, got {worker_id!r}")
-    if not 0 <= worker_id <= _MAX_WORKER_ID:
-        raise ConfigError(f"worker id must be in [0, 2**63-1], got {worker_id}")
+    if not 0 <= worker_id <= MAX_WORKER_ID:
+        raise ConfigError(f"worker id must be in [0, {MAX_WORKER_ID}], got {worker_id}")
     return worker_id.to_bytes(8, "big")
 
 
@@ -86,18 +85,8 @@ def _write_private(path: Path, text: str, *, overwrite: bool) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ConfigError(f"cannot write {path}: folder {directory} does not exist")
-    # mkstemp creates the file with mode 0600 whatever the umask; rename is atomic.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = text.encode("ascii")
+    atomic_write(path, lambda fh: fh.write(data))  # mode 0600 (mkstemp), one rename
 
 
 def _read_private(path: Path, what: str) -> str:
@@ -265,7 +254,7 @@ def read_token_file(path: str | os.PathLike[str]) -> dict[int, bytes]:
         if not id_text.isdigit():
             raise ConfigError(f"{where}: worker id {id_text!r} is not a non-negative integer")
         worker_id = int(id_text)
-        if worker_id > _MAX_WORKER_ID:
+        if worker_id > MAX_WORKER_ID:
             raise ConfigError(f"{where}: worker id {worker_id} is too large")
         try:
             token = bytes.fromhex(token_hex)

@@ -24,6 +24,7 @@ from draco.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "MAX_ATTEMPT",
+    "MAX_WORKER_ID",
     "MESSAGE_TYPES",
     "NONCE_BYTES",
     "PAYLOAD_DTYPES",
@@ -64,7 +65,7 @@ ERROR_CODES = (
     "refused_config",  # a worker will not run the Welcome's task / code (its own policy)
 )
 
-_MAX_WORKER_ID = 2**32 - 1
+MAX_WORKER_ID = 2**32 - 1  # worker ids are uint32 on the wire
 _MAX_ROUND = 2**63 - 1
 #: Largest attempt number of one round (a retry counter; the PS gives up long before).
 MAX_ATTEMPT = 2**32 - 1
@@ -189,7 +190,7 @@ class Hello:
 
     def __post_init__(self) -> None:
         _check_int(self, "protocol_version", 0, 2**16 - 1)
-        _check_int(self, "worker_id", 0, _MAX_WORKER_ID)
+        _check_int(self, "worker_id", 0, MAX_WORKER_ID)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,6 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -1424,20 +1423,3 @@ def _source(peer: Peer) -> str:
     if isinstance(name, tuple) and name:
         return str(name[0])
     return "?" if not name else str(name)
-
-
-def run_with_loop(main: Callable[[], Any], loop_name: str) -> Any:
-    """Run coroutine factory ``main`` on uvloop (default) or the stock asyncio loop.
-
-    Falls back to asyncio with a warning if uvloop is not installed.
-    """
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if loop_name == "uvloop":
-        try:
-            import uvloop
-
-            factory = uvloop.new_event_loop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-            log.warning("uvloop is not installed; using the asyncio event loop")
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())

@@ -268,7 +268,8 @@ def test_closed_tls_connections_are_freed_without_the_cyclic_gc(
     under a connect/disconnect churn (issue 10). Freed by reference counting, it cannot."""
     import gc
 
-    from draco.net.server import Peer, run_with_loop
+    from draco.net.eventloop import run_with_loop
+    from draco.net.server import Peer
 
     cert, key = tls_files
     pytest.importorskip("uvloop") if loop_name == "uvloop" else None
