@@ -132,6 +132,8 @@ def test_token_file_round_trip(tmp_path: Path) -> None:
         ("1 " + "00" * 31, 1, "31 bytes"),
         ("1 " + "00" * 32 + "\n1 " + "11" * 32, 2, "twice"),
         ("1 " + "00" * 32 + " extra", 1, "expected"),
+        # The wire's worker ids are uint32: a larger id in a token file could never be used.
+        (f"{2**32} " + "00" * 32, 1, "too large"),
     ],
 )
 def test_malformed_token_files_name_file_and_line(
@@ -185,3 +187,10 @@ def test_tls_contexts_from_a_self_signed_certificate(tmp_path: Path) -> None:
     assert server_ssl_context(cert, key).verify_mode == ssl.CERT_NONE
     client = client_ssl_context(ca=cert, cert=cert, key=key)
     assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname
+
+
+def test_worker_ids_beyond_the_wire_range_get_no_token() -> None:
+    # One bound for the wire and the credentials (draco.net.messages.MAX_WORKER_ID).
+    assert derive_token(SECRET, 2**32 - 1) != derive_token(SECRET, 0)
+    with pytest.raises(ConfigError, match="worker id"):
+        derive_token(SECRET, 2**32)
