@@ -83,7 +83,7 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 
 def _fc_gradient(batch: int) -> tuple[int, Callable[[], Any]]:
-    from draco.task import make_task
+    from draco.tasks.registry import make_task
 
     task = make_task(
         {

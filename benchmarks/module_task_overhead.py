@@ -10,9 +10,10 @@ each; prints the median, min and max of the per-partition time.
 import statistics
 import time
 
-from draco.task import CUSTOM_MODEL, TaskContext, make_task
-from draco.train.models import FC, LogReg
-from draco.train.module_task import ModuleTask
+from draco.tasks.contract import CUSTOM_MODEL, TaskContext
+from draco.tasks.registry import make_task
+from draco.tasks.torch.models import FC, LogReg
+from draco.tasks.torch.module_task import ModuleTask
 
 P, B = 15, 32
 for name, cls in (("logreg", LogReg), ("fc", FC)):

@@ -11,7 +11,7 @@ Examples::
 CIFAR-10 comes as one archive (163 MB): it is streamed to a temporary file (at most
 ``CIFAR_MAX_ARCHIVE_BYTES``) while its SHA-256 is computed, and only when that matches are
 the six batch files taken out of it: exactly those member names, regular files of at most
-``draco.train.cifar.MAX_BATCH_FILE_BYTES`` each, never a path from the archive itself (no
+``draco.tasks.torch.cifar.MAX_BATCH_FILE_BYTES`` each, never a path from the archive itself (no
 traversal, no links). Each file is then checked by the loader (restricted unpickler, shapes,
 labels) and written atomically; the archive's hash is recorded in ``SOURCE`` next to them.
 
@@ -39,8 +39,8 @@ from pathlib import Path
 
 from draco.errors import DataError, DracoError
 from draco.rundir import atomic_write
-from draco.train import cifar
-from draco.train.data import IDX_DATASETS, IDX_FILES, SHA256, data_home, read_bytes
+from draco.tasks.torch import cifar
+from draco.tasks.torch.data import IDX_DATASETS, IDX_FILES, SHA256, data_home, read_bytes
 
 DATASETS = (*IDX_DATASETS, cifar.NAME)
 #: The archives at https://www.cs.toronto.edu/~kriz/cifar.html, with their SHA-256 (also
@@ -75,7 +75,7 @@ MAX_DOWNLOAD_BYTES = 64 * 2**20  # the largest file (Fashion-MNIST train images)
 
 
 def default_root() -> Path:
-    """``$DRACO_DATA`` if set, else ``draco.train.data.data_home()``."""
+    """``$DRACO_DATA`` if set, else ``draco.tasks.torch.data.data_home()``."""
     env = os.environ.get("DRACO_DATA")
     return Path(env).expanduser() if env else data_home()
 

@@ -47,7 +47,8 @@ from draco.config import (
 )
 from draco.errors import ConfigError, DracoError
 from draco.optim import SGD
-from draco.task import CUSTOM_MODEL, Task, add_task_arguments, make_task, task_spec_from_args
+from draco.tasks.contract import CUSTOM_MODEL, Task
+from draco.tasks.registry import add_task_arguments, make_task, task_spec_from_args
 
 PROG = "draco-ps"
 EXIT_USAGE = 2

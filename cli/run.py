@@ -200,7 +200,7 @@ def _plugin_allow(shared: argparse.Namespace) -> list[str]:
     """``--allow-task NAME`` for the workers when the run names a plug-in task."""
     name = shared.task
     if name is None and shared.task_file is not None:
-        from draco.task import read_task_file
+        from draco.tasks.registry import read_task_file
 
         name = read_task_file(shared.task_file)[0]
     return [] if name is None else ["--allow-task", str(name)]

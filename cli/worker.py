@@ -34,7 +34,8 @@ from typing import Any
 from draco.errors import ConfigError, DracoError
 from draco.launch_env import resolve_ids
 from draco.net.eventloop import exit_status, on_stop_signals, run_with_loop
-from draco.task import DEVICES, TaskOptionLimits, check_factory_name
+from draco.tasks.contract import DEVICES
+from draco.tasks.plugins import TaskOptionLimits, check_factory_name
 
 PROG = "draco-worker"
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.device != "cpu":
             # Fail before connecting: a worker that cannot compute must not take a seat.
-            from draco.train.device import check_device
+            from draco.tasks.torch.device import check_device
 
             check_device(args.device)
         if args.connect_timeout <= 0:

@@ -5,7 +5,8 @@ r = 2s+1 workers, and the parameter server decodes the exact sum of the partitio
 despite up to s adversarial workers.
 
 Layout: ``draco.core`` (codes, decoders, aggregators, attacks; numpy only), ``draco.net``
-(asyncio parameter server and workers), ``draco.train`` (the torch training task),
+(asyncio parameter server and workers), ``draco.tasks`` (the task contract, registry and
+the torch tasks),
 ``draco.cli`` (the console commands). See docs/architecture.md.
 """
 

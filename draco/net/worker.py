@@ -70,7 +70,9 @@ from draco.net import messages as m
 from draco.net.auth import handshake_mac
 from draco.net.frames import PROTOCOL_VERSION, Limits
 from draco.net.protocol import Closed, Connection, NeedData, Role, State
-from draco.task import Task, TaskOptionLimits, make_task
+from draco.tasks.contract import Task
+from draco.tasks.plugins import TaskOptionLimits
+from draco.tasks.registry import make_task
 
 log = logging.getLogger("draco.worker")
 
@@ -621,7 +623,7 @@ class LogicalWorker:
         )
 
     def _check_vote(self, code: Any) -> None:
-        """A non-CPU device needs the repetition code's tolerance vote (draco.train.device)."""
+        """A non-CPU device needs the tolerance vote (see draco.tasks.torch.device)."""
         device = self.options.device
         if device == "cpu":
             return

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from draco.task import TaskContext
-from draco.train.module_task import ModuleTask
+from draco.tasks.contract import TaskContext
+from draco.tasks.torch.module_task import ModuleTask
 
 SIDE = 12  # images are SIDE x SIDE, one channel
 SHAPES = ("horizontal bar", "vertical bar", "square", "cross")

@@ -26,9 +26,9 @@ from e2e_helpers import (
 )
 
 from draco.core.attacks import ATTACKS
-from draco.task import make_task
-from draco.train import cifar
-from draco.train.models import create_model, param_count
+from draco.tasks.registry import make_task
+from draco.tasks.torch import cifar
+from draco.tasks.torch.models import create_model, param_count
 
 pytestmark = pytest.mark.e2e
 

@@ -34,7 +34,7 @@ from e2e_helpers import (
 )
 
 from draco.core.attacks import ATTACKS
-from draco.task import make_task
+from draco.tasks.registry import make_task
 
 pytestmark = pytest.mark.e2e
 

@@ -19,12 +19,12 @@ from test_server import TIMEOUT, Client, Recorder, make_server
 from draco.core.attacks import make_attack
 from draco.core.codes import make_code
 from draco.core.digests import payload_digest
-from draco.lstsq import LeastSquaresTask
 from draco.net import messages as m
 from draco.net.frames import encode_frame
 from draco.net.protocol import CLOSED
 from draco.net.rounds import DigestVoteConfig
 from draco.net.server import ParameterServer
+from draco.tasks.lstsq import LeastSquaresTask
 
 pytestmark = pytest.mark.asyncio
 

@@ -10,9 +10,9 @@ import pytest
 from draco.config import PSConfig, parse_options
 from draco.core.codes import make_code
 from draco.errors import ConfigError
-from draco.lstsq import LeastSquaresTask
 from draco.net.rounds import RoundEngine
 from draco.optim import SGD, SGDConfig
+from draco.tasks.lstsq import LeastSquaresTask
 
 
 def test_parse_options() -> None:

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from draco.core.attacks import make_attack
 from draco.core.codes import make_code
 from draco.errors import ConfigError
-from draco.lstsq import LeastSquaresTask
 from draco.net.rounds import (
     RoundEngine,
     Verdict,
@@ -20,6 +19,7 @@ from draco.net.rounds import (
     choose_liars,
 )
 from draco.optim import SGD, SGDConfig
+from draco.tasks.lstsq import LeastSquaresTask
 
 DIM = 8
 

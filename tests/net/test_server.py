@@ -20,7 +20,6 @@ import pytest
 from draco.config import PSConfig, ServerLimits
 from draco.core.attacks import make_attack
 from draco.core.codes import make_code
-from draco.lstsq import LeastSquaresTask
 from draco.net import auth
 from draco.net import messages as m
 from draco.net.frames import MAGIC, PREFIX, PROTOCOL_VERSION, Limits, encode_frame
@@ -28,6 +27,7 @@ from draco.net.protocol import CLOSED, NEED_DATA, Connection, Role
 from draco.net.rounds import RoundEngine
 from draco.net.server import ParameterServer
 from draco.optim import SGD, SGDConfig
+from draco.tasks.lstsq import LeastSquaresTask
 
 DIM = 8
 SECRET = bytes(range(32))

@@ -21,12 +21,12 @@ import pytest
 from draco.core.attacks import make_attack
 from draco.core.codes import make_code
 from draco.errors import AuthError, ConfigError, DracoError, VersionMismatchError
-from draco.lstsq import LeastSquaresTask
 from draco.net import messages as m
 from draco.net.auth import derive_token, generate_secret, new_nonce, verify_handshake
 from draco.net.frames import MAGIC, PREFIX
 from draco.net.protocol import Closed, Connection, NeedData, Role
 from draco.net.worker import WorkerOptions, run_workers
+from draco.tasks.lstsq import LeastSquaresTask
 
 SECRET = bytes(range(32))
 N, S, DIM = 3, 1, 8

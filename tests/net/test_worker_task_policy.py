@@ -23,7 +23,9 @@ from draco.errors import ConfigError
 from draco.net import messages as m
 from draco.net.auth import verify_handshake
 from draco.net.worker import run_workers
-from draco.task import CUSTOM_MODEL, TaskOptionLimits, make_task
+from draco.tasks.contract import CUSTOM_MODEL
+from draco.tasks.plugins import TaskOptionLimits
+from draco.tasks.registry import make_task
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = "shapes_cnn:make_task"

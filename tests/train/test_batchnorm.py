@@ -10,8 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from draco.optim import SGD, RunningStats, SGDConfig, StatSegment
-from draco.task import make_task
-from draco.train.models import (
+from draco.tasks.registry import make_task
+from draco.tasks.torch.models import (
     batch_norm_layers,
     buffer_count,
     build_model,
@@ -20,7 +20,7 @@ from draco.train.models import (
     load_buffers,
     param_count,
 )
-from draco.train.task import TorchTask
+from draco.tasks.torch.task import TorchTask
 
 
 def bn_task(n_partitions: int = 1, **kw: object) -> TorchTask:

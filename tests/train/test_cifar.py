@@ -17,11 +17,11 @@ import torch
 
 from draco.cli import data as data_cli
 from draco.errors import ConfigError, DataError
-from draco.sampler import PartitionSampler
-from draco.train import cifar
-from draco.train.data import load_dataset
-from draco.train.models import create_model, param_count
-from draco.train.task import TorchTask
+from draco.tasks.sampler import PartitionSampler
+from draco.tasks.torch import cifar
+from draco.tasks.torch.datasets import load_dataset
+from draco.tasks.torch.models import create_model, param_count
+from draco.tasks.torch.task import TorchTask
 
 N_PER_BATCH, N_TEST = 6, 10
 

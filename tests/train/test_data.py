@@ -1,4 +1,4 @@
-"""draco.train.data (IDX reading, lookup), draco.train.synthetic, and draco-data (download)."""
+"""draco.tasks.torch.data (IDX reading, lookup), .synthetic, .datasets, and draco-data."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 
 from draco.cli import data as data_cli
 from draco.errors import ConfigError, DataError
-from draco.train import data
-from draco.train.data import (
+from draco.tasks.torch import data
+from draco.tasks.torch.data import (
     IDX_FILES,
     IMAGES_MAGIC,
     TEST_IMAGES,
@@ -21,13 +21,13 @@ from draco.train.data import (
     TRAIN_IMAGES,
     TRAIN_LABELS,
     find_dataset,
-    load_dataset,
     normalize,
     parse_idx,
     read_idx,
     read_idx_pair,
 )
-from draco.train.synthetic import generate, synthetic_dataset
+from draco.tasks.torch.datasets import load_dataset
+from draco.tasks.torch.synthetic import generate, synthetic_dataset
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 

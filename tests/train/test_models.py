@@ -1,4 +1,4 @@
-"""draco.train.models: sizes, the flat parameter vector, deterministic initialisation."""
+"""draco.tasks.torch.models: sizes, the flat parameter vector, deterministic initialisation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from draco.errors import ConfigError
-from draco.train.models import (
+from draco.tasks.torch.models import (
     INPUT_SHAPES,
     MODEL_NAMES,
     bind_flat_storage,

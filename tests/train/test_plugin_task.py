@@ -19,17 +19,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from draco.errors import ConfigError
-from draco.task import (
-    CUSTOM_MODEL,
-    TaskContext,
-    TaskOptionLimits,
-    add_task_arguments,
-    check_factory_name,
-    check_task_options,
-    make_task,
-    task_spec_from_args,
-)
-from draco.train.module_task import ModuleTask
+from draco.tasks.contract import CUSTOM_MODEL, TaskContext
+from draco.tasks.plugins import TaskOptionLimits, check_factory_name, check_task_options
+from draco.tasks.registry import add_task_arguments, make_task, task_spec_from_args
+from draco.tasks.torch.module_task import ModuleTask
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = "shapes_cnn:make_task"

@@ -1,4 +1,4 @@
-"""draco.train.task.TorchTask: the Task contract, bit-identical gradients, learning."""
+"""draco.tasks.torch.task.TorchTask: the Task contract, bit-identical gradients, learning."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from torch.nn import functional as F
 
 from draco.errors import ConfigError, DataError
 from draco.optim import SGD, SGDConfig
-from draco.task import Task, make_task
-from draco.train.models import build_model, unflatten_params
-from draco.train.task import TorchTask
+from draco.tasks.contract import Task
+from draco.tasks.registry import make_task
+from draco.tasks.torch.models import build_model, unflatten_params
+from draco.tasks.torch.task import TorchTask
 
 
 def spec(model: str = "fc", **kw: object) -> dict[str, object]:
@@ -114,7 +115,7 @@ _CHILD = textwrap.dedent(
     """
     import hashlib
     import numpy as np
-    from draco.task import make_task
+    from draco.tasks.registry import make_task
     task = make_task({"model": "fc", "dataset": "synthetic", "data_dir": None,
                       "n_partitions": 6, "batch_size": 32, "seed": 5})
     w = task.initial_params()
@@ -255,7 +256,7 @@ def test_mnist_task() -> None:
 
 
 def test_missing_dataset_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from draco.train import data
+    from draco.tasks.torch import data
 
     monkeypatch.delenv("DRACO_DATA", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))

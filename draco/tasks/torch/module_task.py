@@ -9,9 +9,9 @@ where ``make_data()`` returns ``(train, test)``, each either a map-style
 ``torch.utils.data.Dataset`` whose items are ``(x, y)`` pairs, or a pair of arrays / tensors
 ``(X, Y)`` with the samples along the first axis (``test`` may be None: no evaluation).
 
-What the helper guarantees (the same as the built-in tasks, draco.train.task):
+What the helper guarantees (the same as the built-in tasks, draco.tasks.torch.task):
 
-- the samples of partition k in round t come from ``draco.sampler.PartitionSampler`` only,
+- the samples of partition k in round t come from ``draco.tasks.sampler.PartitionSampler`` only,
   a pure function of (seed, round, partition);
 - torch's global RNG is seeded from (seed, round, partition) around each partition's batch
   and forward pass, so dropout and any torch-random augmentation in ``Dataset.__getitem__``
@@ -38,10 +38,10 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, default_collate
 
 from draco.errors import ConfigError
-from draco.sampler import PartitionSampler
-from draco.task import TaskContext
-from draco.train.device import check_device, configure_torch
-from draco.train.models import bind_flat_storage
+from draco.tasks.contract import TaskContext
+from draco.tasks.sampler import PartitionSampler
+from draco.tasks.torch.device import check_device, configure_torch
+from draco.tasks.torch.models import bind_flat_storage
 
 #: ``(X, Y)`` arrays / tensors, or a map-style Dataset of ``(x, y)`` items.
 DataLike = Dataset[Any] | tuple[Any, Any]
@@ -107,7 +107,7 @@ def _stateful_norm_layers(model: nn.Module) -> list[str]:
 
 
 class ModuleTask:
-    """A ``draco.task.Task`` around a torch module factory and a data factory.
+    """A ``draco.tasks.contract.Task`` around a torch module factory and a data factory.
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 DRACO's exact (bitwise) repetition vote needs every replica of a partition to compute the
 same bits. On the CPU, one torch thread and ``torch.use_deterministic_algorithms(True)``
-give that (draco.train.task). On a GPU the deterministic settings make a run repeatable on
+give that (draco.tasks.torch.task). On a GPU the deterministic settings make a run repeatable on
 *one* device model and software stack, but a GPU and a CPU, or two GPU models, still round
 differently (other kernels, fused multiply-adds, reduction orders). So a worker computing on
 ``cuda`` or ``mps`` refuses a repetition run with the exact vote and asks for the PS's
@@ -16,7 +16,7 @@ import os
 import torch
 
 from draco.errors import ConfigError
-from draco.task import DEVICES
+from draco.tasks.contract import DEVICES
 
 
 def check_device(device: str) -> torch.device:

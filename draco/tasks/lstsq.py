@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from draco.errors import ConfigError
-from draco.sampler import PartitionSampler
+from draco.tasks.sampler import PartitionSampler
 
 N_SAMPLES = 4096
 N_TEST = 1024

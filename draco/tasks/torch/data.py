@@ -1,6 +1,7 @@
 """Datasets: IDX files (MNIST, Fashion-MNIST), their lookup on disk, and the ``Dataset`` record.
 
-(CIFAR-10 is read by ``draco.train.cifar``; ``load_dataset("cifar10")`` wraps it here.)
+(CIFAR-10 is read by ``draco.tasks.torch.cifar``; ``draco.tasks.torch.datasets.load_dataset``
+picks a loader by name.)
 
 IDX format (LeCun's): a 4-byte magic ``00 00 <type> <ndim>`` (type 0x08 = unsigned byte), then
 ``ndim`` big-endian int32 sizes, then the data in C order. Images are magic 2051 (ndim 3),
@@ -41,7 +42,6 @@ import numpy as np
 from draco.errors import ConfigError, DataError
 
 IDX_DATASETS = ("mnist", "fashion-mnist")
-DATASET_NAMES = ("synthetic", *IDX_DATASETS, "cifar10")  # cifar10: draco.train.cifar
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -296,7 +296,9 @@ def _candidates(name: str, root: Path) -> list[Path]:
 def search_path(name: str, data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """The folders ``find_dataset`` looks in for dataset ``name``, in order."""
     if name not in IDX_DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        raise ConfigError(
+            f"{name!r} is not an IDX dataset; choose one of {', '.join(IDX_DATASETS)}"
+        )
     folders: list[Path] = []
     if data_dir is not None:
         folders += _candidates(name, Path(data_dir).expanduser())
@@ -386,44 +388,3 @@ def load_idx_dataset(
         )
         _CACHE[key] = ds
         return ds
-
-
-def load_dataset(
-    name: str,
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    seed: int = 0,
-    verify: bool = True,
-) -> Dataset:
-    """Any dataset by name. ``seed`` only matters for ``synthetic`` (its generator seed)."""
-    if name == "synthetic":
-        from draco.train.synthetic import synthetic_dataset
-
-        return synthetic_dataset(seed)
-    if name in IDX_DATASETS:
-        return load_idx_dataset(name, data_dir, verify=verify)
-    if name == "cifar10":
-        return load_cifar10_dataset(data_dir)
-    raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
-
-
-def load_cifar10_dataset(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
-    """CIFAR-10 (python or binary version, ``draco.train.cifar``) as a ``Dataset``."""
-    from draco.train import cifar
-
-    train_x, train_y, test_x, test_y, folder = cifar.load_cifar10(data_dir)
-    return Dataset(
-        name=cifar.NAME,
-        train_images=train_x,
-        train_labels=train_y,
-        test_images=test_x,
-        test_labels=test_y,
-        n_classes=cifar.N_CLASSES,
-        mean=0.0,
-        std=1.0,
-        source=folder,
-        image_shape=cifar.IMAGE_SHAPE,
-        channel_mean=cifar.CHANNEL_MEAN,
-        channel_std=cifar.CHANNEL_STD,
-        augment=True,
-    )

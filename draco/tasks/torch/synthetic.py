@@ -23,7 +23,7 @@ import threading
 
 import numpy as np
 
-from draco.train.data import Dataset
+from draco.tasks.torch.data import Dataset
 
 N_TRAIN = 12000
 N_TEST = 2000
@@ -95,7 +95,7 @@ def generate(seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Dat
         n_classes=N_CLASSES,
         mean=0.0,
         std=1.0,
-        source=f"generated (draco.train.synthetic, seed {seed})",
+        source=f"generated (draco.tasks.torch.synthetic, seed {seed})",
     )
 
 

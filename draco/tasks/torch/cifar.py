@@ -22,7 +22,7 @@ which Python 3's protocol-2 pickles of bytes use); any other global is refused w
 ``DataError`` before it is imported. A file larger than ``MAX_BATCH_FILE_BYTES`` is refused
 before it is read (a real batch file is about 31 MB).
 
-Where the files are looked for: like MNIST (``draco.train.data``): ``data_dir``, then
+Where the files are looked for: like MNIST (``draco.tasks.torch.data``): ``data_dir``, then
 ``$DRACO_DATA``, then ``draco-data``'s default root; in each root the folder itself,
 ``cifar-10-batches-py/``, ``cifar-10-batches-bin/``, and the same two under ``cifar10/``
 (where ``draco-data cifar10`` puts them). A folder counts when it holds all six files of one
@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from draco.errors import DataError
+from draco.tasks.torch.data import data_home
 
 NAME = "cifar10"
 N_CLASSES = 10
@@ -204,8 +205,6 @@ def _check_labels(p: Path, labels: np.ndarray, n: int) -> np.ndarray:
 
 def search_path(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """The folders ``find_cifar10`` looks in, in order."""
-    from draco.train.data import data_home
-
     roots: list[Path] = []
     if data_dir is not None:
         roots.append(Path(data_dir).expanduser())

@@ -1,9 +1,9 @@
-"""``TorchTask``: torch models on MNIST / Fashion-MNIST / synthetic data as a ``draco.task.Task``.
+"""``TorchTask``: torch models on MNIST, Fashion-MNIST, CIFAR-10 or synthetic data as a ``Task``.
 
 Determinism (DRACO's promise rests on it: every worker holding partition k must produce the
 bit-identical gradient g_k):
 
-- the samples of partition k in round t come from ``draco.sampler.PartitionSampler`` only;
+- the samples of partition k in round t come from ``draco.tasks.sampler.PartitionSampler`` only;
 - ``torch.set_num_threads(1)``: one torch thread per process, hence per logical worker (a
   worker process computes its logical workers' gradients one at a time in one thread). A
   multi-threaded reduction could sum in a different order from run to run;
@@ -14,7 +14,7 @@ bit-identical gradient g_k):
   (seed, round, partition), and applied to the uint8 pixels by integer indexing (exact).
 
 Batch-norm (``lenet_bn``, ``resnet18``): the task's vector is the model's *state*,
-parameters then buffers (``draco.train.models.buffer_layout``). The gradients are taken in
+parameters then buffers (``draco.tasks.torch.models.buffer_layout``). The gradients are taken in
 training mode (batch statistics, as torch trains); each payload row carries, after the
 gradient, that partition's batch mean and unbiased variance per BN layer (0 in the counter's
 place), read from torch itself: the gradient model's BN layers run with momentum 1, so after
@@ -22,10 +22,10 @@ the forward pass their running buffers hold exactly the batch statistics torch c
 PS then updates the running statistics from the decoded mean (``draco.optim.RunningStats``)
 and evaluates in eval mode with them. A worker never uses the buffers it receives.
 
-Both settings are process-wide (``draco.train.device.configure_torch``), so constructing a
+Both settings are process-wide (``draco.tasks.torch.device.configure_torch``), so constructing a
 ``TorchTask`` sets them for the whole process (the parameter server's evaluation then runs
 single-threaded too). ``device="cuda"``/``"mps"`` computes the gradients there (evaluation
-stays on the CPU); see draco.train.device for what that means for the vote.
+stays on the CPU); see draco.tasks.torch.device for what that means for the vote.
 
 Performance: the dataset is loaded once per process and shared by every task instance (the
 logical workers of one process); one model per (architecture, purpose) per process is reused,
@@ -47,10 +47,11 @@ from torch.nn import functional as F
 
 from draco.errors import ConfigError
 from draco.optim import RunningStats
-from draco.sampler import PartitionSampler
-from draco.train.data import DATASET_NAMES, Dataset, load_dataset
-from draco.train.device import check_device, configure_torch
-from draco.train.models import (
+from draco.tasks.sampler import PartitionSampler
+from draco.tasks.torch.data import Dataset
+from draco.tasks.torch.datasets import DATASET_NAMES, load_dataset
+from draco.tasks.torch.device import check_device, configure_torch
+from draco.tasks.torch.models import (
     INPUT_SHAPES,
     MODEL_NAMES,
     batch_norm_layers,
@@ -126,7 +127,7 @@ class TorchTask:
     seed : int
         Seeds the initial parameters and the sampler's shuffling.
     data_dir : str, optional
-        Where to look for the IDX or CIFAR-10 files first (see ``draco.train.data``).
+        Where to look for the IDX or CIFAR-10 files first (see ``draco.tasks.torch.data``).
     device : str
         Where gradients are computed: ``cpu`` (default), ``cuda`` or ``mps`` (not part of
         the spec: each worker chooses its own; evaluation always runs on the CPU).
