@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from draco.rundir import read_metrics
+from draco.ps.rundir import read_metrics
 
 FIELDS = (
     ("decode + update", lambda r: r["decode_seconds"] + r["update_seconds"]),

@@ -135,7 +135,7 @@ def _fds(pid: int) -> int:
 def one_run(args: argparse.Namespace, folder: Path, flood: int) -> dict[str, Any]:
     """One honest run, optionally under a flood of ``flood`` idle connections."""
     from draco.net.auth import issue_tokens, write_secret, write_token_file
-    from draco.rundir import read_metrics
+    from draco.ps.rundir import read_metrics
 
     folder.mkdir(parents=True)
     secret, tokens = folder / "secret", folder / "tokens"

@@ -219,11 +219,11 @@ def _load() -> str:
 
 
 async def _serve(args: argparse.Namespace, host: str, netns: str | None) -> dict[str, Any]:
-    from draco.config import PSConfig, ServerLimits
     from draco.core.codes import make_code
     from draco.net.rounds import RoundEngine
     from draco.net.server import ParameterServer
-    from draco.optim import SGD, SGDConfig
+    from draco.ps.config import PSConfig, ServerLimits
+    from draco.ps.optim import SGD, SGDConfig
 
     n, s, dim = args.workers, args.adversaries, args.dim
     code = make_code("repetition", n, s)

@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from draco.errors import ConfigError, DracoError
-from draco.rundir import (
+from draco.ps.rundir import (
     atomic_write_json,
     atomic_write_text,
     checkpoint_file,

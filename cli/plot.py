@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from draco.errors import DracoError
-from draco.rundir import METRICS_NAME, read_metrics
+from draco.ps.rundir import METRICS_NAME, read_metrics
 
 
 @dataclass(frozen=True)

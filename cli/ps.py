@@ -22,21 +22,13 @@ usage error, 130 / 143 when stopped by SIGINT / SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import hashlib
 import json
 import logging
-import math
 import sys
-import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TextIO
 
-import numpy as np
-
-from draco.config import (
+from draco.errors import ConfigError, DracoError
+from draco.ps.config import (
     CODES,
     DEFAULT_VOTE_RTOL,
     LOOPS,
@@ -45,22 +37,10 @@ from draco.config import (
     PSConfig,
     ServerLimits,
 )
-from draco.errors import ConfigError, DracoError
-from draco.optim import SGD
-from draco.tasks.contract import CUSTOM_MODEL, Task
-from draco.tasks.registry import add_task_arguments, make_task, task_spec_from_args
+from draco.tasks.registry import add_task_arguments, task_spec_from_args
 
 PROG = "draco-ps"
 EXIT_USAGE = 2
-
-# config.json keys that are not PSConfig fields (informational).
-_CONFIG_EXTRAS = ("dim", "n_partitions", "format")
-
-
-def model_sha256(params: np.ndarray) -> str:
-    """SHA-256 of the parameters as little-endian float32 bytes (hex)."""
-    return hashlib.sha256(np.asarray(params).astype("<f4").tobytes()).hexdigest()
-
 
 # ----------------------------------------------------------------------------- flags
 
@@ -328,364 +308,6 @@ def run_keys(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- recording
 
 
-class RunRecorder:
-    """Per-round side work: evaluation (in a thread), metrics, checkpoints, progress line.
-
-    Metric records are written in round order; a record whose evaluation is still running
-    waits for it (evaluation is off the round's critical path, not skipped).
-
-    Parameters
-    ----------
-    task : Task
-        Evaluates parameters.
-    config : PSConfig
-        eval_every, checkpoint_every, rounds.
-    rundir : RunDir or None
-        Where metrics and checkpoints go (None: stdout only).
-    out : TextIO
-        Progress lines.
-    wall_offset : float
-        Wall seconds of earlier processes of this run (resume).
-    """
-
-    def __init__(
-        self,
-        task: Task,
-        config: PSConfig,
-        rundir: Any,
-        out: TextIO,
-        *,
-        start_round: int = 0,
-        wall_offset: float = 0.0,
-    ) -> None:
-        self.task = task
-        self.config = config
-        self.rundir = rundir
-        self.out = out
-        self.start_round = start_round
-        self.wall_offset = wall_offset
-        # The newest checkpoint written (a resumed run starts from one).
-        self.saved_round = start_round
-        self.t0 = time.perf_counter()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draco-eval")
-        self.pending: deque[tuple[dict[str, Any], Future[dict[str, float]] | None]] = deque()
-        self.last_eval: dict[str, float] = {}
-        self.last_eval_round = -1
-        self.first_round_started: float | None = None
-        # The server's admission counters (refused / evicted / auth_failed / throttled /
-        # handshake_timeouts ...), set by ``serve``; each record gets what changed since the
-        # previous record, nonzero keys only, so a quiet run adds nothing to metrics.jsonl.
-        self.counters: dict[str, int] | None = None
-        self._counters_seen: dict[str, int] = {}
-        # Cluster time (docs/cluster_time.md): the running sum over written records, and the
-        # first evaluation at or above --target-accuracy (rounds, cluster s, wall s).
-        self.cluster_total = 0.0
-        self.to_target: dict[str, float] | None = None
-        if rundir is not None and start_round > 0:
-            for old in rundir.read_metrics():
-                self._account(old)
-
-    def admission_delta(self) -> dict[str, int]:
-        """Admission counters that changed since the previous call (nonzero deltas only)."""
-        if self.counters is None:
-            return {}
-        now = dict(self.counters)
-        delta = {k: v - self._counters_seen.get(k, 0) for k, v in now.items()}
-        self._counters_seen = now
-        return {k: v for k, v in delta.items() if v and k != "admitted"}
-
-    def _account(self, record: dict[str, Any]) -> None:
-        self.cluster_total += float(record.get("cluster_seconds", 0.0) or 0.0)
-        record["cluster_seconds_elapsed"] = self.cluster_total
-        target = self.config.target_accuracy
-        acc = record.get("test_accuracy")
-        if target is not None and self.to_target is None and acc is not None and acc >= target:
-            self.to_target = {
-                "rounds": int(record.get("evaluated_after_rounds", record["round"] + 1)),
-                "cluster_seconds": self.cluster_total,
-                "wall_seconds": float(record.get("elapsed_seconds", math.nan)),
-            }
-
-    @property
-    def wall_seconds(self) -> float:
-        return self.wall_offset + (time.perf_counter() - self.t0)
-
-    def round_done(self, record: dict[str, Any], engine: Any) -> None:
-        admission = self.admission_delta()
-        if admission:
-            record["admission"] = admission
-        done = engine.next_round
-        every = self.config.eval_every
-        fut = None
-        if not record["failed"] and every and done % every == 0:
-            fut = self.executor.submit(self.task.evaluate, engine.params)
-            record["evaluated_after_rounds"] = done
-        record["elapsed_seconds"] = self.wall_seconds
-        self.pending.append((record, fut))
-        self.flush(block=False)
-        k = self.config.checkpoint_every
-        if not record["failed"] and k and done % k == 0:
-            self.save_checkpoint(engine)
-        self._progress(record, engine)
-
-    def save_checkpoint(self, engine: Any) -> None:
-        """Checkpoint the completed rounds (metrics up to it are flushed first); no-op without
-        a run directory or with checkpoints off, or if this round's checkpoint exists."""
-        done = engine.next_round
-        if self.rundir is None or not self.config.checkpoint_every or done == self.saved_round:
-            return
-        self.flush(block=True)  # metrics up to the checkpoint are on disk first
-        params, opt, extra = engine.state()
-        extra = {**extra, "wall_seconds": self.wall_seconds}
-        self.rundir.save_checkpoint(done, params, opt, extra)
-        self.saved_round = done
-
-    def flush(self, *, block: bool) -> None:
-        """Write the records whose evaluation (if any) finished, in order."""
-        while self.pending:
-            record, fut = self.pending[0]
-            if fut is not None:
-                if not block and not fut.done():
-                    return
-                metrics = fut.result()
-                record.update(metrics)
-                self.last_eval = dict(metrics)
-                self.last_eval_round = int(record["evaluated_after_rounds"])
-            self.pending.popleft()
-            self._account(record)
-            if self.rundir is not None:
-                self.rundir.append_metrics(record)
-
-    def _progress(self, record: dict[str, Any], engine: Any) -> None:
-        from draco.rundir import format_progress
-
-        done = engine.next_round
-        now = time.perf_counter()
-        if self.first_round_started is None:
-            # Rate over the rounds only: waiting for the workers to join is not a round.
-            self.first_round_started = now - float(record["wall_seconds"])
-        elapsed = now - self.first_round_started
-        rate = (done - self.start_round) / elapsed if elapsed > 0 else math.nan
-        eta = (engine.rounds - done) / rate if rate and rate > 0 else math.nan
-        line = format_progress(done, engine.rounds, rate, eta, self.last_eval.get("test_accuracy"))
-        if "test_accuracy" not in self.last_eval and "test_loss" in self.last_eval:
-            line += f"  loss {self.last_eval['test_loss']:.4g}"
-        if record["failed"]:
-            line += (
-                f"  round {record['round']} FAILED after {record.get('attempts', 1)} "
-                f"attempt(s): {record.get('error', '')}"
-            )
-        else:
-            located = record["adversaries_located"]
-            line += f"  liars located {located}" if located else "  liars located -"
-            if record["erasures"]:
-                line += f"  erasures {record['erasures']}"
-            if record.get("attempts", 1) > 1:
-                line += f"  ({record['attempts']} attempts)"
-        print(line, file=self.out, flush=True)
-
-    def close(self, engine: Any, *, final_eval: bool) -> dict[str, float]:
-        """Finish pending evaluations and records; evaluate the final model if asked."""
-        self.flush(block=True)
-        self.executor.shutdown(wait=True)
-        if final_eval and self.last_eval_round != engine.next_round:
-            self.last_eval = dict(self.task.evaluate(engine.params))
-            self.last_eval_round = engine.next_round
-            target, acc = self.config.target_accuracy, self.last_eval.get("test_accuracy")
-            if target is not None and self.to_target is None and acc is not None and acc >= target:
-                self.to_target = {
-                    "rounds": engine.next_round,
-                    "cluster_seconds": self.cluster_total,
-                    "wall_seconds": self.wall_seconds,
-                }
-        return self.last_eval
-
-    def cluster_summary(self) -> dict[str, Any]:
-        """summary.json's cluster-time keys (docs/cluster_time.md)."""
-        hit = self.to_target
-        return {
-            "cluster_seconds_total": self.cluster_total,
-            "link_gbps": self.config.link_gbps,
-            "target_accuracy": self.config.target_accuracy,
-            "rounds_to_target": None if hit is None else hit["rounds"],
-            "cluster_seconds_to_target": None if hit is None else hit["cluster_seconds"],
-            "wall_seconds_to_target": None if hit is None else hit["wall_seconds"],
-        }
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-def _read_saved_config(rundir: Any) -> PSConfig:
-    raw = rundir.read_config()
-    for key in _CONFIG_EXTRAS:
-        raw.pop(key, None)
-    return PSConfig.from_dict(raw)
-
-
-def prepare(config: PSConfig) -> tuple[PSConfig, dict[str, Any]]:
-    """Open the run directory (new or resumed); returns the effective config and state.
-
-    The state dict holds: rundir, checkpoint (or None).
-    """
-    from draco.rundir import RunDir
-
-    state: dict[str, Any] = {"rundir": None, "checkpoint": None}
-    if config.run_dir is None:
-        return config, state
-    rundir = RunDir(config.run_dir, resume=config.resume)
-    state["rundir"] = rundir
-    if config.resume:
-        config = config.with_run_of(_read_saved_config(rundir))
-        state["checkpoint"] = rundir.latest_checkpoint()
-    return config, state
-
-
-async def serve(config: PSConfig, out: TextIO = sys.stdout) -> int:
-    """Build everything from ``config`` and serve the run; returns the exit status."""
-    from draco.core.codes import make_code
-    from draco.net import auth
-    from draco.net.eventloop import exit_status, on_stop_signals
-    from draco.net.rounds import DigestVoteConfig, RoundEngine
-    from draco.net.server import ParameterServer
-
-    if config.secret_file is None:
-        raise ConfigError(
-            "--secret-file is required; create one (and the workers' tokens) with: "
-            f"{PROG} keys --secret-file ps.secret --workers {config.n_workers} "
-            "--out tokens.txt --create-secret"
-        )
-    secret = auth.load_secret(config.secret_file)
-    ssl_context = None
-    if config.tls_cert is not None and config.tls_key is not None:
-        ssl_context = auth.server_ssl_context(config.tls_cert, config.tls_key, config.tls_ca)
-    config, state = prepare(config)
-    rundir, ckpt = state["rundir"], state["checkpoint"]
-    code = make_code(config.code, config.n_workers, config.n_adversaries, **config.code_options())
-    if int(config.task.get("n_partitions", code.n_partitions)) != code.n_partitions:
-        raise ConfigError(
-            f"the task has {config.task['n_partitions']} partitions, the code "
-            f"{code.n_partitions}: they must match"
-        )
-    # Loading a data set can take seconds: keep the loop free (signals still work). A
-    # plug-in factory is allowed here because this process's own operator named it.
-    allowed = [config.task["factory"]] if config.task.get("model") == CUSTOM_MODEL else []
-    task = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: make_task(config.task, allowed=allowed)
-    )
-    if config.vote_rtol is not None:
-        print(
-            f"{PROG}: repetition code with the TOLERANCE vote (rtol {config.vote_rtol:g}): "
-            "payloads that agree within rtol count as equal, for workers on devices that "
-            "cannot give bit-identical gradients",
-            file=out,
-            flush=True,
-        )
-    attack = None
-    if config.attack is not None:
-        from draco.core.attacks import make_attack
-
-        attack = make_attack(config.attack, **config.attack_options)
-    engine = RoundEngine(
-        code,
-        task.initial_params(),
-        # Batch-norm buffers in the task's state vector follow their own rule (draco.optim).
-        SGD(config.sgd, task.dim, getattr(task, "running_stats", None)),
-        rounds=config.rounds,
-        seed=config.seed,
-        attack=attack,
-        schedule=config.adversary_schedule,
-        max_failed_rounds=config.max_failed_rounds,
-        link_gbps=config.link_gbps,
-        vote=config.resolved_vote(exact=getattr(code, "rtol", None) is None),
-        digest=DigestVoteConfig(
-            digest_bytes=config.digest_bytes,
-            max_payload_requests=config.max_payload_requests,
-            payload_timeout=config.payload_timeout,
-        ),
-    )
-    wall_offset = 0.0
-    if rundir is not None:
-        if config.resume:
-            if ckpt is not None:
-                engine.restore(ckpt.params, ckpt.optimizer_state, ckpt.extra)
-                wall_offset = float(ckpt.extra.get("wall_seconds", 0.0))
-            rundir.truncate_metrics(engine.next_round)
-            print(
-                f"{PROG}: resuming {config.run_dir} at round {engine.next_round}/{config.rounds}",
-                file=out,
-                flush=True,
-            )
-        else:
-            rundir.write_config(
-                {
-                    **config.to_dict(),
-                    "dim": task.dim,
-                    "n_partitions": code.n_partitions,
-                    "format": 1,
-                }
-            )
-    recorder = RunRecorder(
-        task, config, rundir, out, start_round=engine.next_round, wall_offset=wall_offset
-    )
-    server = ParameterServer(
-        config,
-        task_spec=task.spec(),
-        code=code,
-        engine=engine,
-        secret=secret,
-        hooks=recorder,
-        ssl_context=ssl_context,
-    )
-    recorder.counters = server.admission.counters
-    loop = asyncio.get_running_loop()
-    on_stop_signals(lambda sig: server.request_stop(f"stopped by {sig.name}", exit_status(sig)))
-    host, port = await server.start()
-    print(
-        f"{PROG}: listening on {host}:{port} for {config.n_workers} workers", file=out, flush=True
-    )
-    outcome = await server.serve()
-    evals = await loop.run_in_executor(
-        None, lambda: recorder.close(engine, final_eval=outcome.completed)
-    )
-    if outcome.completed:
-        # The final model is kept too (e.g. 120 rounds with a checkpoint every 50): draco-experiment
-        # compares attacked runs' final parameters with the clean run's.
-        await loop.run_in_executor(None, recorder.save_checkpoint, engine)
-    if not outcome.completed:
-        print(f"{PROG}: error: {outcome.reason}", file=sys.stderr, flush=True)
-        return outcome.exit_code
-    summary = {
-        "rounds": engine.next_round,
-        "test_accuracy": evals.get("test_accuracy"),
-        "test_loss": evals.get("test_loss"),
-        **{k: v for k, v in evals.items() if k not in ("test_accuracy", "test_loss")},
-        "model_sha256": model_sha256(engine.params),
-        "wall_seconds": recorder.wall_seconds,
-        "adversaries_located": engine.totals.adversaries_located,
-        "failed_rounds": engine.totals.failed_rounds,
-        "admission": {k: v for k, v in server.admission.counters.items() if v},
-        "code": config.code,
-        "task": config.task.get("factory", config.task.get("model")),
-        "workers": config.n_workers,
-        "adversaries": config.n_adversaries,
-        "attack": config.attack,
-        "aggregator": (config.aggregator or "mean") if config.code == "none" else None,
-        "vote": None
-        if config.code != "repetition"
-        else ("tolerance" if config.vote_rtol is not None else engine.vote),
-        "vote_rtol": config.vote_rtol,
-        "aggregator_options": dict(config.aggregator_options),
-        "attack_options": dict(config.attack_options),
-        "seed": config.seed,
-        **recorder.cluster_summary(),
-    }
-    if rundir is not None:
-        rundir.write_summary(summary)
-    print(json.dumps(summary, indent=2), file=out, flush=True)
-    return outcome.exit_code
-
-
 def config_from_args(args: argparse.Namespace) -> PSConfig:
     """PSConfig from parsed flags (the task spec needs the code's partition count)."""
     from draco.core.codes import make_code
@@ -713,9 +335,14 @@ def main(argv: list[str] | None = None) -> int:
             level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
         config = config_from_args(args)
-        from draco.net.eventloop import run_with_loop
+        from draco.ps.service import run
 
-        return int(run_with_loop(lambda: serve(config), config.loop))
+        result = run(config)
+        if result.summary is not None:
+            print(json.dumps(result.summary, indent=2), flush=True)
+        if not result.completed:
+            print(f"{PROG}: error: {result.reason}", file=sys.stderr, flush=True)
+        return result.exit_code
     except DracoError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE

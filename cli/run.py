@@ -208,7 +208,7 @@ def _plugin_allow(shared: argparse.Namespace) -> list[str]:
 
 def _saved_allow(run_dir: Path) -> list[str]:
     """``--allow-task NAME`` for a resumed run whose saved task is a plug-in."""
-    from draco.rundir import RunDir
+    from draco.ps.rundir import RunDir
 
     task = RunDir(run_dir, resume=True).read_config().get("task")
     name = task.get("factory") if isinstance(task, dict) else None
@@ -221,7 +221,7 @@ def _default_run_dir() -> Path:
 
 def _n_workers_of(run_dir: Path) -> int:
     """Workers of a saved run (``config.json``), for ``--resume``."""
-    from draco.rundir import RunDir
+    from draco.ps.rundir import RunDir
 
     config = RunDir(run_dir, resume=True).read_config()
     for key in ("workers", "n_workers"):

@@ -42,5 +42,9 @@ class AuthError(DracoError):
     """A credential was refused, or a handshake did not complete in time."""
 
 
+class SeatTakenError(AuthError):
+    """The credential is good, but another live connection holds this worker id's seat."""
+
+
 class VersionMismatchError(RemoteProtocolError):
     """The peer speaks another protocol version."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from draco.cli.ps import build_parser, config_from_args
-from draco.config import DEFAULT_VOTE_RTOL, PSConfig
 from draco.core.codes import make_code
 from draco.errors import ConfigError
+from draco.ps.config import DEFAULT_VOTE_RTOL, PSConfig
 
 BASE = ["--model", "lstsq", "--workers", "5", "--adversaries", "1"]
 

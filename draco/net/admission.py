@@ -47,7 +47,7 @@ __all__ = ["Admission", "AdmissionLimits", "Decision", "RateLimitedLog"]
 
 @dataclass(frozen=True)
 class AdmissionLimits:
-    """Admission bounds (each one a ``draco-ps`` flag; see ``draco.config.ServerLimits``).
+    """Admission bounds (each one a ``draco-ps`` flag; see ``draco.ps.config.ServerLimits``).
 
     Parameters
     ----------

@@ -11,6 +11,7 @@ finiteness here: a non-finite payload is an erasure for the round engine, not a 
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,14 @@ from typing import Any, ClassVar, TypeAlias
 import numpy as np
 
 from draco.core.digests import MAX_DIGEST_BYTES, MIN_DIGEST_BYTES
-from draco.errors import LocalProtocolError, RemoteProtocolError
+from draco.errors import (
+    AuthError,
+    ConfigError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SeatTakenError,
+    VersionMismatchError,
+)
 
 __all__ = [
     "MAX_ATTEMPT",
@@ -53,17 +61,33 @@ PAYLOAD_DTYPES: tuple[np.dtype, ...] = (
     np.dtype(np.complex64),
     np.dtype(np.complex128),
 )
-#: Error codes the package sends (the field accepts any short snake_case identifier).
-ERROR_CODES = (
-    "protocol_error",  # the peer broke the protocol (RemoteProtocolError)
-    "version_mismatch",  # the peer speaks another protocol version
-    "auth_failed",  # wrong MAC, unknown worker id
-    "seat_taken",  # another connection holds this worker id
-    "timeout",  # handshake or round deadline missed
-    "shutdown",  # the parameter server is stopping
-    "internal",  # a bug on the sender's side
-    "refused_config",  # a worker will not run the Welcome's task / code (its own policy)
-)
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``Error.code`` values this package sends (the field accepts any short snake_case
+    identifier, so a newer peer's codes still parse). Chosen by exception type in
+    :func:`error_code_for`, never by an exception's text."""
+
+    PROTOCOL_ERROR = "protocol_error"  # the peer broke the protocol (RemoteProtocolError)
+    VERSION_MISMATCH = "version_mismatch"  # the peer speaks another protocol version
+    AUTH_FAILED = "auth_failed"  # wrong MAC, unknown worker id
+    SEAT_TAKEN = "seat_taken"  # another live connection holds this worker id
+    TIMEOUT = "timeout"  # the handshake was not completed in time
+    REFUSED_CONFIG = "refused_config"  # a worker will not run the Welcome's task (its policy)
+
+
+def error_code_for(exc: BaseException) -> ErrorCode:
+    """The code an ``Error`` message gives for ``exc`` (most specific exception type first)."""
+    if isinstance(exc, VersionMismatchError):
+        return ErrorCode.VERSION_MISMATCH
+    if isinstance(exc, SeatTakenError):
+        return ErrorCode.SEAT_TAKEN
+    if isinstance(exc, AuthError):
+        return ErrorCode.AUTH_FAILED
+    if isinstance(exc, ConfigError):
+        return ErrorCode.REFUSED_CONFIG
+    return ErrorCode.PROTOCOL_ERROR
+
 
 MAX_WORKER_ID = 2**32 - 1  # worker ids are uint32 on the wire
 _MAX_ROUND = 2**63 - 1
@@ -441,8 +465,8 @@ class Bye:
 class Error:
     """Either side, last message: why the connection is being closed.
 
-    ``code`` is a snake_case identifier (see :data:`ERROR_CODES`), ``message`` a sentence for
-    a person.
+    ``code`` is a snake_case identifier (the package sends the :class:`ErrorCode` values),
+    ``message`` a sentence for a person.
     """
 
     type_name: ClassVar[str] = "error"
@@ -454,6 +478,8 @@ class Error:
     def __post_init__(self) -> None:
         _check_text(self, "code", ident=True, max_len=64)
         _check_text(self, "message")
+        if isinstance(self.code, ErrorCode):  # the wire carries the plain string
+            object.__setattr__(self, "code", self.code.value)
 
 
 Message: TypeAlias = (

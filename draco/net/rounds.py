@@ -63,7 +63,7 @@ from draco.core.digests import (
     vote_digests,
 )
 from draco.errors import ConfigError, DecodeError
-from draco.optim import SGD
+from draco.ps.optim import SGD
 
 # Domain-separation tags for the seeded choices (so they never share a stream).
 _LIAR_TAG = 0x11A5

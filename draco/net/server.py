@@ -68,15 +68,15 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from draco.config import PSConfig
 from draco.core.digests import payload_digest
-from draco.errors import AuthError, DracoError, ProtocolError, VersionMismatchError
+from draco.errors import AuthError, DracoError, ProtocolError, SeatTakenError
 from draco.net import auth
 from draco.net import messages as m
 from draco.net.admission import Admission, AdmissionLimits, RateLimitedLog
 from draco.net.frames import ArrayPool, Limits
 from draco.net.protocol import Closed, Connection, NeedData, Role, State
 from draco.net.rounds import RoundCollector, RoundEngine, Verdict
+from draco.ps.config import PSConfig
 
 log = logging.getLogger("draco.ps")
 
@@ -603,7 +603,7 @@ class ParameterServer:
         self.address = (host, port)
         self._accepting = True
         if cfg.ready_file is not None:
-            from draco.rundir import atomic_write_json
+            from draco.ps.rundir import atomic_write_json
 
             atomic_write_json(cfg.ready_file, {"host": host, "port": port, "pid": os.getpid()})
         log.info("listening on %s:%d", host, port)
@@ -1099,7 +1099,7 @@ class ParameterServer:
                 return
             peer.close(
                 m.Error(
-                    code="timeout",
+                    code=m.ErrorCode.TIMEOUT,
                     message=f"handshake not completed within {self.config.handshake_timeout:g} s",
                 )
             )
@@ -1107,9 +1107,8 @@ class ParameterServer:
     def peer_violation(self, peer: Peer, exc: ProtocolError) -> None:
         log.info("%r: protocol violation: %s", peer, exc)
         self.refused += 1
-        code = "version_mismatch" if isinstance(exc, VersionMismatchError) else "protocol_error"
         self._erase_peer(peer, f"protocol violation: {exc}")
-        peer.close(m.Error(code=code, message=str(exc)[:1000]))
+        peer.close(m.Error(code=m.error_code_for(exc), message=str(exc)[:1000]))
 
     def peer_lost(self, peer: Peer) -> None:
         self.peers.discard(peer)
@@ -1349,8 +1348,8 @@ class ParameterServer:
             j = self._authenticate(peer, msg)
         except AuthError as exc:
             self.refused += 1
-            code = "seat_taken" if "seat" in str(exc) else "auth_failed"
-            if code == "auth_failed":
+            code = m.error_code_for(exc)
+            if code is m.ErrorCode.AUTH_FAILED:
                 loop = asyncio.get_running_loop()
                 self.admission.auth_failed(_source(peer), loop.time())
             self._admission_log(logging.INFO, code, "%r refused: %s", peer, exc)
@@ -1387,7 +1386,7 @@ class ParameterServer:
             )
         holder = self.seats.get(j)
         if holder is not None and not holder.closed:
-            raise AuthError(f"seat of worker {j} is taken by another connection")
+            raise SeatTakenError(f"seat of worker {j} is taken by another connection")
         return j
 
     def welcome_config(self, j: int) -> dict[str, Any]:

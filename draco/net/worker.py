@@ -64,6 +64,7 @@ from draco.errors import (
     DracoError,
     ProtocolError,
     RemoteProtocolError,
+    SeatTakenError,
     VersionMismatchError,
 )
 from draco.net import messages as m
@@ -311,7 +312,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             self.error = exc
         if self.transport is not None:
             # Tell the PS why (one Error is still allowed after a protocol error), then go.
-            code = "version_mismatch" if isinstance(exc, VersionMismatchError) else "protocol_error"
+            code = m.error_code_for(exc)
             with contextlib.suppress(ProtocolError):
                 self.transport.writelines(self.conn.send(m.Error(code, str(exc)[:4000])))
             self.transport.close()
@@ -352,19 +353,16 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 def _error_to_exception(worker_id: int, err: m.Error) -> DracoError:
     """Map the PS's Error message to the exception the user sees."""
     text = f"worker {worker_id}: the parameter server refused us ({err.code}): {err.message}"
-    if err.code == "version_mismatch":
+    if err.code == m.ErrorCode.VERSION_MISMATCH:
         return VersionMismatchError(text + " (install the same draco version on both sides)")
-    if err.code == "auth_failed":
+    if err.code == m.ErrorCode.AUTH_FAILED:
         return AuthError(text + " (is --token-file the one `draco-ps keys` issued for this id?)")
-    if err.code == "seat_taken":
-        return _SeatTaken(text + " (is another draco-worker running with this --id?)")
-    if err.code == "timeout":
+    if err.code == m.ErrorCode.SEAT_TAKEN:
+        # Final at start; retried after a drop of our own (the PS may not have seen it yet).
+        return SeatTakenError(text + " (is another draco-worker running with this --id?)")
+    if err.code == m.ErrorCode.TIMEOUT:
         return _Retryable(text)
     return RemoteProtocolError(text)
-
-
-class _SeatTaken(AuthError):
-    """Another connection holds our id. Final at start; retried after a drop of our own."""
 
 
 class _Retryable(DracoError):
@@ -402,7 +400,7 @@ class LogicalWorker:
                 if await self._session(proto):
                     return
                 reason: BaseException = _Dropped("connection closed")
-            except _SeatTaken as exc:
+            except SeatTakenError as exc:
                 if not welcomed_before:
                     raise  # a second process with our id: final
                 reason = exc  # the PS has not yet noticed our own dropped connection
@@ -509,7 +507,7 @@ class LogicalWorker:
             setup = await self._setup(msg.config)
         except ConfigError as exc:
             # Final for us; tell the PS why before going, so its operator sees it too.
-            await proto.send(m.Error("refused_config", str(exc)[:4000]))
+            await proto.send(m.Error(m.ErrorCode.REFUSED_CONFIG, str(exc)[:4000]))
             raise
         self.welcomed = self._session_welcomed = True
         log.info("worker %d: joined (partitions %s)", self.id, setup.partitions)

@@ -168,7 +168,7 @@ def read_task_file(path: Path) -> tuple[str | None, dict[str, Any]]:
 
 def task_spec_from_args(args: argparse.Namespace, n_partitions: int, seed: int) -> dict[str, Any]:
     """The spec ``make_task`` takes, from parsed task flags. Validates sizes."""
-    from draco.config import parse_options
+    from draco.options import parse_options
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")

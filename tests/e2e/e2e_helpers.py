@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from draco.net.auth import issue_tokens, write_secret, write_token_file
-from draco.rundir import RunDir, read_metrics
+from draco.ps.rundir import RunDir, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 120.0  # seconds: a hung run fails the test instead of blocking CI

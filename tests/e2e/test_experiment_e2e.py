@@ -11,7 +11,7 @@ import pytest
 from e2e_helpers import finish, run, start
 
 from draco.errors import ConfigError
-from draco.rundir import read_metrics
+from draco.ps.rundir import read_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -141,7 +141,7 @@ def test_distance_to_clean_from_checkpoints_then_from_its_cache(tmp_path: Path) 
     import numpy as np
 
     from draco.cli.experiment import VS_CLEAN_FILE, distance_to_clean
-    from draco.rundir import RunDir
+    from draco.ps.rundir import RunDir
 
     runs = tmp_path / "runs"
     clean_params = np.array([1.0, -4.0, 2.0], np.float32)

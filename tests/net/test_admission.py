@@ -167,8 +167,8 @@ def test_rate_limited_log(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_server_limits_validate_the_admission_flags() -> None:
-    from draco.config import ServerLimits
     from draco.errors import ConfigError
+    from draco.ps.config import ServerLimits
 
     for bad in (
         {"max_pending_per_source": 0},
@@ -183,7 +183,7 @@ def test_server_limits_validate_the_admission_flags() -> None:
 
 def test_draco_ps_has_the_admission_flags() -> None:
     from draco.cli.ps import build_parser
-    from draco.config import PSConfig
+    from draco.ps.config import PSConfig
 
     args = build_parser().parse_args(
         ["--max-pending-per-source", "3", "--max-pending-handshakes", "9",

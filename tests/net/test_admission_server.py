@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from test_server import SECRET, Client, make_server, running, token
 
-from draco.config import ServerLimits
 from draco.errors import ConfigError
 from draco.net import auth
 from draco.net import messages as m
 from draco.net.frames import PROTOCOL_VERSION
 from draco.net.server import ParameterServer
 from draco.net.worker import WorkerOptions, run_workers
+from draco.ps.config import ServerLimits
 
 TIMEOUT = 60.0  # each test is bounded; a hang fails instead of blocking CI
 LIMITS = ServerLimits(max_pending_handshakes=24, max_pending_per_source=8)

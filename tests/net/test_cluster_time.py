@@ -12,7 +12,7 @@ import pytest
 from draco.core.codes import make_code
 from draco.net import messages as m
 from draco.net.rounds import RoundEngine, Verdict, cluster_seconds, transfer_seconds
-from draco.optim import SGD, SGDConfig
+from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.lstsq import LeastSquaresTask
 
 DIM = 8

@@ -392,7 +392,7 @@ async def test_draco_ps_vote_usage_errors_are_one_line_exit_2(
 async def test_vote_auto_is_digest_for_repetition_off_loopback(
     host: str, code: str, want: str
 ) -> None:
-    from draco.config import PSConfig
+    from draco.ps.config import PSConfig
 
     assert PSConfig(host=host, code=code).resolved_vote() == want
     assert PSConfig(host=host, code=code).resolved_vote(exact=False) == "full"

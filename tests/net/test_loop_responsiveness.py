@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from draco.config import PSConfig
 from draco.core.codes import make_code
 from draco.net import messages as m
 from draco.net.protocol import Connection, Role
 from draco.net.rounds import RoundEngine
 from draco.net.server import ParameterServer, Peer
-from draco.optim import SGD, SGDConfig
+from draco.ps.config import PSConfig
+from draco.ps.optim import SGD, SGDConfig
 
 N, S, DIM = 15, 2, 1_000_000
 REPEATS = 3

@@ -7,7 +7,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from draco.errors import LocalProtocolError, RemoteProtocolError
+from draco.errors import (
+    AuthError,
+    ConfigError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SeatTakenError,
+    VersionMismatchError,
+)
 from draco.net.frames import FrameDecoder, Limits, encode_frame
 from draco.net.messages import (
     MESSAGE_TYPES,
@@ -16,6 +23,7 @@ from draco.net.messages import (
     Challenge,
     Digest,
     Error,
+    ErrorCode,
     Gradient,
     Hello,
     Message,
@@ -23,6 +31,7 @@ from draco.net.messages import (
     PayloadRequest,
     RoundStart,
     Welcome,
+    error_code_for,
     from_wire,
     to_wire,
 )
@@ -287,3 +296,26 @@ def test_bad_wire_headers_are_remote_errors(
 def test_from_wire_refuses_a_non_map_header() -> None:
     with pytest.raises(RemoteProtocolError, match="map"):
         from_wire([1, 2], [])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (VersionMismatchError("v9"), "version_mismatch"),  # a RemoteProtocolError, more specific
+        (RemoteProtocolError("bad frame"), "protocol_error"),
+        (SeatTakenError("the seat of worker 3 is taken"), "seat_taken"),
+        (AuthError("wrong MAC"), "auth_failed"),
+        # The text never decides (issue 14: the server used to match "seat" in the message).
+        (AuthError("wrong MAC for the seat of worker 3"), "auth_failed"),
+        (ConfigError("task not allowed"), "refused_config"),
+    ],
+)
+def test_error_code_chosen_by_exception_type(exc: Exception, code: str) -> None:
+    assert error_code_for(exc) == code
+
+
+def test_error_code_travels_as_a_plain_string() -> None:
+    msg = Error(ErrorCode.SEAT_TAKEN, "taken")
+    assert type(msg.code) is str and msg.code == "seat_taken"
+    back = from_wire(*to_wire(msg))
+    assert back == msg and type(back.code) is str

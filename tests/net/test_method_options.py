@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from draco.config import PSConfig, parse_options
 from draco.core.codes import make_code
 from draco.errors import ConfigError
 from draco.net.rounds import RoundEngine
-from draco.optim import SGD, SGDConfig
+from draco.options import parse_options
+from draco.ps.config import PSConfig
+from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.lstsq import LeastSquaresTask
 
 

@@ -18,7 +18,7 @@ from draco.net.rounds import (
     attack_seed,
     choose_liars,
 )
-from draco.optim import SGD, SGDConfig
+from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.lstsq import LeastSquaresTask
 
 DIM = 8

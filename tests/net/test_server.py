@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from draco.config import PSConfig, ServerLimits
 from draco.core.attacks import make_attack
 from draco.core.codes import make_code
 from draco.net import auth
@@ -26,7 +25,8 @@ from draco.net.frames import MAGIC, PREFIX, PROTOCOL_VERSION, Limits, encode_fra
 from draco.net.protocol import CLOSED, NEED_DATA, Connection, Role
 from draco.net.rounds import RoundEngine
 from draco.net.server import ParameterServer
-from draco.optim import SGD, SGDConfig
+from draco.ps.config import PSConfig, ServerLimits
+from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.lstsq import LeastSquaresTask
 
 DIM = 8
@@ -711,12 +711,12 @@ def _ps_config(tmp_path: Path, run_dir: Path, **kw: Any) -> PSConfig:
 
 
 async def _serve_with_workers(config: PSConfig, stop_after: int | None = None) -> int:
-    """cli.ps.serve with in-process fake workers; they go silent after ``stop_after`` rounds."""
-    from draco.cli import ps
+    """draco.ps.service.serve with in-process fake workers, silent after ``stop_after`` rounds."""
+    from draco.ps import service
 
     task = LeastSquaresTask(DIM, 5, 4, seed=2)
     out = open(Path(str(config.run_dir) + ".out"), "a")  # noqa: SIM115
-    serve = asyncio.create_task(ps.serve(config, out))
+    serve = asyncio.create_task(service.serve(config, out))
     ready = config.ready_file
     assert ready is not None
     for _ in range(500):
@@ -734,15 +734,16 @@ async def _serve_with_workers(config: PSConfig, stop_after: int | None = None) -
     workers = [
         asyncio.create_task(honest_worker(fake, task, j, misbehave=silent_after)) for j in range(5)
     ]
-    status = await asyncio.wait_for(serve, TIMEOUT)
+    result = await asyncio.wait_for(serve, TIMEOUT)
     await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), TIMEOUT)
     out.close()
     ready.unlink()
-    return status
+    assert result.completed == (result.summary is not None)
+    return result.exit_code
 
 
 async def test_draco_ps_run_dir_and_resume_reach_the_same_model(tmp_path: Path) -> None:
-    from draco.rundir import RunDir, read_metrics
+    from draco.ps.rundir import RunDir, read_metrics
 
     ready = tmp_path / "ready.json"
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"

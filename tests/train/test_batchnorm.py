@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from draco.optim import SGD, RunningStats, SGDConfig, StatSegment
+from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.registry import make_task
+from draco.tasks.running_stats import RunningStats, StatSegment
 from draco.tasks.torch.models import (
     batch_norm_layers,
     buffer_count,

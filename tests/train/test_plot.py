@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from draco.cli import plot
-from draco.rundir import RunDir
+from draco.ps.rundir import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""draco.rundir: atomic files, resume refusal, metrics, checkpoints, the progress line."""
+"""draco.ps.rundir: atomic files, resume refusal, metrics, checkpoints, the progress line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from draco.errors import ConfigError
-from draco.rundir import (
+from draco.ps.rundir import (
     KEEP_CHECKPOINTS,
     CheckpointWarning,
     RunDir,

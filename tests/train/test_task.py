@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from draco.errors import ConfigError, DataError
-from draco.optim import SGD, SGDConfig
+from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.contract import Task
 from draco.tasks.registry import make_task
 from draco.tasks.torch.models import build_model, unflatten_params
@@ -219,7 +219,7 @@ def test_evaluate_at_init_is_chance() -> None:
 
 def test_fc_learns_the_synthetic_task() -> None:
     # Plain minibatch SGD through the Task interface, as the parameter server does it:
-    # mean of the partition gradients -> draco.optim.SGD (lr 0.01, momentum 0.9).
+    # mean of the partition gradients -> draco.ps.optim.SGD (lr 0.01, momentum 0.9).
     task = make_task(spec("fc", n_partitions=2, batch_size=32, seed=0))
     w = task.initial_params()
     sgd = SGD(SGDConfig(lr=0.01, momentum=0.9), task.dim)

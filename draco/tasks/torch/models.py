@@ -20,7 +20,7 @@ The flat vector is the concatenation of ``model.parameters()`` in registration o
 flattened in C order (what ``torch.nn.utils.parameters_to_vector`` produces). A model with
 batch-norm travels as its *state*: that vector followed by ``model.buffers()`` in order (per
 BN layer: running mean (C), running variance (C), num_batches_tracked (1), as float32; see
-``buffer_layout`` and ``draco.optim.RunningStats``). The initial
+``buffer_layout`` and ``draco.tasks.running_stats.RunningStats``). The initial
 vector is drawn with numpy from the seed alone (PyTorch's default layer initialisation
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases), so it does not depend on torch's
 global RNG or version.
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from draco.errors import ConfigError
-from draco.optim import RunningStats, StatSegment
+from draco.tasks.running_stats import RunningStats, StatSegment
 
 MODEL_NAMES = ("fc", "lenet", "logreg", "lenet_bn", "resnet18")
 #: (C, H, W) of the images each model takes (flattened, channel-major).

@@ -19,8 +19,9 @@ training mode (batch statistics, as torch trains); each payload row carries, aft
 gradient, that partition's batch mean and unbiased variance per BN layer (0 in the counter's
 place), read from torch itself: the gradient model's BN layers run with momentum 1, so after
 the forward pass their running buffers hold exactly the batch statistics torch computed. The
-PS then updates the running statistics from the decoded mean (``draco.optim.RunningStats``)
-and evaluates in eval mode with them. A worker never uses the buffers it receives.
+PS then updates the running statistics from the decoded mean
+(``draco.tasks.running_stats.RunningStats``) and evaluates in eval mode with them. A worker
+never uses the buffers it receives.
 
 Both settings are process-wide (``draco.tasks.torch.device.configure_torch``), so constructing a
 ``TorchTask`` sets them for the whole process (the parameter server's evaluation then runs
@@ -46,7 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from draco.errors import ConfigError
-from draco.optim import RunningStats
+from draco.tasks.running_stats import RunningStats
 from draco.tasks.sampler import PartitionSampler
 from draco.tasks.torch.data import Dataset
 from draco.tasks.torch.datasets import DATASET_NAMES, load_dataset
@@ -185,7 +186,7 @@ class TorchTask:
         self._n_params = int(self._grad.flat.numel())
         self._dim = self._n_params + buffer_count(self._grad.model)
         #: Where the batch-norm buffers sit in the state vector (None: no batch-norm); the
-        #: PS hands it to ``draco.optim.SGD``.
+        #: PS hands it to ``draco.ps.optim.SGD``.
         self.running_stats: RunningStats | None = buffer_layout(self._grad.model)
         self._bn = batch_norm_layers(self._grad.model)
         self._train_x = _as_tensor(self.data.train_images)

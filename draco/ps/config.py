@@ -22,7 +22,8 @@ from typing import Any
 
 from draco.core.codes import CODES
 from draco.errors import ConfigError
-from draco.optim import SGDConfig
+from draco.options import parse_options
+from draco.ps.optim import SGDConfig
 
 SCHEDULES = ("random", "fixed")
 LOOPS = ("uvloop", "asyncio")
@@ -425,33 +426,6 @@ class PSConfig:
         if self.code != "none":
             return {}
         return {"aggregator": self.aggregator or "mean", **self.aggregator_options}
-
-
-def parse_value(text: str) -> Any:
-    """A ``key=value`` option's value: int, float, true/false, none, else the string."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``["tau=10", "iters=1"]`` -> ``{"tau": 10, "iters": 1}``; ConfigError if malformed."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = str(item).partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ConfigError(f"an option is KEY=VALUE (e.g. tau=10), got {item!r}")
-        out[key] = parse_value(value)
-    return out
 
 
 def _check_options(flag: str, options: Any) -> None:

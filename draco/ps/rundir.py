@@ -70,7 +70,7 @@ class Checkpoint:
     params : np.ndarray
         float32, shape (d,).
     optimizer_state : dict[str, np.ndarray]
-        The optimizer's arrays (``draco.optim.SGD.state_dict()``); may be empty.
+        The optimizer's arrays (``draco.ps.optim.SGD.state_dict()``); may be empty.
     extra : dict
         JSON-able extras (sampler state, RNG state, counters ...), as saved.
     path : Path
