@@ -192,6 +192,9 @@ def ready_server_connection(
     return srv
 
 
+_NO_PARAMS = np.zeros(0, dtype=np.float32)
+
+
 class _IngestCode:
     """Just enough of a code for the collector: n float32 payloads, ready when all are in."""
 
@@ -231,6 +234,11 @@ class _Sink:
         plan = RoundPlan(r, frozenset(), None, False, 0)
         self.round = RoundCollector(plan, self.code, self.dim)
         self.done = asyncio.Event()
+        # A real (empty) RoundStart on every connection: the Connection accepts one Gradient
+        # per RoundStart it sent (the round rules). The senders never read it; ~60 bytes each.
+        start = m.RoundStart(round_index=r, params=_NO_PARAMS, attack=None, attack_seed=0)
+        for peer in self.peers:
+            peer.send(start)
 
     def peer_connected(self, peer: Peer) -> None:
         self.ids[peer] = len(self.peers)

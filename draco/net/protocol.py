@@ -186,6 +186,13 @@ class Connection:
         The Challenge nonce sent (server) or received (client).
     bytes_received, bytes_sent : int
         Bytes fed in / produced by :meth:`send`, for metrics.
+    last_round_start : tuple[int, int]
+        (round, attempt) of the newest RoundStart sent (server) / received (client);
+        ``(-1, -1)`` before the first.
+    last_answered : tuple[int, int]
+        (round, attempt) of the newest Gradient or Digest received (server) / sent (client).
+        The round rules (``_check_answer``): answers come in increasing (round, attempt)
+        order, at most up to ``last_round_start``; anything else is a protocol error.
     requested : list of (int, int)
         (round, attempt) of the PayloadRequests sent (server) / received (client) and not yet
         answered, oldest first; at most ``max_outstanding_requests``.
@@ -206,6 +213,8 @@ class Connection:
         self.bytes_sent = 0
         self._error: ProtocolError | None = None  # the error that killed the connection
         self._error_sent = False
+        self.last_round_start: tuple[int, int] = (-1, -1)
+        self.last_answered: tuple[int, int] = (-1, -1)
         self.requested: list[tuple[int, int]] = []
         self.max_outstanding_requests = MAX_OUTSTANDING_REQUESTS
 
@@ -334,7 +343,11 @@ class Connection:
             raise error(
                 f"{self.role.value} cannot {verb} {type(msg).__name__} in state {self.state.value}"
             )
-        if isinstance(msg, PayloadRequest):
+        if isinstance(msg, RoundStart):
+            self.last_round_start = max(self.last_round_start, (msg.round_index, msg.attempt))
+        elif isinstance(msg, Gradient | Digest):
+            self._check_answer(msg, error)
+        elif isinstance(msg, PayloadRequest):
             key = (msg.round_index, msg.attempt)
             if key not in self.requested:
                 self.requested.append(key)
@@ -361,6 +374,24 @@ class Connection:
             self.nonce = msg.nonce
         self.state = new_state
         self._sync_limits()
+
+    def _check_answer(self, msg: Gradient | Digest, error: type[ProtocolError]) -> None:
+        """The round rules: one answer (Gradient or Digest) per RoundStart, in order, none for
+        a (round, attempt) never started on this connection. A late answer to an older
+        RoundStart that was not answered yet is legal (the PS drops it if its round closed)."""
+        key = (msg.round_index, msg.attempt)
+        if key > self.last_round_start:
+            raise error(
+                f"payload for round {msg.round_index} attempt {msg.attempt}, never started "
+                "for it on this connection"
+            )
+        if key <= self.last_answered:
+            raise error(
+                f"second or out-of-order payload for round {msg.round_index} attempt "
+                f"{msg.attempt} (last answered: round {self.last_answered[0]} attempt "
+                f"{self.last_answered[1]})"
+            )
+        self.last_answered = key
 
     def _check_alive(self) -> None:
         if self._error is not None:

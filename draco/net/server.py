@@ -74,8 +74,9 @@ from draco.net import auth
 from draco.net import messages as m
 from draco.net.admission import Admission, AdmissionLimits, RateLimitedLog
 from draco.net.frames import ArrayPool, Limits
-from draco.net.protocol import Closed, Connection, NeedData, Role, State
+from draco.net.protocol import Connection, Role, State
 from draco.net.rounds import RoundCollector, RoundEngine, Verdict
+from draco.net.stream import ConnectionProtocol
 from draco.ps.config import PSConfig
 
 log = logging.getLogger("draco.ps")
@@ -203,7 +204,7 @@ class PeerHandler(Protocol):
     def peer_lost(self, peer: Peer) -> None: ...
 
 
-class Peer(asyncio.BufferedProtocol):
+class Peer(ConnectionProtocol):
     """One connection: bytes in through the sans-IO ``Connection``, messages to a handler.
 
     Attributes
@@ -212,11 +213,6 @@ class Peer(asyncio.BufferedProtocol):
         The protocol state (server role).
     worker_id : int or None
         The authenticated worker id (None until the handshake succeeded).
-    last_sent : tuple[int, int]
-        (round, attempt) of the newest RoundStart sent on this connection ((-1, -1): none).
-    last_answered : tuple[int, int]
-        (round, attempt) of the newest Gradient received on it ((-1, -1): none). Answers must
-        come in increasing (round, attempt) order, at most up to ``last_sent``.
     messages_in_round : int
         Messages received since the last RoundStart sent or the last Gradient that answered
         a newer (round, attempt): bounded by the server's ``max_messages_per_round``.
@@ -229,8 +225,8 @@ class Peer(asyncio.BufferedProtocol):
         tls: ssl.SSLContext | None = None,
         tls_timeout: float = 5.0,
     ) -> None:
+        super().__init__(conn)
         self.handler = handler
-        self.conn = conn
         self.transport: asyncio.Transport | None = None
         self.peername: Any = None
         # False: set TCP_NODELAY in connection_made; the server sets it only once seated.
@@ -252,14 +248,10 @@ class Peer(asyncio.BufferedProtocol):
         self._tls_outbox: list[bytes | memoryview] = []
         self._close_after_tls = False
         self.worker_id: int | None = None
-        self.last_sent: tuple[int, int] = (-1, -1)
-        self.last_answered: tuple[int, int] = (-1, -1)
         self.messages_in_round = 0
         self.handshake_timer: asyncio.TimerHandle | None = None
         self.closed = False
-        self.write_paused = False
         self.lost = asyncio.Event()
-        self._mark = 0  # conn.bytes_received at the previous message
 
     def __repr__(self) -> str:
         who = f"worker {self.worker_id}" if self.worker_id is not None else "unauthenticated"
@@ -355,7 +347,7 @@ class Peer(asyncio.BufferedProtocol):
             if self._tls_buffer is None:
                 self._tls_buffer = bytearray(16 * 1024)
             return memoryview(self._tls_buffer)
-        return self.conn.get_buffer(sizehint)
+        return super().get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._raw_phase:
@@ -364,16 +356,12 @@ class Peer(asyncio.BufferedProtocol):
             if len(self._tls_early) > 64 * 1024:
                 self.abort()  # no TLS client sends that much before the server answers
             return
-        self.conn.buffer_updated(nbytes)
-        if not self.conn.mid_frame_body:
-            self._pump()
+        super().buffer_updated(nbytes)
 
     def eof_received(self) -> bool | None:
         if self._raw_phase:
             return None  # gone before its TLS handshake: close
-        self.conn.receive_data(b"")
-        self._pump()
-        return None  # close our side too
+        return super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost.is_set():
@@ -391,31 +379,22 @@ class Peer(asyncio.BufferedProtocol):
         # (the SSL object and its buffers) that would otherwise wait for the cyclic GC.
         self.transport = None
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
+    # -- ConnectionProtocol: events go to the handler
 
-    def resume_writing(self) -> None:
-        self.write_paused = False
+    @property
+    def stopped(self) -> bool:
+        return self.closed
+
+    def on_message(self, msg: m.Message, wire_bytes: int) -> None:
+        self.handler.peer_message(self, msg, wire_bytes)
+
+    def on_violation(self, exc: ProtocolError) -> None:
+        self.handler.peer_violation(self, exc)
+
+    def on_closed(self) -> None:
+        self.close()
 
     # -- helpers
-
-    def _pump(self) -> None:
-        """Hand every complete message to the handler."""
-        while not self.closed:
-            try:
-                event = self.conn.next_event()
-            except ProtocolError as exc:
-                self.handler.peer_violation(self, exc)
-                return
-            if isinstance(event, NeedData):
-                return
-            if isinstance(event, Closed):
-                self.close()
-                return
-            assert not isinstance(event, NeedData)
-            received = self.conn.bytes_received
-            wire, self._mark = received - self._mark, received
-            self.handler.peer_message(self, event, wire)
 
     def send(self, msg: m.Message) -> int:
         """Queue ``msg`` on the transport; returns the bytes queued (0 if closed)."""
@@ -861,7 +840,6 @@ class ParameterServer:
                 continue
             attack, seed = rnd.plan.instruction(j)
             peer.messages_in_round = 0
-            peer.last_sent = key
             sent_at = time.perf_counter()
             rnd.sent(
                 j,
@@ -906,7 +884,7 @@ class ParameterServer:
             if rnd.delivered(j) or j in absent:
                 continue
             stuck = rnd.erased.get(j, "").startswith("not reading")
-            if stuck or (j not in rnd.erased and peer.last_answered < (rnd.index, 0)):
+            if stuck or (j not in rnd.erased and peer.conn.last_answered < (rnd.index, 0)):
                 silent.add(j)
         counted = not absent and not silent
         result = await loop.run_in_executor(
@@ -981,7 +959,11 @@ class ParameterServer:
             if j is None:
                 return
             peer = self.seats.get(j)
-            if peer is None or peer.closed or peer.last_sent != (rnd.index, rnd.attempt):
+            if (
+                peer is None
+                or peer.closed
+                or peer.conn.last_round_start != (rnd.index, rnd.attempt)
+            ):
                 rnd.give_up(j, "not connected when its payload was needed")
                 continue
             fut: asyncio.Future[np.ndarray | None] = loop.create_future()
@@ -1123,7 +1105,7 @@ class ParameterServer:
             if fut is not None and not fut.done():
                 fut.set_result(None)  # its payload will not come: ask the next member
             rnd = self._round
-            if rnd is not None and peer.last_sent == (rnd.index, rnd.attempt):
+            if rnd is not None and peer.conn.last_round_start == (rnd.index, rnd.attempt):
                 rnd.erase(j, reason)
                 self._absent_in_attempt.add(j)
                 self._maybe_close_round(rnd)
@@ -1214,12 +1196,10 @@ class ParameterServer:
             self._erase_peer(peer, f"error: {msg.code}")
             peer.close()
             return
-        if (
-            isinstance(msg, m.Gradient | m.Digest)
-            and (msg.round_index, msg.attempt) > peer.last_answered
-        ):
-            # A payload for a newer (round, attempt) opens a new count: a worker answering a
-            # backlog after a pause sends many in a row, each a legitimate (late) answer.
+        if isinstance(msg, m.Gradient | m.Digest):
+            # An answer is always for a newer (round, attempt) than the last (the Connection
+            # checked it) and opens a new count: a worker answering a backlog after a pause
+            # sends many in a row, each a legitimate (late) answer.
             peer.messages_in_round = 0
         peer.messages_in_round += 1
         if peer.messages_in_round > self.config.limits.max_messages_per_round:
@@ -1243,29 +1223,9 @@ class ParameterServer:
         """A worker's answer to a RoundStart: a full payload, or (digest vote) a digest."""
         j = peer.worker_id
         assert j is not None
+        # The Connection checked the round rules (one answer per RoundStart, in order, none
+        # for an attempt never started on this connection: protocol._check_answer).
         key = (msg.round_index, msg.attempt)
-        if key > peer.last_sent:
-            self.peer_violation(
-                peer,
-                ProtocolError(
-                    f"payload for round {msg.round_index} attempt {msg.attempt}, never started "
-                    "for it"
-                ),
-            )
-            return
-        if key <= peer.last_answered:
-            # Even when its round already closed: one payload per attempt and connection, in
-            # the order the RoundStarts were sent.
-            self.peer_violation(
-                peer,
-                ProtocolError(
-                    f"second or out-of-order payload for round {msg.round_index} attempt "
-                    f"{msg.attempt} (last answered: round {peer.last_answered[0]} attempt "
-                    f"{peer.last_answered[1]})"
-                ),
-            )
-            return
-        peer.last_answered = key
         started = self._timed_out.get(key)
         if started is not None:
             self._late_answer(j, key, time.perf_counter() - started)

@@ -70,7 +70,8 @@ from draco.errors import (
 from draco.net import messages as m
 from draco.net.auth import handshake_mac
 from draco.net.frames import PROTOCOL_VERSION, Limits
-from draco.net.protocol import Closed, Connection, NeedData, Role, State
+from draco.net.protocol import Connection, Role, State
+from draco.net.stream import ConnectionProtocol
 from draco.tasks.contract import Task
 from draco.tasks.plugins import TaskOptionLimits
 from draco.tasks.registry import make_task
@@ -235,19 +236,16 @@ class _Dropped(Exception):
     """The connection closed or broke before the run ended: reconnect."""
 
 
-class _ClientProtocol(asyncio.BufferedProtocol):
-    """asyncio shell around a sans-IO ``Connection``: bytes land in its buffers directly.
-
-    Parsed messages go to ``events``; ``None`` marks the end of the connection. ``newest_round``
-    ((round, attempt) of the newest RoundStart read) lets the worker drop a computation that a
-    newer RoundStart made stale.
+class _ClientProtocol(ConnectionProtocol):
+    """The worker's side of a connection (``draco.net.stream``): parsed messages go to
+    ``events``; ``None`` marks the end of the connection. ``conn.last_round_start`` (the newest
+    RoundStart read) lets the worker drop a computation that a newer RoundStart made stale.
     """
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self.events: asyncio.Queue[m.Message | None] = asyncio.Queue()
         self.transport: asyncio.Transport | None = None
-        self.newest_round: tuple[int, int] = (-1, -1)
         self.error: BaseException | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -262,22 +260,6 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             # Small control frames must not wait for Nagle's timer.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.conn.buffer_updated(nbytes)
-        self._pump()
-
-    def eof_received(self) -> bool | None:
-        try:
-            self.conn.receive_data(b"")
-        except ProtocolError as exc:
-            self._fail(exc)
-            return None
-        self._pump()
-        return None
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._can_write.set()
         if exc is not None and self.error is None:
@@ -285,28 +267,28 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self._finish()
 
     def pause_writing(self) -> None:
+        super().pause_writing()
         self._can_write.clear()
 
     def resume_writing(self) -> None:
+        super().resume_writing()
         self._can_write.set()
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _pump(self) -> None:
-        while not self._closed:
-            try:
-                event = self.conn.next_event()
-            except ProtocolError as exc:
-                self._fail(exc)
-                return
-            if isinstance(event, NeedData):
-                return
-            if isinstance(event, Closed):
-                self._finish()
-                return
-            if isinstance(event, m.RoundStart):
-                self.newest_round = max(self.newest_round, (event.round_index, event.attempt))
-            self.events.put_nowait(event)
+    # -- ConnectionProtocol ----------------------------------------------------------------
+    @property
+    def stopped(self) -> bool:
+        return self._closed
 
+    def on_message(self, msg: m.Message, wire_bytes: int) -> None:
+        self.events.put_nowait(msg)
+
+    def on_violation(self, exc: ProtocolError) -> None:
+        self._fail(exc)
+
+    def on_closed(self) -> None:
+        self._finish()
+
+    # -- helpers ---------------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
@@ -570,7 +552,7 @@ class LogicalWorker:
 
     def _superseded(self, msg: m.RoundStart, proto: _ClientProtocol) -> bool:
         """A newer (round, attempt) has been read: answering ``msg`` would be useless."""
-        return (msg.round_index, msg.attempt) < proto.newest_round
+        return (msg.round_index, msg.attempt) < proto.conn.last_round_start
 
     async def _handshake(self, proto: _ClientProtocol) -> m.Message:
         """Hello -> Challenge -> Auth; returns the PS's answer (Welcome, Error or Bye)."""

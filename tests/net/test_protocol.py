@@ -68,6 +68,13 @@ def deliver(sender: Connection, receiver: Connection, msg: Message, step: int = 
     return event
 
 
+def in_round(t: int = 0) -> tuple[Connection, Connection]:
+    """A handshake, then RoundStart(t): the client may answer round t (the round rules)."""
+    server, client = handshake()
+    deliver(server, client, RoundStart(t, PARAMS, None, 0))
+    return server, client
+
+
 def handshake(step: int = 0) -> tuple[Connection, Connection]:
     server, client = Connection(Role.SERVER, Limits()), Connection(Role.CLIENT, Limits())
     assert (server.state, client.state) == (State.AWAIT_HELLO, State.SEND_HELLO)
@@ -100,7 +107,7 @@ def test_full_flow(step: int) -> None:
 
 
 def test_buffered_protocol_path() -> None:
-    server, client = handshake()
+    server, client = in_round()
     data = wire(client.send(Gradient(0, PAYLOAD, 0.0)))
     pos = 0
     while pos < len(data):
@@ -149,7 +156,7 @@ def test_allocate_hook_receives_payloads_after_authentication() -> None:
         calls.append((dtype, shape))
         return target
 
-    server, client = handshake()
+    server, client = in_round()
     server._decoder._allocate = allocate  # the hook Connection(..., allocate) installs
     event = deliver(client, server, Gradient(0, PAYLOAD, 0.0))
     assert isinstance(event, Gradient) and event.payload is target
@@ -160,7 +167,7 @@ def test_allocate_hook_receives_payloads_after_authentication() -> None:
 @pytest.mark.parametrize("chunk", [1, 7, 4096, 10**6])
 def test_mid_frame_body_means_next_event_needs_data(chunk: int) -> None:
     """The shells skip the event pump while ``mid_frame_body``: it must never hide an event."""
-    server, client = handshake()
+    server, client = in_round()
     data = wire(client.send(Gradient(0, PAYLOAD, 0.0)))
     seen_mid = False
     events = []
@@ -530,3 +537,57 @@ def test_digest_of_a_bad_length_is_a_remote_error(n: int) -> None:
     server.receive_data(wire(encode_frame(header, tensors)))
     with pytest.raises(RemoteProtocolError, match="digest"):
         server.next_event()
+
+
+# ----------------------------------------------------------------------------- round rules
+
+
+def test_answers_follow_the_round_starts_in_order() -> None:
+    """One answer per RoundStart, in order; a late answer to an unanswered older RoundStart
+    is legal (the PS drops it if its round closed)."""
+    server, client = handshake()
+    deliver(server, client, RoundStart(3, PARAMS, None, 0))
+    deliver(server, client, RoundStart(3, PARAMS, None, 0, attempt=1))
+    assert server.last_round_start == client.last_round_start == (3, 1)
+    deliver(client, server, Gradient(3, PAYLOAD, 0.1))  # the late answer to attempt 0
+    deliver(client, server, Digest(3, 1, DIGEST, 0.1))
+    assert server.last_answered == client.last_answered == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        (Gradient(3, PAYLOAD, 0.1), "second or out-of-order"),  # the same attempt twice
+        (Gradient(4, PAYLOAD, 0.1), "never started"),  # a future round
+        (Digest(3, 1, DIGEST, 0.1), "never started"),  # an attempt never started
+    ],
+)
+@pytest.mark.parametrize("step", [0, 1])
+def test_round_rules_are_remote_errors_on_the_server(
+    answer: Message, match: str, step: int
+) -> None:
+    server, client = handshake()
+    deliver(server, client, RoundStart(3, PARAMS, None, 0))
+    deliver(client, server, Gradient(3, PAYLOAD, 0.1))
+    data = raw(answer)
+    with pytest.raises(RemoteProtocolError, match=match):
+        for i in range(0, len(data), step or len(data)):
+            server.receive_data(data[i : i + (step or len(data))])
+            assert server.next_event() is NEED_DATA
+    assert server.state is State.ERROR
+
+
+def test_an_older_answer_after_a_newer_one_is_a_remote_error() -> None:
+    server, client = handshake()
+    deliver(server, client, RoundStart(1, PARAMS, None, 0))
+    deliver(server, client, RoundStart(2, PARAMS, None, 0))
+    deliver(client, server, Gradient(2, PAYLOAD, 0.1))
+    server.receive_data(raw(Gradient(1, PAYLOAD, 0.1)))  # skipped, then answered: out of order
+    with pytest.raises(RemoteProtocolError, match="out-of-order"):
+        server.next_event()
+
+
+def test_client_cannot_answer_a_round_it_was_not_sent() -> None:
+    _, client = handshake()
+    with pytest.raises(LocalProtocolError, match="never started"):
+        client.send(Gradient(0, PAYLOAD, 0.1))

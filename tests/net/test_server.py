@@ -460,7 +460,8 @@ async def test_wrong_round_and_duplicates_close_the_connection() -> None:
     server, task = make_server(n=4, s=1, code_name="none", rounds=2, hooks=rec, round_timeout=1.0)
 
     def future_round(t: int, y: np.ndarray) -> Any:
-        return m.Gradient(round_index=t + 1, payload=y, compute_seconds=0)
+        # Raw bytes: the worker's own Connection would refuse to send it (the round rules).
+        return _gradient_frame(t + 1, y)
 
     def duplicate(t: int, y: np.ndarray) -> Any:
         return _gradient_frame(t, y) * 2
