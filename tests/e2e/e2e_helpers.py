@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,11 @@ from draco.ps.rundir import RunDir, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 120.0  # seconds: a hung run fails the test instead of blocking CI
+# draco-run processes at a time in a batch (``run_batch``). A short run is mostly serial
+# start-up: the PS imports torch (~70 % of a logreg run's wall time), only then the worker
+# process does, then both exit (torch's teardown); the rounds are a few per cent. One run
+# thus keeps about one of the 2 cores busy, and two runs side by side use both.
+PARALLEL_RUNS = 2
 
 
 def _env() -> dict[str, str]:
@@ -166,6 +173,55 @@ def draco_run(run_dir: Path, *args: Any, timeout: float = RUN_TIMEOUT) -> tuple[
     return p.returncode, p.stdout, p.stderr
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """A finished ``draco-run``: its run directory, exit status (None: timed out), output."""
+
+    run_dir: Path
+    status: int | None
+    out: str
+    err: str
+
+    def check(self) -> RunResult:
+        """AssertionError with the run's own stderr unless it exited 0."""
+        where = f"draco-run --run-dir {self.run_dir}"
+        assert self.status == 0, f"{where}: status {self.status}\n{self.err}"
+        return self
+
+
+def _batch_job(run_dir: Path, args: Sequence[Any]) -> RunResult:
+    try:
+        return RunResult(run_dir, *draco_run(run_dir, *args))
+    except subprocess.TimeoutExpired as exc:  # reported by the test that needs this run
+        return RunResult(run_dir, None, "", f"timed out after {exc.timeout} s")
+
+
+def run_batch(
+    jobs: Mapping[str, tuple[Path, Sequence[Any]]], parallel: int = PARALLEL_RUNS
+) -> dict[str, RunResult]:
+    """``draco-run --run-dir DIR ARGS`` for each ``name: (DIR, ARGS)``, ``parallel`` at a
+    time, each to completion: {name: RunResult}. A failed run fails only the tests that
+    look at it (``RunResult.check``)."""
+    with ThreadPoolExecutor(max(1, parallel)) as pool:
+        futures = {name: pool.submit(_batch_job, d, args) for name, (d, args) in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def runs_wanted(items: Iterable[Any], module: Any) -> list[str]:
+    """Names of the runs that ``module``'s selected tests ask for with
+    ``@pytest.mark.draco_runs("clean", "repetition-{attack}-{vote}")`` (``{param}``: the
+    test's parametrization), in first-asked order: a ``-k`` that selects one test starts
+    only that test's runs."""
+    names: dict[str, None] = {}
+    for item in items:
+        marker = item.get_closest_marker("draco_runs")
+        if marker is None or getattr(item, "module", None) is not module:
+            continue
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        names.update(dict.fromkeys(str(a).format(**params) for a in marker.args))
+    return list(names)
+
+
 def trained_run(run_dir: Path, rounds: int, *args: Any) -> tuple[dict[str, Any], np.ndarray]:
     """``draco-run args`` that must complete ``rounds`` rounds without a failed one:
     (summary, the final parameters from its last checkpoint)."""
@@ -202,20 +258,25 @@ def flags(**kw: Any) -> Sequence[str]:
 
 def assert_resume_reproduces(tmp_path: Path, args: Sequence[Any]) -> None:
     """A ``draco-run`` with ``args`` killed (SIGTERM) after its first checkpoint and resumed
-    ends on the same ``model_sha256`` as the same run left alone."""
-    whole = tmp_path / "whole"
-    status, _, err = draco_run(whole, *args)
-    assert status == 0, err
-    cut = tmp_path / "cut"
+    ends on the same ``model_sha256`` as the same run left alone.
+
+    The uninterrupted run goes on beside the cut one (independent processes and run
+    directories; see ``PARALLEL_RUNS``): the kill still comes when the cut run's first
+    checkpoint appears, whatever the speed of either run.
+    """
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    alone = start("run", "--run-dir", whole, *args)
     proc = start("run", "--run-dir", cut, *args)
-    with reaped(proc):
+    with reaped(alone, proc):
         ckpts = cut / "checkpoints"
         wait_for(lambda: ckpts.is_dir() and any(ckpts.glob("ckpt-*.npz")), 90, "a checkpoint")
         os.kill(proc.pid, signal.SIGTERM)
         status, _, err = finish(proc)
-    assert status == 128 + signal.SIGTERM, err
-    assert not (cut / "summary.json").exists(), "the run ended before the kill"
-    status, _, err = draco_run(cut, "--resume", cut)
-    assert status == 0, err
+        assert status == 128 + signal.SIGTERM, err
+        assert not (cut / "summary.json").exists(), "the run ended before the kill"
+        status, _, err = draco_run(cut, "--resume", cut)
+        assert status == 0, err
+        status, _, err = finish(alone)
+        assert status == 0, err
     assert summary(cut)["rounds"] == summary(whole)["rounds"]
     assert summary(cut)["model_sha256"] == summary(whole)["model_sha256"]

@@ -18,11 +18,14 @@ from typing import Any
 import numpy as np
 import pytest
 from e2e_helpers import (
+    RunResult,
     assert_liars_located,
     assert_resume_reproduces,
+    final_params,
     metrics,
     rel_diff,
-    trained_run,
+    run_batch,
+    summary,
 )
 
 from draco.core.attacks import ATTACKS
@@ -40,19 +43,26 @@ TRAIN = [
 ]
 
 
-def _train(run_dir: Path, *args: Any, rounds: int = ROUNDS) -> tuple[dict[str, Any], np.ndarray]:
-    return trained_run(run_dir, rounds, *args)
+# The runs that end on their own, by name, started side by side by the ``batch`` fixture
+# (conftest) for the selected tests that name them with ``draco_runs``.
+JOBS: dict[str, list[Any]] = {
+    "clean": [*TRAIN, "--attack", "none"],
+    **{f"repetition-{a}": [*TRAIN, "--code", "repetition", "--attack", a] for a in ATTACKS},
+    "cyclic-constant": [*TRAIN, "--code", "cyclic", "--attack", "constant"],
+}
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], np.ndarray]:
-    return _train(tmp_path_factory.mktemp("bn-clean") / "run", *TRAIN, "--attack", "none")
+def _trained(run: RunResult, rounds: int = ROUNDS) -> tuple[dict[str, Any], np.ndarray]:
+    """(summary, final parameters) of a run that completed ``rounds`` rounds, none failed."""
+    run.check()
+    summ = summary(run.run_dir)
+    assert (summ["rounds"], summ["failed_rounds"]) == (rounds, 0), summ
+    return summ, final_params(run.run_dir, rounds)
 
 
-def test_clean_run_moved_the_running_statistics(
-    clean: tuple[dict[str, Any], np.ndarray],
-) -> None:
-    params = clean[1]
+@pytest.mark.draco_runs("clean")
+def test_clean_run_moved_the_running_statistics(batch: dict[str, RunResult]) -> None:
+    params = _trained(batch["clean"])[1]
     n = param_count(create_model("lenet_bn"))
     spec = {"model": "lenet_bn", "dataset": "synthetic", "batch_size": 8, "seed": 3}
     task = make_task({**spec, "n_partitions": N})
@@ -64,24 +74,26 @@ def test_clean_run_moved_the_running_statistics(
     assert [params[s.offset + 2 * s.channels] for s in rs.segments] == [float(ROUNDS)] * 3
 
 
+@pytest.mark.draco_runs("clean", "repetition-{attack}")
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_attacked_repetition_run_keeps_the_clean_statistics(
-    tmp_path: Path, clean: tuple[dict[str, Any], np.ndarray], attack: str
+    batch: dict[str, RunResult], attack: str
 ) -> None:
-    summ, params = _train(tmp_path / "run", *TRAIN, "--code", "repetition", "--attack", attack)
+    clean = _trained(batch["clean"])
+    summ, params = _trained(batch[f"repetition-{attack}"])
     assert summ["model_sha256"] == clean[0]["model_sha256"]
     np.testing.assert_array_equal(params, clean[1])
-    assert_liars_located(metrics(tmp_path / "run"), S, caught=attack != "alie")
+    assert_liars_located(metrics(batch[f"repetition-{attack}"].run_dir), S, caught=attack != "alie")
 
 
-def test_attacked_cyclic_run_matches_the_clean_statistics(
-    tmp_path: Path, clean: tuple[dict[str, Any], np.ndarray]
-) -> None:
-    _, params = _train(tmp_path / "run", *TRAIN, "--code", "cyclic", "--attack", "constant")
+@pytest.mark.draco_runs("clean", "cyclic-constant")
+def test_attacked_cyclic_run_matches_the_clean_statistics(batch: dict[str, RunResult]) -> None:
+    clean = _trained(batch["clean"])
+    _, params = _trained(batch["cyclic-constant"])
     n = param_count(create_model("lenet_bn"))
     assert rel_diff(params, clean[1]) <= 1e-5
     assert rel_diff(params[n:], clean[1][n:]) <= 1e-5  # the buffers on their own
-    assert_liars_located(metrics(tmp_path / "run"), S)
+    assert_liars_located(metrics(batch["cyclic-constant"].run_dir), S)
 
 
 def test_killed_and_resumed_bn_run_ends_with_the_uninterrupted_model(tmp_path: Path) -> None:
@@ -112,8 +124,14 @@ def test_short_resnet18_run_on_cifar_format_files(tmp_path: Path) -> None:
         *["--batch-size", "2", "--workers", "3", "--adversaries", "1", "--rounds", "2"],
         *["--eval-every", "0", "--checkpoint-every", "2", "--worker-procs", "1"],
     ]
-    clean, clean_params = _train(tmp_path / "clean", *args, "--attack", "none", rounds=2)
-    summ, params = _train(tmp_path / "attacked", *args, "--attack", "reverse", rounds=2)
+    runs = run_batch(
+        {
+            "clean": (tmp_path / "clean", [*args, "--attack", "none"]),
+            "attacked": (tmp_path / "attacked", [*args, "--attack", "reverse"]),
+        }
+    )
+    clean, clean_params = _trained(runs["clean"], rounds=2)
+    summ, params = _trained(runs["attacked"], rounds=2)
     assert summ["model_sha256"] == clean["model_sha256"]
     assert params.shape == (11_173_962 + 9_620,)
     n = 11_173_962

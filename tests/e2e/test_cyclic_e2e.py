@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 from e2e_helpers import (
+    RunResult,
     assert_resume_reproduces,
-    draco_run,
     final_params,
     metrics,
     rel_diff,
@@ -38,26 +38,26 @@ TRAIN = [
 ]
 
 
-def _train(run_dir: Path, *args: Any) -> tuple[dict[str, Any], np.ndarray]:
-    status, _, err = draco_run(run_dir, *TRAIN, *args)
-    assert status == 0, err
-    summ = summary(run_dir)
+# The runs that end on their own, started side by side by the ``batch`` fixture (conftest).
+JOBS: dict[str, list[Any]] = {a: [*TRAIN, "--attack", a] for a in ("none", *ATTACKS)}
+
+
+def _trained(run: RunResult) -> tuple[dict[str, Any], np.ndarray]:
+    run.check()
+    summ = summary(run.run_dir)
     assert (summ["rounds"], summ["failed_rounds"]) == (ROUNDS, 0), summ
-    return summ, final_params(run_dir, ROUNDS)
+    return summ, final_params(run.run_dir, ROUNDS)
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], np.ndarray]:
-    return _train(tmp_path_factory.mktemp("clean") / "run", "--attack", "none")
-
-
+@pytest.mark.draco_runs("none", "{attack}")
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_attacked_dft_code_run_matches_the_clean_run(
-    tmp_path: Path, clean: tuple[dict[str, Any], np.ndarray], attack: str
+    batch: dict[str, RunResult], attack: str
 ) -> None:
-    summ, params = _train(tmp_path / "run", "--attack", attack)
+    clean = _trained(batch["none"])
+    summ, params = _trained(batch[attack])
     assert rel_diff(params, clean[1]) <= 1e-5
-    records = metrics(tmp_path / "run")
+    records = metrics(batch[attack].run_dir)
     for rec in records:
         named = set(rec.get("adversaries_located", []))
         assert named <= set(rec["liars"]), rec  # nobody honest, ever

@@ -51,11 +51,24 @@ def example_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_example_attacked_run_equals_the_clean_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    status, _, err = draco_run(tmp_path / "clean", *TASK, "--attack", "none")
+    # The clean draco-run goes on beside the attacked run (started before the SLURM
+    # variables are set below: its launcher numbers its own workers).
+    clean_run = start("run", "--run-dir", tmp_path / "clean", *TASK, "--attack", "none")
+    with reaped(clean_run):
+        _attacked_slurm_style_run(tmp_path, monkeypatch)
+        status, _, err = finish(clean_run)
     assert status == 0, err
     clean = summary(tmp_path / "clean")
     assert clean["task"] == EXAMPLE and clean["rounds"] == ROUNDS
+    attacked = summary(tmp_path / "attacked")
+    assert attacked["adversaries_located"] > 0
+    assert attacked["model_sha256"] == clean["model_sha256"]
+    assert attacked["test_accuracy"] == clean["test_accuracy"]
 
+
+def _attacked_slurm_style_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attacked run in ``tmp_path / "attacked"``: a draco-ps and two worker processes
+    that take their ids from ``$SLURM_PROCID`` / ``$SLURM_NTASKS``."""
     secret, tokens = make_keys(tmp_path, N)
     ready = tmp_path / "ready.json"
     ps = start(
@@ -84,10 +97,6 @@ def test_example_attacked_run_equals_the_clean_run(
     assert [r[0] for r in results] == [0, 0], results
     logs = "".join(r[2] for r in results)
     assert "worker ids 0..1 (from SLURM" in logs and "worker ids 2..4 (from SLURM" in logs
-    attacked = summary(tmp_path / "attacked")
-    assert attacked["adversaries_located"] > 0
-    assert attacked["model_sha256"] == clean["model_sha256"]
-    assert attacked["test_accuracy"] == clean["test_accuracy"]
 
 
 def test_a_worker_refuses_a_task_its_operator_did_not_allow(tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from e2e_helpers import (
     ROOT,
+    RunResult,
     assert_liars_located,
     assert_resume_reproduces,
-    draco_run,
     final_params,
     metrics,
     rel_diff,
@@ -47,67 +47,104 @@ TRAIN = [
 ]
 
 
-def _train(run_dir: Path, *args: Any) -> tuple[dict[str, Any], np.ndarray]:
-    status, _, err = draco_run(run_dir, *TRAIN, *args)
-    assert status == 0, err
-    summ = summary(run_dir)
+def _mnist_dir() -> Path | None:
+    root = Path(os.environ.get("DRACO_DATA") or ROOT.parent / "shared" / "data")
+    return root if (root / "mnist").is_dir() else None
+
+
+VOTES = ("full", "digest")
+MNIST = _mnist_dir()
+# The runs that end on their own, by name, started side by side by the ``batch`` fixture
+# (conftest) for the selected tests that name them with ``draco_runs``.
+JOBS: dict[str, list[Any]] = {
+    "clean": [*TRAIN, "--attack", "none", "--vote", "full"],
+    "clean-digest": [*TRAIN, "--attack", "none", "--vote", "digest"],
+    **{
+        f"repetition-{attack}-{vote}": [
+            *[*TRAIN, "--code", "repetition", "--attack", attack, "--vote", vote]
+        ]
+        for attack in ATTACKS
+        for vote in VOTES
+    },
+    **{
+        f"cyclic-{a}": [*TRAIN, "--code", "cyclic", "--attack", a]
+        for a in ("constant", "alie", "reverse")
+    },
+    "plain": [*TRAIN, "--code", "none", "--aggregator", "mean", "--attack", "none"],
+    # draco-run's own defaults (15 workers, s = 2, constant attack, fc), few rounds.
+    "demo": ["--rounds", 3],
+    **(
+        {}
+        if MNIST is None
+        else {
+            "mnist": [
+                *["--model", "fc", "--dataset", "mnist", "--data-dir", MNIST],
+                *["--workers", 3, "--adversaries", 1, "--attack", "constant", "--rounds", 40],
+                *["--batch-size", 32, "--eval-every", 0, "--worker-procs", 1],
+            ]
+        }
+    ),
+}
+
+
+def _trained(run: RunResult) -> tuple[dict[str, Any], np.ndarray]:
+    """(summary, final parameters) of a run that completed ROUNDS rounds, none failed."""
+    run.check()
+    summ = summary(run.run_dir)
     assert (summ["rounds"], summ["failed_rounds"]) == (ROUNDS, 0), summ
-    params = final_params(run_dir, ROUNDS)
+    params = final_params(run.run_dir, ROUNDS)
     assert hashlib.sha256(params.astype("<f4").tobytes()).hexdigest() == summ["model_sha256"]
     return summ, params
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], np.ndarray]:
-    """The clean repetition run every attacked run must reproduce."""
-    return _train(tmp_path_factory.mktemp("clean") / "run", "--attack", "none", "--vote", "full")
-
-
-def test_clean_digest_vote_run_trains_the_identical_model(
-    tmp_path: Path, clean: tuple[dict[str, Any], np.ndarray]
-) -> None:
-    summ, _ = _train(tmp_path / "run", "--attack", "none", "--vote", "digest")
+@pytest.mark.draco_runs("clean", "clean-digest")
+def test_clean_digest_vote_run_trains_the_identical_model(batch: dict[str, RunResult]) -> None:
+    """The clean repetition run (full vote) is the model every attacked run must reproduce."""
+    clean = _trained(batch["clean"])
+    summ, _ = _trained(batch["clean-digest"])
     assert summ["model_sha256"] == clean[0]["model_sha256"]
-    records = metrics(tmp_path / "run")
+    records = metrics(batch["clean-digest"].run_dir)
     assert all(r["vote"] == "digest" and r["payload_requests"] == 1 for r in records)
 
 
-@pytest.mark.parametrize("vote", ["full", "digest"])
+@pytest.mark.draco_runs("clean", "repetition-{attack}-{vote}")
+@pytest.mark.parametrize("vote", VOTES)
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_attacked_repetition_run_trains_the_identical_model(
-    tmp_path: Path, clean: tuple[dict[str, Any], np.ndarray], attack: str, vote: str
+    batch: dict[str, RunResult], attack: str, vote: str
 ) -> None:
-    summ, params = _train(
-        tmp_path / "run", "--code", "repetition", "--attack", attack, "--vote", vote
-    )
+    clean = _trained(batch["clean"])
+    run = batch[f"repetition-{attack}-{vote}"]
+    summ, params = _trained(run)
     assert summ["model_sha256"] == clean[0]["model_sha256"]
-    assert all(r["vote"] == vote for r in metrics(tmp_path / "run"))
+    assert all(r["vote"] == vote for r in metrics(run.run_dir))
     np.testing.assert_array_equal(params, clean[1])
     # The liars really lied and were caught (a data attack lies through its gradient).
-    assert_liars_located(metrics(tmp_path / "run"), S, caught=attack != "alie")
+    assert_liars_located(metrics(run.run_dir), S, caught=attack != "alie")
     assert summ["adversaries_located"] > 0 or attack == "alie"
 
 
+@pytest.mark.draco_runs("clean", "cyclic-{attack}")
 @pytest.mark.parametrize("attack", ["constant", "alie"])
 def test_attacked_cyclic_run_matches_the_clean_model(
-    tmp_path: Path, clean: tuple[dict[str, Any], np.ndarray], attack: str
+    batch: dict[str, RunResult], attack: str
 ) -> None:
-    summ, params = _train(tmp_path / "run", "--code", "cyclic", "--attack", attack)
+    clean = _trained(batch["clean"])
+    run = batch[f"cyclic-{attack}"]
+    summ, params = _trained(run)
     assert rel_diff(params, clean[1]) <= 1e-5
     # With n = 2s + 1 every worker holds every partition, so the honest payloads agree and
     # ALIE's lie (mean - z * std) is the truth: nothing to locate then.
-    assert_liars_located(metrics(tmp_path / "run"), S, caught=attack != "alie")
+    assert_liars_located(metrics(run.run_dir), S, caught=attack != "alie")
     assert summ["adversaries_located"] > 0 or attack == "alie"
 
 
-def test_draco_trains_what_plain_minibatch_sgd_trains(
-    tmp_path: Path, clean: tuple[dict[str, Any], np.ndarray]
-) -> None:
+@pytest.mark.draco_runs("clean", "plain", "cyclic-reverse")
+def test_draco_trains_what_plain_minibatch_sgd_trains(batch: dict[str, RunResult]) -> None:
     # Same seed and batch size; N partitions = N workers without redundancy, nobody lies.
-    _, plain = _train(
-        tmp_path / "plain", "--code", "none", "--aggregator", "mean", "--attack", "none"
-    )
-    _, cyclic = _train(tmp_path / "cyclic", "--code", "cyclic", "--attack", "reverse")
+    clean = _trained(batch["clean"])
+    _, plain = _trained(batch["plain"])
+    _, cyclic = _trained(batch["cyclic-reverse"])
     assert rel_diff(clean[1], plain) <= 1e-5
     assert rel_diff(cyclic, plain) <= 1e-5
     # ... and the parameters did move: the comparison is not between two initial models.
@@ -126,11 +163,10 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_model(tmp_path: Path
     assert_resume_reproduces(tmp_path, args)
 
 
-def test_demonstration_defaults(tmp_path: Path) -> None:
+@pytest.mark.draco_runs("demo")
+def test_demonstration_defaults(batch: dict[str, RunResult]) -> None:
     """``draco-run`` with its defaults (15 workers, s=2, constant attack, fc), few rounds."""
-    run_dir = tmp_path / "run"
-    status, out, err = draco_run(run_dir, "--rounds", 3)
-    assert status == 0, err
+    run_dir, out = batch["demo"].check().run_dir, batch["demo"].out
     summ = summary(run_dir)
     assert (summ["workers"], summ["adversaries"], summ["code"]) == (15, 2, "repetition")
     assert summ["attack"] == "constant" and summ["adversaries_located"] > 0
@@ -138,23 +174,11 @@ def test_demonstration_defaults(tmp_path: Path) -> None:
     assert "round" in out  # the PS's progress lines reach the launcher's output
 
 
-def _mnist_dir() -> Path | None:
-    root = Path(os.environ.get("DRACO_DATA") or ROOT.parent / "shared" / "data")
-    return root if (root / "mnist").is_dir() else None
-
-
 @pytest.mark.skipif(
-    _mnist_dir() is None,
+    MNIST is None,
     reason="MNIST not found: set DRACO_DATA to a folder holding mnist/ (see draco-data)",
 )
-def test_short_fc_run_on_real_mnist_learns(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    status, _, err = draco_run(
-        run_dir,
-        *["--model", "fc", "--dataset", "mnist", "--data-dir", _mnist_dir()],
-        *["--workers", 3, "--adversaries", 1, "--attack", "constant", "--rounds", 40],
-        *["--batch-size", 32, "--eval-every", 0, "--worker-procs", 1],
-    )
-    assert status == 0, err
-    summ = summary(run_dir)
+@pytest.mark.draco_runs("mnist")
+def test_short_fc_run_on_real_mnist_learns(batch: dict[str, RunResult]) -> None:
+    summ = summary(batch["mnist"].check().run_dir)
     assert summ["test_accuracy"] > 0.6  # chance is 0.1
