@@ -212,6 +212,31 @@ def _with_nonfinite_erased(
     return DecodeResult(gradient, liars - nonfinite, erasures | nonfinite)
 
 
+def _without_nonfinite_rows(
+    arrays: Mapping[int, np.ndarray], rec: _Recovered
+) -> dict[int, np.ndarray] | None:
+    """``arrays`` without the rows that made ``rec``'s check non-finite, or None.
+
+    Only the recovery blocks whose check is non-finite are read, in the rows the pass read
+    (at most 1 / _MAX_FLAGGED_FRACTION of the blocks, else None: the full path is as cheap).
+    Erasing those rows and running the pass again gives the decode the PS got when it
+    dropped NaN/Inf payloads on arrival: the same kept rows and weights, so the same sum bit
+    for bit (a redo of the dead blocks only, as in step 2e, would use other weights there).
+    None also when no row is non-finite there (finite values overflowed).
+    """
+    dead = np.flatnonzero(~np.isfinite(rec.parity))
+    if not dead.size or dead.size > max(1, rec.parity.size // _MAX_FLAGGED_FRACTION):
+        return None
+    block = recovery_block(np.result_type(*(a.dtype for a in arrays.values())))
+    read = frozenset(arrays) - rec.erasures - rec.unread
+    bad = {
+        j for j in read if any(not all_finite(arrays[j][b * block : (b + 1) * block]) for b in dead)
+    }
+    if not bad:
+        return None
+    return {j: a for j, a in arrays.items() if j not in bad}
+
+
 def _fast_path(
     nodes: np.ndarray,
     s: int,
@@ -231,7 +256,18 @@ def _fast_path(
         return None
     rec, energy = first
     if not np.isfinite(rec.gradient).all() or not np.isfinite(rec.parity).all():
-        return None
+        # A kept row holds NaN/Inf where the sample did not look (the PS does not screen
+        # payloads): erase the rows non-finite in those blocks and run a-c again.
+        retry = _without_nonfinite_rows(arrays, rec)
+        if retry is None:
+            return None
+        arrays = retry
+        first = _sample_recovery(nodes, s, arrays, d, rng, config, blocks)
+        if first is None:
+            return None
+        rec, energy = first
+        if not np.isfinite(rec.gradient).all() or not np.isfinite(rec.parity).all():
+            return None
     # Step 2d.
     if float(np.sqrt(np.sum(rec.parity))) <= rec.limit:
         return _with_nonfinite_erased(rec.gradient, rec.liars, rec.erasures, arrays, rec.unread)
@@ -257,7 +293,8 @@ def _fast_path(
     fix = second[0]
     if not np.isfinite(fix.gradient).all() or float(np.sqrt(np.sum(fix.parity))) > fix.limit:
         return None
-    # Rows read by the first pass were finite (it was); the second reads a subset of them.
+    # Rows read by the first pass were finite (it was); the second reads a subset of them;
+    # rows erased by ``_without_nonfinite_rows`` are not in ``arrays``: erasures already.
     return _with_nonfinite_erased(
         fix.gradient, rec.liars | fix.liars, rec.erasures | fix.erasures, arrays, rec.unread
     )

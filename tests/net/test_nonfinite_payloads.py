@@ -271,3 +271,26 @@ def test_digest_vote_names_a_nan_minority_a_liar_where_the_full_vote_erases_it()
     assert rec_full.record["erasures"] == [6] and rec_full.record["adversaries_located"] == []
     assert rec_digest.record["erasures"] == [] and rec_digest.record["adversaries_located"] == [6]
     assert full.params.tobytes() == digest.params.tobytes()
+
+
+def test_cyclic_nan_outside_the_sample_stays_on_the_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rows that made the recovery check non-finite are found by reading only those
+    blocks and erased; the fast path runs again without them (no full projection)."""
+    from draco.core import cyclic_decoder
+
+    full_projections = []
+    project = cyclic_decoder.project_rows
+
+    def counting(rows: Any, d: int, rng: Any, blocks: Any = None) -> Any:
+        full_projections.append(blocks is None)
+        return project(rows, d, rng, blocks)
+
+    monkeypatch.setattr(cyclic_decoder, "project_rows", counting)
+    code, _, sent = _cyclic_round(9, 2, BIG)
+    sent[2] = _nan_at(sent[2], BIG - 2)
+    sent[7] = (-100 * sent[7]).astype(sent[7].dtype)
+    result = code.decode(sent, rng=np.random.default_rng(1))
+    assert result.erasures == {2} and result.adversaries == {7}
+    assert full_projections and not any(full_projections)
