@@ -505,10 +505,10 @@ class CyclicCode:
         - All n payloads present: True (nothing more will come).
         - e workers missing or sending NaN/Inf (erasures either way), e <= s: project the
           present payloads and locate the liars; True when the rest is consistent and
-          (rows left out) + e <= s. Sound: the received rows
-          form a code of minimum distance 2s - e + 1, and the decoded codeword and the true
-          one differ on at most (rows left out) + s <= 2s - e rows, so they coincide whatever
-          the missing workers would send. Cost O(n d) (one projection pass): call it when a
+          (rows left out) + e <= s. Sound: the received rows form a code of minimum
+          distance 2s - e + 1, and the decoded codeword and the true one differ on at most
+          (rows left out) + s <= 2s - e rows, so they coincide whatever the missing
+          workers would send. Cost O(n d) (one projection pass): call it when a
           straggler is late, not on every arrival.
         - Otherwise False.
         """

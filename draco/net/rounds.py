@@ -178,7 +178,9 @@ class Verdict(enum.Enum):
 
     ACCEPTED = "accepted"
     STALE = "stale"  # for an earlier round: ignored
-    ERASURE = "erasure"  # unusable this round (non-finite); connection may stay
+    # Unusable this round, connection stays. No longer returned: ``offer`` stopped reading
+    # values (NaN/Inf payloads are erased by the decoders); kept for the shell's match.
+    ERASURE = "erasure"
     VIOLATION = "violation"  # erasure AND a protocol violation: close the connection
 
 

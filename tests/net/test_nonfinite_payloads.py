@@ -225,6 +225,7 @@ def test_cyclic_nan_in_an_honest_row_outside_the_sample() -> None:
     assert rec.ok and rec.record["erasures"] == [2] and rec.record["adversaries_located"] == []
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the sample's sum
 @pytest.mark.parametrize("d", [DIM * 64, BIG])
 def test_cyclic_huge_finite_liar_is_used_and_classified_as_before(d: int) -> None:
     """A liar sending 1e38 (finite: ``offer`` always accepted it). The full path (small d,
