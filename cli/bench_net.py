@@ -9,8 +9,8 @@ framing) on each. The receiver is this process, measured twice with the SAME byt
 - ``project``: the parameter server's receive path: ``draco.net.server.Peer`` (an
   ``asyncio.BufferedProtocol`` on uvloop by default) feeding the sans-IO ``Connection``
   (prefix, bounded msgpack header, tensor bytes straight into their numpy array), then
-  ``RoundCollector.offer`` (round/dtype/shape/finiteness checks), exactly as in a run. The
-  handshake is done beforehand in memory, so only ingest is timed.
+  ``RoundCollector.offer`` (round/dtype/shape checks; NaN/Inf are left to the decoders),
+  exactly as in a run. The handshake is done beforehand in memory, so only ingest is timed.
 - ``raw``: a baseline of blocking sockets, ``selectors`` and ``recv_into`` a preallocated
   buffer per connection (no parsing at all).
 
@@ -408,8 +408,8 @@ def measure(
         "project_cpu_ms_per_round": med("project_cpu_ms"),
         "raw_cpu_ms_per_round": med("raw_cpu_ms"),
         "project_minflt_per_round": med("project_minflt"),
-        # Of the project's receiver time per round: RoundCollector.offer (dtype, shape and
-        # the finiteness pass over every payload byte), which the raw path does not do.
+        # Of the project's receiver time per round: RoundCollector.offer (round, dtype and
+        # shape checks; it no longer reads the values), which the raw path does not do.
         "project_offer_ms_per_round": med("project_offer_ms"),
         "raw_minflt_per_round": med("raw_minflt"),
         "unit": "GB/s (1e9 bytes per second), median over repeats, then over trials",

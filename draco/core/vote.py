@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from draco.core.decoder_types import DecodeResult, well_formed
+from draco.core.decoder_types import DecodeResult, all_finite, well_formed
 from draco.errors import DecodeError
 
 __all__ = ["bitwise_equal", "decode_repetition", "repetition_ready", "sum_group_values"]
@@ -142,13 +142,24 @@ def repetition_ready(
     """True once every group has a value backed by >= s+1 identical (or close) copies.
 
     Such a value is certainly honest, so ``decode_repetition`` will return the exact sum
-    whatever the missing workers would send. Cost: a per-group count, then at most one byte
-    comparison per received payload (exact vote).
+    whatever the missing workers would send; a winner holding NaN/Inf is not ready (the
+    decode would fail). Cost: a per-group count, then at most one byte comparison per
+    received payload (exact vote), then one read of each group's winner.
     """
     for members in groups:
         if sum(1 for j in members if j in received) < s + 1:
             return False
-    return all(_vote_group(members, received, s, rtol).winner is not None for members in groups)
+    winners = []
+    for members in groups:
+        winner = _vote_group(members, received, s, rtol).winner
+        if winner is None:
+            return False
+        winners.append(winner)
+    # A non-finite winner (honest workers agreeing on NaN/Inf) makes ``decode_repetition``
+    # fail: not ready, so the round waits as it would have if the PS had erased NaN/Inf
+    # payloads on arrival (it no longer reads them there). One read per group, and only
+    # once every group has a winner.
+    return all(all_finite(w) for w in winners)
 
 
 def decode_repetition(
@@ -199,7 +210,7 @@ def decode_repetition(
         for j in set(members) - vote.backers - vote.unusable:
             p = received[j]
             # Wrong length or non-finite: unusable (an erasure), otherwise a located liar.
-            if p.shape != vote.winner.shape or not np.isfinite(p).all():
+            if p.shape != vote.winner.shape or not all_finite(p):
                 erasures.add(j)
             else:
                 adversaries.add(j)

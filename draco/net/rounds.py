@@ -38,7 +38,13 @@ Validation of a payload (``RoundCollector.offer``), ordered by (round index, att
   ignored (never a violation: a worker answers every RoundStart it read);
 - a later round or attempt, a second payload for this attempt, a wrong dtype or shape: a
   protocol violation (erasure for this attempt; the shell closes the connection);
-- non-finite values: an erasure (the connection stays).
+- non-finite values (NaN/Inf): NOT looked for here. A check would read every payload once
+  more on the receive path (about half again the receiver's CPU of a raw ``recv_into``,
+  benchmarks/results.md); the decoders read every byte anyway and treat a non-finite
+  payload as an erasure (``draco.core.vote``: the loser check and ``repetition_ready``;
+  ``draco.core.cyclic_decoder``: non-finite projections and recovery checks; the
+  baselines' usable rows). ``finish`` reports such a payload as an erasure and leaves it
+  out of the metrics (``_nonfinite``), as a screened payload was; the connection stays.
 """
 
 from __future__ import annotations
@@ -47,12 +53,13 @@ import enum
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from draco.core.decoder_types import all_finite
 from draco.core.digests import (
     DEFAULT_DIGEST_BYTES,
     DEFAULT_KEY_BYTES,
@@ -171,7 +178,9 @@ class Verdict(enum.Enum):
 
     ACCEPTED = "accepted"
     STALE = "stale"  # for an earlier round: ignored
-    ERASURE = "erasure"  # unusable this round (non-finite); connection may stay
+    # Unusable this round, connection stays. No longer returned: ``offer`` stopped reading
+    # values (NaN/Inf payloads are erased by the decoders); kept for the shell's match.
+    ERASURE = "erasure"
     VIOLATION = "violation"  # erasure AND a protocol violation: close the connection
 
 
@@ -252,12 +261,13 @@ class Offer:
     reason: str = ""
 
 
-def _is_finite(x: np.ndarray) -> bool:
-    # One pairwise sum is ~4x cheaper than isfinite().all() and propagates inf/nan; a sum that
-    # overflows from finite values falls back to the exact check.
-    with np.errstate(over="ignore", invalid="ignore"):
-        s = x.sum()
-    return bool(np.isfinite(s)) or bool(np.isfinite(x).all())
+def _nonfinite(payloads: Mapping[int, np.ndarray], among: Iterable[int]) -> set[int]:
+    """The workers in ``among`` whose payload holds NaN/Inf: one read of each of those only.
+
+    ``finish`` asks about the few payloads a decode erased (or, after a failed decode, all
+    of them: a rare path) so that they count as erasures, as if screened on arrival.
+    """
+    return {j for j in among if j in payloads and not all_finite(payloads[j])}
 
 
 def _code_groups(code: Any) -> tuple[tuple[int, ...], ...]:
@@ -360,7 +370,8 @@ class RoundCollector:
         round_index : int
             The round the payload claims to be for.
         payload : np.ndarray
-            Should be ``(dim,)`` of the code's payload dtype, all finite.
+            Should be ``(dim,)`` of the code's payload dtype. Its values are not read: a
+            NaN/Inf payload is accepted here and erased by the decoder (module docstring).
         compute_seconds : float
             The worker's reported compute time (metrics only; not trusted otherwise).
         wire_bytes : int
@@ -386,8 +397,7 @@ class RoundCollector:
             return self._erase(
                 worker, Verdict.VIOLATION, f"shape {payload.shape}, expected ({self.dim},)"
             )
-        if not _is_finite(payload):
-            return self._erase(worker, Verdict.ERASURE, "non-finite values")
+        # No finiteness pass here (module docstring): the decoders erase NaN/Inf payloads.
         self.received[worker] = payload
         self.bytes_from[worker] = int(wire_bytes)
         self.compute_seconds[worker] = self._bounded_compute(worker, compute_seconds, received_at)
@@ -874,6 +884,16 @@ class RoundEngine:
         honest_ids = [j for j in sorted(received) if j not in rnd.plan.liars]
         if not liars or not honest_ids:
             return received
+        # ``offer`` no longer screens NaN/Inf: leave them out here as it did (a NaN liar
+        # stays an erasure; the statistic sees the finite honest payloads only: colluding's
+        # median does not propagate NaN, so the forged lie would silently differ). One read
+        # per payload, counted in the simulation's time (the experiment's), not the PS's.
+        bad = _nonfinite(received, liars + honest_ids)
+        if bad:
+            liars = [j for j in liars if j not in bad]
+            honest_ids = [j for j in honest_ids if j not in bad]
+            if not liars or not honest_ids:
+                return received
         honest = np.stack([received[j] for j in honest_ids])
         forged = attack.apply_all(
             [received[j] for j in liars],
@@ -971,10 +991,14 @@ class RoundEngine:
             else:
                 result = self.code.decode(received, rng=self._decode_rng())
             gradient = np.asarray(result.gradient)
-            if gradient.shape != (self.dim,) or not _is_finite(gradient):
+            if gradient.shape != (self.dim,) or not all_finite(gradient):
                 raise DecodeError("the decoder returned an unusable gradient")
         except DecodeError as exc:
             error = str(exc) or "beyond the code's budget"
+        # Payloads with NaN/Inf (``offer`` does not screen them): the decoders erased them, so
+        # only the decode's erasures are read; after a failed decode, every payload (rare).
+        erased_ids = set(result.erasures) if result is not None and not error else set(rnd.received)
+        nonfinite = _nonfinite(rnd.received, sorted(erased_ids))
         t1 = self._clock()
         if result is not None and not error:
             # Step 3: the decoded SUM over partitions -> the mean over the global batch.
@@ -984,8 +1008,10 @@ class RoundEngine:
         c2 = time.thread_time()
         ok = not error
         located = sorted(int(j) for j in result.adversaries) if ok and result else []
-        erasures = sorted(set(rnd.erased) | {int(j) for j in (result.erasures if result else ())})
-        used = sorted(set(rnd.received) | set(rnd.digests))
+        erasures = sorted(
+            set(rnd.erased) | nonfinite | {int(j) for j in (result.erasures if result else ())}
+        )
+        used = sorted((set(rnd.received) - nonfinite) | set(rnd.digests))
         compute = {j: rnd.compute_seconds.get(j, 0.0) for j in used}
         per_worker_bytes = {j: rnd.bytes_to.get(j, 0) + rnd.bytes_from.get(j, 0) for j in used}
         n = self.code.n_workers
