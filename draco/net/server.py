@@ -585,7 +585,12 @@ class ParameterServer:
             self._listener = await loop.create_server(
                 lambda: Peer(
                     self,
-                    Connection(Role.SERVER, self._handshake_limits, self.payload_pool),
+                    Connection(
+                        Role.SERVER,
+                        self._handshake_limits,
+                        self.payload_pool,
+                        max_outstanding_requests=cfg.limits.max_outstanding_requests,
+                    ),
                     tls=self.ssl_context,
                     tls_timeout=cfg.handshake_timeout,
                 ),
