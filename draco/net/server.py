@@ -1129,7 +1129,9 @@ class ParameterServer:
             fut = self._pending_fetch.get(j)
             if fut is not None and not fut.done():
                 fut.set_result(None)  # its payload will not come: ask the next member
-            rnd = self._round
+            # The digest vote's fetch phase is still the attempt (``_round`` is None then): a
+            # member lost there makes a failed attempt one with workers missing, not counted.
+            rnd = self._round or self._fetching
             if rnd is not None and peer.last_sent == (rnd.index, rnd.attempt):
                 rnd.erase(j, reason)
                 self._absent_in_attempt.add(j)
