@@ -438,6 +438,8 @@ async def test_duplicate_or_unsolicited_payloads_close_the_connection(case: str)
         (["--vote", "digest", "--digest-bytes", "8"], "--digest-bytes"),
         (["--vote", "digest", "--max-payload-requests", "0"], "--max-payload-requests"),
         (["--vote", "digest", "--payload-timeout", "-1"], "--payload-timeout"),
+        (["--max-outstanding-requests", "0"], "--max-outstanding-requests"),
+        (["--max-outstanding-requests", "5000"], "--max-outstanding-requests"),
     ],
 )
 async def test_draco_ps_vote_usage_errors_are_one_line_exit_2(
