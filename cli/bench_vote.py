@@ -20,9 +20,10 @@ Output: one JSON object per run, with per round (after ``--warmup`` rounds): ``b
 (read from the workers' sockets, answers that came after an early close included) and its
 ratio to P x d x 4 (``ingress_ratio``), ``bytes_used`` (the record's: what the round used),
 the PS's wall time per round (``round_seconds``: broadcast until the model is updated), its
-CPU time (``ps_cpu_seconds``), and the fetch phase (``fetch_seconds``, the extra
-request/response trip). Medians and [min, max] are given; the machine's load average
-(``/proc/loadavg``) is recorded before and after.
+CPU time (``ps_cpu_seconds``), the answers phase (``answers_seconds``: broadcast until
+every payload, or every group's deciding digests, are in) and the fetch phase
+(``fetch_seconds``, the extra request/response trip after it). Medians and [min, max] are
+given; the machine's load average (``/proc/loadavg``) is recorded before and after.
 """
 
 from __future__ import annotations
@@ -330,6 +331,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "round_seconds": _stats([r["wall_seconds"] for r in recs]),
         "ps_cpu_seconds": _stats([r["ps_cpu_seconds"] for r in recs]),
         "fetch_seconds": _stats([r.get("fetch_seconds", 0.0) for r in recs]),
+        # Broadcast until the answers phase closed (the full vote: every payload in; the
+        # digest vote: every group decided), i.e. the round's wait without the fetch phase.
+        "answers_seconds": _stats([r["wait_seconds"] - r.get("fetch_seconds", 0.0) for r in recs]),
+        "decode_update_seconds": _stats([r["decode_seconds"] + r["update_seconds"] for r in recs]),
         "payload_requests": [r["payload_requests"] for r in recs],
         "hash_seconds": _stats(hashes) if hashes else None,
         "load_before": load_before,

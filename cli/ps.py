@@ -151,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PER_SEC",
         help="after the burst, a source's authentication attempts are answered at this rate",
     )
+    lg.add_argument(
+        "--max-outstanding-requests",
+        type=int,
+        default=lim.max_outstanding_requests,
+        metavar="K",
+        help="digest vote: unanswered payload requests remembered per worker, 1..4096 (the "
+        "oldest is forgotten beyond it; an answer to a forgotten one is a violation)",
+    )
     run = p.add_argument_group("run")
     run.add_argument(
         "--workers", type=int, default=d.n_workers, metavar="N", help="worker seats (ids 0..N-1)"

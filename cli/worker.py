@@ -34,6 +34,11 @@ from typing import Any
 from draco.errors import ConfigError, DracoError
 from draco.launch_env import resolve_ids
 from draco.net.eventloop import exit_status, on_stop_signals, run_with_loop
+from draco.net.protocol import (
+    MAX_OUTSTANDING_REQUESTS,
+    MAX_OUTSTANDING_REQUESTS_CAP,
+    check_outstanding_requests,
+)
 from draco.tasks.contract import DEVICES
 from draco.tasks.plugins import TaskOptionLimits, check_factory_name
 
@@ -133,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=metavar,
             help=f"refuse a task whose options (from the PS) {help_} ({default})",
         )
+    p.add_argument(
+        "--max-outstanding-requests",
+        type=int,
+        default=MAX_OUTSTANDING_REQUESTS,
+        metavar="K",
+        help="digest vote: unanswered payload requests from the PS remembered per connection, "
+        f"1..{MAX_OUTSTANDING_REQUESTS_CAP} (beyond it the oldest is forgotten and never "
+        f"answered; an honest PS has at most one) ({MAX_OUTSTANDING_REQUESTS})",
+    )
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     p.add_argument("--tls-ca", type=Path, default=None, help="CA file to verify the PS with")
     p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mTLS)")
@@ -211,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             from draco.tasks.torch.device import check_device
 
             check_device(args.device)
+        max_requests = check_outstanding_requests(args.max_outstanding_requests)
         if args.connect_timeout <= 0:
             raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
         if not args.join_timeout > 0:
@@ -233,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             allowed_tasks=frozenset(args.allow_task),
             device=args.device,
             task_option_limits=option_limits,
+            max_outstanding_requests=max_requests,
         )
     except DracoError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

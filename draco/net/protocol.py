@@ -31,10 +31,12 @@ one bounded header. The ``limits`` given (or assigned later) apply from ``READY`
 
 from __future__ import annotations
 
+import bisect
 import enum
 from typing import Final
 
 from draco.errors import (
+    ConfigError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
@@ -60,6 +62,8 @@ from draco.net.messages import (
 
 __all__ = [
     "CLOSED",
+    "MAX_OUTSTANDING_REQUESTS",
+    "MAX_OUTSTANDING_REQUESTS_CAP",
     "NEED_DATA",
     "TRANSITIONS",
     "Closed",
@@ -67,6 +71,7 @@ __all__ = [
     "NeedData",
     "Role",
     "State",
+    "check_outstanding_requests",
 ]
 
 
@@ -153,9 +158,32 @@ TRANSITIONS: dict[tuple[Role, State, str, type], State] = {
     (Role.CLIENT, State.READY, _RECV, PayloadRequest): State.READY,
     (Role.CLIENT, State.READY, _SEND, Payload): State.READY,  # only if requested
 }
-#: Default bound on outstanding PayloadRequests per connection (the PS asks a worker at most
-#: once per attempt; more unanswered requests than this mean a worker that is not answering).
+#: Default bound on outstanding PayloadRequests per connection (``--max-outstanding-requests``
+#: on both ends). An honest pair never has more than one: the PS asks a worker at most once per
+#: attempt and only after its digest, which the worker sends after answering any earlier
+#: request. More mean a worker that does not answer (the PS forgets its oldest requests: a late
+#: answer to one is then a violation) or a PS flooding requests (the worker forgets them: it
+#: answers only requests still recorded). Each entry is one (round, attempt) pair.
 MAX_OUTSTANDING_REQUESTS = 16
+#: Largest value accepted for the bound (keeps each request O(log n) + a short list shift).
+MAX_OUTSTANDING_REQUESTS_CAP = 4096
+
+
+def check_outstanding_requests(value: object, flag: str = "--max-outstanding-requests") -> int:
+    """``value`` as a bound on outstanding requests, 1 .. MAX_OUTSTANDING_REQUESTS_CAP.
+
+    Raises
+    ------
+    ConfigError
+        Not an int, or out of range (the message names ``flag``).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{flag} must be an integer, got {value!r}")
+    if not 1 <= value <= MAX_OUTSTANDING_REQUESTS_CAP:
+        raise ConfigError(f"{flag} must be in [1, {MAX_OUTSTANDING_REQUESTS_CAP}], got {value}")
+    return int(value)
+
+
 _TERMINAL_MESSAGES = (Bye, Error)
 _INITIAL = {Role.SERVER: State.AWAIT_HELLO, Role.CLIENT: State.SEND_HELLO}
 
@@ -172,6 +200,9 @@ class Connection:
     allocate : Allocate, optional
         The frame decoder's ``allocate`` hook (e.g. the server's ``ArrayPool``): where
         received tensors land. Never reached before ``READY`` (no tensors are accepted).
+    max_outstanding_requests : int
+        Bound on ``requested`` (1 .. MAX_OUTSTANDING_REQUESTS_CAP; ConfigError otherwise):
+        beyond it the oldest request is forgotten (``requests_forgotten`` counts them).
 
     Attributes
     ----------
@@ -196,10 +227,17 @@ class Connection:
     requested : list of (int, int)
         (round, attempt) of the PayloadRequests sent (server) / received (client) and not yet
         answered, oldest first; at most ``max_outstanding_requests``.
+    requests_forgotten : int
+        Requests dropped from ``requested`` because it was full.
     """
 
     def __init__(
-        self, role: Role, limits: Limits | None = None, allocate: Allocate | None = None
+        self,
+        role: Role,
+        limits: Limits | None = None,
+        allocate: Allocate | None = None,
+        *,
+        max_outstanding_requests: int = MAX_OUTSTANDING_REQUESTS,
     ) -> None:
         if not isinstance(role, Role):
             raise LocalProtocolError(f"role must be a Role, got {role!r}")
@@ -216,7 +254,10 @@ class Connection:
         self.last_round_start: tuple[int, int] = (-1, -1)
         self.last_answered: tuple[int, int] = (-1, -1)
         self.requested: list[tuple[int, int]] = []
-        self.max_outstanding_requests = MAX_OUTSTANDING_REQUESTS
+        self.max_outstanding_requests = check_outstanding_requests(
+            max_outstanding_requests, "max_outstanding_requests"
+        )
+        self.requests_forgotten = 0
 
     # -- limits --------------------------------------------------------------------------
 
@@ -234,6 +275,12 @@ class Connection:
     def _sync_limits(self) -> None:
         ready = self.state is State.READY
         self._decoder.limits = self._limits if ready else self._limits.pre_auth()
+
+    def is_requested(self, round_index: int, attempt: int) -> bool:
+        """(round, attempt) is an outstanding request: a ``Payload`` for it is legal now."""
+        key = (round_index, attempt)
+        i = bisect.bisect_left(self.requested, key)
+        return i < len(self.requested) and self.requested[i] == key
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -349,20 +396,23 @@ class Connection:
             self._check_answer(msg, error)
         elif isinstance(msg, PayloadRequest):
             key = (msg.round_index, msg.attempt)
-            if key not in self.requested:
-                self.requested.append(key)
-                self.requested.sort()
-                # Bounded: a peer that never answers cannot grow this list.
-                del self.requested[: max(0, len(self.requested) - self.max_outstanding_requests)]
+            i = bisect.bisect_left(self.requested, key)
+            if i == len(self.requested) or self.requested[i] != key:
+                self.requested.insert(i, key)
+                # Bounded: a peer that never answers (or floods requests) cannot grow it.
+                excess = len(self.requested) - self.max_outstanding_requests
+                if excess > 0:
+                    del self.requested[:excess]
+                    self.requests_forgotten += excess
         elif isinstance(msg, Payload):
             key = (msg.round_index, msg.attempt)
-            if key not in self.requested:
+            if not self.is_requested(*key):
                 raise error(
                     f"Payload for round {msg.round_index} attempt {msg.attempt} was not "
                     "requested (unsolicited or duplicate)"
                 )
             # Retire it and every older request (answers come in request order).
-            self.requested = [k for k in self.requested if k > key]
+            del self.requested[: bisect.bisect_right(self.requested, key)]
         elif isinstance(msg, Hello):
             if msg.protocol_version != PROTOCOL_VERSION:
                 raise (VersionMismatchError if direction == _RECV else LocalProtocolError)(

@@ -528,12 +528,24 @@ class RoundCollector:
         """The next majority member to ask for ``group``'s payload, or None (given up).
 
         Bounded by ``DigestVoteConfig.requests_per_group``; members that failed or were
-        found lying are skipped.
+        found lying are skipped. Members whose digest joined the majority after the group was
+        planned (a group is planned at its first s+1 equal digests) come after the planned
+        ones: when the first backers died or froze between digest and payload, a later
+        honest backer still serves the group in this attempt.
         """
         limit = self.digest_config.requests_per_group(self.code.n_adversaries)
         if group in self.verified or sum(1 for g in self.asked.values() if g == group) >= limit:
             return None
-        for j in self._fetch_order.get(group, []):
+        order = self._fetch_order.get(group, [])
+        vote = self._fetch_votes.get(group)
+        if vote is not None and vote.digest is not None:
+            eligible = self._eligible_digests()
+            order += [
+                j
+                for j in self._groups()[group]
+                if j not in order and eligible.get(j) == vote.digest
+            ]
+        for j in order:
             if j not in self.asked and j not in self.fetch_failed and j not in self.erased:
                 return j
         return None

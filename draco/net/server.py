@@ -563,7 +563,12 @@ class ParameterServer:
             self._listener = await loop.create_server(
                 lambda: Peer(
                     self,
-                    Connection(Role.SERVER, self._handshake_limits, self.payload_pool),
+                    Connection(
+                        Role.SERVER,
+                        self._handshake_limits,
+                        self.payload_pool,
+                        max_outstanding_requests=cfg.limits.max_outstanding_requests,
+                    ),
                     tls=self.ssl_context,
                     tls_timeout=cfg.handshake_timeout,
                 ),
@@ -1104,7 +1109,9 @@ class ParameterServer:
             fut = self._pending_fetch.get(j)
             if fut is not None and not fut.done():
                 fut.set_result(None)  # its payload will not come: ask the next member
-            rnd = self._round
+            # The digest vote's fetch phase is still the attempt (``_round`` is None then): a
+            # member lost there makes a failed attempt one with workers missing, not counted.
+            rnd = self._round or self._fetching
             if rnd is not None and peer.conn.last_round_start == (rnd.index, rnd.attempt):
                 rnd.erase(j, reason)
                 self._absent_in_attempt.add(j)

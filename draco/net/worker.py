@@ -70,7 +70,13 @@ from draco.errors import (
 from draco.net import messages as m
 from draco.net.auth import handshake_mac
 from draco.net.frames import PROTOCOL_VERSION, Limits
-from draco.net.protocol import Connection, Role, State
+from draco.net.protocol import (
+    MAX_OUTSTANDING_REQUESTS,
+    Connection,
+    Role,
+    State,
+    check_outstanding_requests,
+)
 from draco.net.stream import ConnectionProtocol
 from draco.tasks.contract import Task
 from draco.tasks.plugins import TaskOptionLimits
@@ -124,6 +130,10 @@ class WorkerOptions:
         run must use the tolerance vote (the bits differ across devices), else refused.
     task_option_limits : TaskOptionLimits
         Bounds on a plug-in task's options received from the PS.
+    max_outstanding_requests : int
+        Digest vote: PayloadRequests from the PS remembered per connection and not yet
+        answered (``Connection.max_outstanding_requests``); a request forgotten beyond it is
+        not answered. Bounds what a PS flooding requests can make the worker keep.
     """
 
     host: str
@@ -139,6 +149,10 @@ class WorkerOptions:
     allowed_tasks: frozenset[str] = frozenset()
     device: str = "cpu"
     task_option_limits: TaskOptionLimits = field(default_factory=TaskOptionLimits)
+    max_outstanding_requests: int = MAX_OUTSTANDING_REQUESTS
+
+    def __post_init__(self) -> None:
+        check_outstanding_requests(self.max_outstanding_requests)
 
 
 class _Compute:
@@ -362,6 +376,8 @@ class LogicalWorker:
         self.options = options
         self.compute = compute
         self.rounds_sent = 0
+        self.payloads_sent = 0  # digest vote: Payloads sent on request
+        self.requests_skipped = 0  # digest vote: PayloadRequests not answered
         self.connections = 0
         self.welcomed = False  # at least once: from then on a dropped connection is retried
         self._session_welcomed = False
@@ -426,7 +442,9 @@ class LogicalWorker:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            conn = Connection(Role.CLIENT, opts.limits)
+            conn = Connection(
+                Role.CLIENT, opts.limits, max_outstanding_requests=opts.max_outstanding_requests
+            )
             proto = _ClientProtocol(conn)
             try:
                 await asyncio.wait_for(
@@ -502,18 +520,7 @@ class LogicalWorker:
             if isinstance(msg, m.Error):
                 return self._ended_by(msg)
             if isinstance(msg, m.PayloadRequest):
-                payload = held.get((msg.round_index, msg.attempt))
-                if payload is None:
-                    log.info(
-                        "worker %d: payload of round %d attempt %d no longer held",
-                        self.id,
-                        msg.round_index,
-                        msg.attempt,
-                    )
-                    continue
-                await proto.send(
-                    m.Payload(round_index=msg.round_index, attempt=msg.attempt, payload=payload)
-                )
+                await self._answer_request(proto, msg, held)
                 continue
             if not isinstance(msg, m.RoundStart):
                 raise RemoteProtocolError(f"worker {self.id}: unexpected {type(msg).__name__}")
@@ -549,6 +556,38 @@ class LogicalWorker:
                 )
             )
             self.rounds_sent += 1
+
+    async def _answer_request(
+        self,
+        proto: _ClientProtocol,
+        msg: m.PayloadRequest,
+        held: dict[tuple[int, int], np.ndarray],
+    ) -> None:
+        """Send the requested payload, at most once per (round, attempt).
+
+        Not answered: a payload no longer (or never) held, one already sent (popped from
+        ``held``: an honest PS asks a worker once per attempt, so a repeated request is a
+        flood, which must not make us upload d floats per tiny request), and a request the
+        connection forgot (more than ``max_outstanding_requests`` outstanding). A skipped
+        request costs a counter, not a log line each (a flood must not flood the log).
+        """
+        key = (msg.round_index, msg.attempt)
+        payload = held.pop(key, None)
+        if payload is None or not proto.conn.is_requested(*key):
+            self.requests_skipped += 1
+            if self.requests_skipped == 1:
+                log.info(
+                    "worker %d: not answering the payload request for round %d attempt %d "
+                    "(not held, already sent, or forgotten); further ones are only counted",
+                    self.id,
+                    msg.round_index,
+                    msg.attempt,
+                )
+            return
+        await proto.send(
+            m.Payload(round_index=msg.round_index, attempt=msg.attempt, payload=payload)
+        )
+        self.payloads_sent += 1
 
     def _superseded(self, msg: m.RoundStart, proto: _ClientProtocol) -> bool:
         """A newer (round, attempt) has been read: answering ``msg`` would be useless."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from draco.core.codes import CODES
 from draco.errors import ConfigError
+from draco.net.protocol import MAX_OUTSTANDING_REQUESTS, check_outstanding_requests
 from draco.options import parse_options
 from draco.ps.optim import SGDConfig
 
@@ -85,6 +86,11 @@ class ServerLimits:
     auth_failure_rate : float
         Authentication failures per second one source address is answered at after its
         burst; further Auths from it are verified only after a delay.
+    max_outstanding_requests : int
+        Digest vote: PayloadRequests sent to one worker and not yet answered that the
+        connection remembers (1 .. 4096); beyond it the oldest is forgotten, and a late
+        answer to a forgotten request is a protocol violation. An honest worker never has
+        more than one.
     """
 
     max_header_bytes: int = 64 * 1024  # a Gradient header is ~100 bytes
@@ -94,8 +100,10 @@ class ServerLimits:
     max_pending_per_source: int = 16  # a worker host needs 1 per logical worker joining at once
     auth_failure_burst: int = 20
     auth_failure_rate: float = 5.0  # per second
+    max_outstanding_requests: int = MAX_OUTSTANDING_REQUESTS
 
     def __post_init__(self) -> None:
+        check_outstanding_requests(self.max_outstanding_requests)
         _check_int("--max-header-bytes", self.max_header_bytes, 256, 2**32 - 1)
         _check_int("--max-handshake-header-bytes", self.max_handshake_header_bytes, 128, 2**20)
         _check_int("--max-messages-per-round", self.max_messages_per_round, 1, 10_000)
@@ -366,6 +374,9 @@ class PSConfig:
             max_pending_per_source=args.max_pending_per_source,
             auth_failure_burst=args.auth_failure_burst,
             auth_failure_rate=args.auth_failure_rate,
+            max_outstanding_requests=getattr(
+                args, "max_outstanding_requests", MAX_OUTSTANDING_REQUESTS
+            ),
         )
         attack = None if args.attack in (None, "", "none") else args.attack
         aggregator_options = parse_options(getattr(args, "aggregator_option", None) or [])

@@ -24,6 +24,7 @@ from draco.net.frames import encode_frame
 from draco.net.protocol import CLOSED
 from draco.net.rounds import DigestVoteConfig
 from draco.net.server import ParameterServer
+from draco.ps.config import ServerLimits
 from draco.tasks.lstsq import LeastSquaresTask
 
 pytestmark = pytest.mark.asyncio
@@ -50,6 +51,12 @@ class Behaviour:
     def after_payload(self, client: Client, t: int, attempt: int, y: np.ndarray) -> None:
         """Called after the payload went out (e.g. to send a duplicate)."""
 
+    def on_request(
+        self, client: Client, req: m.PayloadRequest, held: dict[tuple[int, int], np.ndarray]
+    ) -> bool:
+        """Called first on every PayloadRequest: True means handled (no default answer)."""
+        return False
+
 
 async def digest_worker(
     server: ParameterServer, task: LeastSquaresTask, j: int, how: Behaviour | None = None
@@ -71,6 +78,8 @@ async def digest_worker(
             return counts
         if isinstance(ev, m.PayloadRequest):
             counts["requests"] += 1
+            if how.on_request(client, ev, held):
+                continue
             y = held[(ev.round_index, ev.attempt)]
             out = how.payload(ev.round_index, y)
             if out is None:
@@ -309,6 +318,32 @@ async def test_a_majority_member_that_disconnects_before_its_payload_is_replaced
     assert done[0]["requests"] == 1
 
 
+class VanishLater(Behaviour):
+    """Asked for its payload, disconnects 0.6 s later: after the last (Late, 0.3 s) digest,
+    so in the fetch phase proper, once the digest phase of the attempt has closed."""
+
+    def on_request(
+        self, client: Client, req: m.PayloadRequest, held: dict[tuple[int, int], np.ndarray]
+    ) -> bool:
+        asyncio.get_running_loop().call_later(0.6, client.close)
+        return True
+
+
+async def test_an_attempt_lost_to_a_member_gone_during_the_fetch_is_not_counted() -> None:
+    """With one request per group, worker 0 vanishing when asked fails the attempt. It was
+    lost to a worker that left, not to liars: like a failed attempt with workers missing it
+    is waited out under --rejoin-timeout, not counted (--max-failed-rounds 1 would stop)."""
+    server, rec, _ = await run(
+        first_backers({0: VanishLater()}),
+        digest=DigestVoteConfig(max_payload_requests=1),
+        max_failed_rounds=1,
+    )
+    assert server.engine.params.tobytes() == await full_vote_params()
+    first = rec.records[0]
+    assert first["attempts"] == 2 and not first["failed"]
+    assert "no member of its majority" in first["retry_error"]
+
+
 class Silent(Behaviour):
     """A majority member that never answers its payload request (frozen)."""
 
@@ -326,6 +361,43 @@ async def test_a_member_that_does_not_answer_in_time_is_replaced() -> None:
     # the round's wait (broadcast to close), not necessarily in fetch_seconds.
     assert not first["failed"] and first["wait_seconds"] >= 0.3
     assert first["payload_requests"] == len(groups_of()) + 1
+
+
+class AnswersLate(Behaviour):
+    """A majority member frozen between its digest and its payload: it answers its round-0
+    request only when next asked (round 2), after the PS gave that request up."""
+
+    def on_request(
+        self, client: Client, req: m.PayloadRequest, held: dict[tuple[int, int], np.ndarray]
+    ) -> bool:
+        if req.round_index == 2:
+            client.send(m.Payload(round_index=0, attempt=0, payload=held[(0, 0)]))
+        return True  # never answers the request just received
+
+
+@pytest.mark.parametrize(("cap", "refused"), [(16, 0), (1, 1)])
+async def test_a_late_payload_is_ignored_unless_its_request_was_forgotten(
+    cap: int, refused: int
+) -> None:
+    """Worker 0 is asked first in rounds 0 and 2 (rotation over its group's first backers
+    0 and 1) and answers neither in time: the PS asks worker 1 after --payload-timeout. Its
+    late answer to round 0 is legal and ignored while the PS still remembers that request
+    (default bound 16: it keeps its seat); with --max-outstanding-requests 1 the round-2
+    request pushed it out, so the answer is unsolicited: a violation, the connection is
+    closed. The model is the full vote's either way."""
+    server, rec, done = await run(
+        first_backers({0: AnswersLate()}),
+        digest=DigestVoteConfig(payload_timeout=0.3),
+        limits=ServerLimits(max_outstanding_requests=cap),
+    )
+    assert server.engine.params.tobytes() == await full_vote_params()
+    assert server.refused == refused
+    for r in rec.records:
+        assert not r["failed"] and r["adversaries_located"] == []
+    assert [rec.records[t]["payload_requests"] for t in (0, 2)] == [len(groups_of()) + 1] * 2
+    assert done[0]["requests"] == 2 and done[0]["payloads"] == 0
+    # Kept its seat (answered every round) or was closed right after its late answer.
+    assert done[0]["digests"] == (ROUNDS if refused == 0 else 3)
 
 
 class Duplicate(Behaviour):
@@ -366,6 +438,8 @@ async def test_duplicate_or_unsolicited_payloads_close_the_connection(case: str)
         (["--vote", "digest", "--digest-bytes", "8"], "--digest-bytes"),
         (["--vote", "digest", "--max-payload-requests", "0"], "--max-payload-requests"),
         (["--vote", "digest", "--payload-timeout", "-1"], "--payload-timeout"),
+        (["--max-outstanding-requests", "0"], "--max-outstanding-requests"),
+        (["--max-outstanding-requests", "5000"], "--max-outstanding-requests"),
     ],
 )
 async def test_draco_ps_vote_usage_errors_are_one_line_exit_2(

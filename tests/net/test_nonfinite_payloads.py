@@ -16,9 +16,9 @@ import pytest
 
 from draco.core.attacks import make_attack
 from draco.core.codes import CyclicCode, make_code
-from draco.lstsq import LeastSquaresTask
 from draco.net.rounds import RoundEngine, RoundRecord, Verdict
-from draco.optim import SGD, SGDConfig
+from draco.ps.optim import SGD, SGDConfig
+from draco.tasks.lstsq import LeastSquaresTask
 
 DIM = 8
 #: Large enough for the cyclic decoder's fast path (>= 8 projection blocks).

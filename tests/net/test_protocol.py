@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from draco.errors import LocalProtocolError, RemoteProtocolError, VersionMismatchError
+from draco.errors import ConfigError, LocalProtocolError, RemoteProtocolError, VersionMismatchError
 from draco.net.frames import MAGIC, PREFIX, PROTOCOL_VERSION, Limits, encode_frame
 from draco.net.messages import (
     Auth,
@@ -75,8 +77,9 @@ def in_round(t: int = 0) -> tuple[Connection, Connection]:
     return server, client
 
 
-def handshake(step: int = 0) -> tuple[Connection, Connection]:
-    server, client = Connection(Role.SERVER, Limits()), Connection(Role.CLIENT, Limits())
+def handshake(step: int = 0, **kw: Any) -> tuple[Connection, Connection]:
+    server = Connection(Role.SERVER, Limits(), **kw)
+    client = Connection(Role.CLIENT, Limits(), **kw)
     assert (server.state, client.state) == (State.AWAIT_HELLO, State.SEND_HELLO)
     assert deliver(client, server, Hello(PROTOCOL_VERSION, 3), step) == Hello(PROTOCOL_VERSION, 3)
     assert (server.state, client.state) == (State.SEND_CHALLENGE, State.AWAIT_CHALLENGE)
@@ -502,6 +505,38 @@ def test_outstanding_requests_are_bounded() -> None:
     server.receive_data(raw(Payload(0, 0, PARAMS)))  # forgotten: no longer answerable
     with pytest.raises(RemoteProtocolError):
         server.next_event()
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+def test_the_outstanding_request_bound_is_configurable(cap: int) -> None:
+    """A PS flooding requests (or a worker never answering them): both ends keep the newest
+    ``cap``, count what they forgot, and only a remembered request may be answered."""
+    server, client = handshake(max_outstanding_requests=cap)
+    flood = [(t, a) for t in range(50) for a in range(2)][::-1]  # newest first: worst order
+    for t, a in flood:
+        deliver(server, client, PayloadRequest(t, a))
+        deliver(server, client, PayloadRequest(t, a))  # a repeated request is kept once
+    newest = sorted(flood)[-cap:]
+    assert server.requested == client.requested == newest
+    # Newest first: every request older than the first ``cap`` is forgotten as it comes,
+    # its repeat too (a forgotten key is a new request again).
+    assert server.requests_forgotten == client.requests_forgotten == 2 * (len(flood) - cap)
+    assert client.is_requested(*newest[0]) and not client.is_requested(0, 0)
+    # The oldest remembered request may be answered (and only it is retired) ...
+    assert deliver(client, server, Payload(*newest[0], PARAMS)) == Payload(*newest[0], PARAMS)
+    assert server.requested == client.requested == newest[1:]
+    # ... a forgotten one may not: the worker cannot send it, the PS refuses it.
+    with pytest.raises(LocalProtocolError, match="not requested"):
+        client.send(Payload(0, 0, PARAMS))
+    server.receive_data(raw(Payload(0, 0, PARAMS)))
+    with pytest.raises(RemoteProtocolError, match="not requested"):
+        server.next_event()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 4097, True, 2.0, "16", None])
+def test_a_bad_outstanding_request_bound_is_a_config_error(bad: Any) -> None:
+    with pytest.raises(ConfigError, match="max_outstanding_requests"):
+        Connection(Role.CLIENT, max_outstanding_requests=bad)
 
 
 def test_client_cannot_send_an_unrequested_payload() -> None:

@@ -13,6 +13,7 @@ from draco.core.attacks import make_attack
 from draco.core.codes import make_code
 from draco.errors import ConfigError
 from draco.net.rounds import (
+    DigestVoteConfig,
     RoundEngine,
     Verdict,
     attack_seed,
@@ -493,6 +494,49 @@ def test_fetch_liars_are_located_and_requests_are_bounded() -> None:
     res = _run_digest_round(engine, task, lie_on_fetch=frozenset({0}))
     assert not res.ok and "no member of its majority" in res.error
     assert engine.params.tobytes() == before.tobytes() and engine.attempt == 1
+
+
+def test_backers_whose_digests_came_after_the_plan_are_asked_when_the_planned_ones_fail() -> None:
+    """A group is planned at its first s+1 equal digests (the early fetch); when those all
+    die or freeze between digest and payload, a member whose equal digest came later serves
+    the group in the same attempt (within --max-payload-requests)."""
+    from draco.core.digests import payload_digest
+
+    n, s = 10, 2  # groups of 5: (0..4), (5..9)
+    code = make_code("repetition", n, s)
+    task = _task(n)
+    engine = _engine(code, task, vote="digest", digest=DigestVoteConfig(max_payload_requests=4))
+    rnd = engine.start_round()
+    assert rnd.digest_key is not None
+    honest = _payloads(code, task, engine.params, rnd.index)
+
+    def digest(j: int) -> None:
+        d = payload_digest(honest[j], rnd.digest_key or b"", 32)
+        assert rnd.offer_digest(j, rnd.index, d, attempt=0).verdict is Verdict.ACCEPTED
+
+    for j in (0, 1, 2):
+        digest(j)
+    assert rnd.group_decided(0)
+    rnd.plan_group(0)
+    asked = []
+    for _ in range(3):  # the planned backers 0, 1, 2 vanish one after the other
+        j = rnd.next_candidate(0)
+        assert j is not None
+        asked.append(j)
+        rnd.requested(j, 0, 50)
+        rnd.give_up(j, "disconnected before sending its payload")
+    assert sorted(asked) == [0, 1, 2]
+    assert rnd.next_candidate(0) is None  # nobody else backs the majority yet
+    digest(4)
+    digest(3)
+    assert rnd.next_candidate(0) == 3  # id order among the late backers
+    rnd.requested(3, 0, 50)
+    # That was the fourth request, the limit: member 4 (a backer too) is not asked.
+    assert rnd.next_candidate(0) is None and len(rnd.asked) == 4
+    y = honest[3]
+    assert rnd.check_payload(3, rnd.index, 0, y).verdict is Verdict.ACCEPTED
+    assert rnd.verify(3, y, payload_digest(y, rnd.digest_key, 32))
+    assert rnd.verified[0] is y and not rnd.fetch_liars
 
 
 def test_digest_offer_validation() -> None:

@@ -492,3 +492,84 @@ def test_equal_payloads_of_a_round_share_one_digest() -> None:
             assert compute.digest(x, key, 32) == d1 and h.call_count == 4  # forgotten
     finally:
         compute.close()
+
+
+# -- digest vote: a parameter server flooding payload requests -----------------------------
+
+KEY = b"\x5a" * 32
+
+
+@pytest.mark.parametrize("cap", [16, 4096])
+async def test_a_ps_flooding_payload_requests_gets_each_held_payload_once(cap: int) -> None:
+    """Hostile PS: the same request again and again, then thousands for payloads the worker
+    never held. The worker uploads the requested payload once, skips the rest (counted, not
+    logged each) and still serves the next rounds. It remembers at most
+    ``--max-outstanding-requests`` requests: a request older than that many newer ones is
+    forgotten on arrival and never answered (cap 16), one within the bound is (cap 4096)."""
+    from draco.core.digests import payload_digest
+    from draco.net import worker as w
+
+    flood = 2000
+    seen: dict[str, Any] = {}
+
+    async def script(peer: Peer) -> None:
+        # This fake PS remembers every request it sends (so it accepts any answer).
+        peer.conn = Connection(Role.SERVER, max_outstanding_requests=4096)
+        assert await peer.handshake() == 0
+        await peer.send(m.RoundStart(0, PARAMS, None, 0, attempt=0, digest_key=KEY))
+        digest = await peer.recv()
+        assert isinstance(digest, m.Digest) and (digest.round_index, digest.attempt) == (0, 0)
+        y0 = _honest(0, PARAMS, 0)
+        assert digest.digest == payload_digest(y0, KEY, 32)
+        for _ in range(5):
+            peer.writer.writelines(peer.conn.send(m.PayloadRequest(0, 0)))
+        got = [await peer.recv()]
+        for t in range(1, flood + 1):
+            peer.writer.writelines(peer.conn.send(m.PayloadRequest(10_000 + t, 0)))
+        await peer.send(m.RoundStart(1, PARAMS, None, 0, attempt=0, digest_key=KEY))
+        got.append(await peer.recv())
+        await peer.send(m.PayloadRequest(1, 0))  # older than every request of the flood
+        await peer.send(m.RoundStart(2, PARAMS, None, 0, attempt=0, digest_key=KEY))
+        got.append(await peer.recv())
+        if cap > flood:
+            got.append(await peer.recv())
+        seen.update(got=got, y0=y0)
+        await peer.send(m.Bye("done"))
+
+    async with fake_ps(script) as (port, _):
+        options = _options(port, range(1), max_outstanding_requests=cap)
+        compute = w._Compute(share_gradients=True)
+        worker = w.LogicalWorker(0, options.tokens[0], options, compute)
+        try:
+            await asyncio.wait_for(worker.run(), TIMEOUT)
+        finally:
+            compute.close()
+    got = seen["got"]
+    # One Payload for round 0 (five requests), then round 1's Digest (the flood: nothing).
+    assert isinstance(got[0], m.Payload) and (got[0].round_index, got[0].attempt) == (0, 0)
+    np.testing.assert_array_equal(got[0].payload, seen["y0"])
+    assert isinstance(got[1], m.Digest) and got[1].round_index == 1
+    if cap < flood:
+        # (1, 0) came after 2000 newer requests: forgotten on arrival, never answered.
+        assert isinstance(got[2], m.Digest) and got[2].round_index == 2
+        assert (worker.payloads_sent, worker.requests_skipped) == (1, 4 + flood + 1)
+    else:
+        assert isinstance(got[2], m.Payload) and (got[2].round_index, got[2].attempt) == (1, 0)
+        assert isinstance(got[3], m.Digest) and got[3].round_index == 2
+        assert (worker.payloads_sent, worker.requests_skipped) == (2, 4 + flood)
+    assert worker.rounds_sent == 3
+
+
+def test_draco_worker_refuses_a_bad_outstanding_request_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from draco.cli import worker as cli
+    from draco.net.auth import issue_tokens, write_token_file
+
+    tokens = tmp_path / "tokens"
+    write_token_file(tokens, issue_tokens(SECRET, range(1)))
+    argv = ["--ps", "127.0.0.1:1", "--id", "0", "--token-file", str(tokens)]
+    assert cli.main([*argv, "--max-outstanding-requests", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("draco-worker: error:") and "--max-outstanding-requests" in err
+    assert "Traceback" not in err

@@ -1,6 +1,8 @@
 """Table of benchmarks/results/digest_vote/rounds.jsonl (``draco-bench net --vote ...`` runs).
 
 python benchmarks/results/digest_vote/summarize.py benchmarks/results/digest_vote/rounds.jsonl
+
+Rows: (d, link, vote); a ``--link-both`` run (PS egress shaped too) is its own link.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ def main(path: str) -> None:
         for line in f:
             if line.startswith("{"):
                 r = json.loads(line)
-                rows[(r["dim"], r["link"], r["vote"])].append(r)
+                link = r["link"]
+                if r.get("link_shapes") == "ingress+egress":
+                    link += " both ways"  # --link-both: the broadcast is shaped too
+                rows[(r["dim"], link, r["vote"])].append(r)
     print(
         "| d | link | vote | runs | ingress / (P d 4) | round s: median [run medians] "
-        "(min..max) | PS CPU s | fetch s | load |"
+        "(min..max) | answers s | fetch s | PS CPU s | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     medians = {}
     for (dim, link, vote), rs in sorted(rows.items()):
         rounds = [v for r in rs for v in r["round_seconds"]["values"]]
@@ -32,10 +37,16 @@ def main(path: str) -> None:
         fetch = statistics.median(v for r in rs for v in r["fetch_seconds"]["values"])
         ingress = statistics.median(v for r in rs for v in r["ingress_ratio"]["values"])
         loads = [float(r[k].split()[0]) for r in rs for k in ("load_before", "load_after")]
+        # Broadcast until every answer (full) / deciding digest (digest) is in; "-" for runs
+        # made before the benchmark reported it.
+        answers_runs = [r["answers_seconds"]["values"] for r in rs if "answers_seconds" in r]
+        answers = (
+            f"{statistics.median(v for a in answers_runs for v in a):.3f}" if answers_runs else "-"
+        )
         med = medians[(dim, link, vote)] = statistics.median(rounds)
         print(
             f"| {dim:,} | {link} | {vote} | {len(rs)} | {ingress:.4f} | {med:.3f} [{runs}] "
-            f"({min(rounds):.3f}..{max(rounds):.3f}) | {cpu:.3f} | {fetch:.3f} | "
+            f"({min(rounds):.3f}..{max(rounds):.3f}) | {answers} | {fetch:.3f} | {cpu:.3f} | "
             f"{min(loads):.1f}-{max(loads):.1f} |"
         )
     for (dim, link, vote), med in sorted(medians.items()):
