@@ -11,17 +11,21 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from draco.errors import ConfigError
 from draco.net.eventloop import exit_status, on_stop_signals, run_with_loop
 from draco.ps.config import PSConfig
 from draco.ps.optim import SGD
 from draco.ps.recorder import RunRecorder, model_sha256
-from draco.tasks.contract import CUSTOM_MODEL
+from draco.tasks.contract import CUSTOM_MODEL, Task
 from draco.tasks.registry import make_task
+
+if TYPE_CHECKING:
+    from draco.net.rounds import RoundEngine
 
 __all__ = ["RunResult", "prepare", "run", "serve"]
 
@@ -72,16 +76,9 @@ def prepare(config: PSConfig) -> tuple[PSConfig, dict[str, Any]]:
     return config, state
 
 
-async def serve(config: PSConfig, out: TextIO = sys.stdout) -> RunResult:
-    """Build everything from ``config`` and serve the run (on the running event loop).
-
-    Progress lines and the PS's notices go to ``out``; the summary is returned (and written
-    to the run directory), not printed.
-    """
-    from draco.core.codes import make_code
+def _credentials(config: PSConfig) -> tuple[bytes, ssl.SSLContext | None]:
+    """The cluster secret and, with ``--tls-cert/--tls-key``, the server's TLS context."""
     from draco.net import auth
-    from draco.net.rounds import DigestVoteConfig, RoundEngine
-    from draco.net.server import ParameterServer
 
     if config.secret_file is None:
         raise ConfigError(
@@ -93,34 +90,31 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> RunResult:
     ssl_context = None
     if config.tls_cert is not None and config.tls_key is not None:
         ssl_context = auth.server_ssl_context(config.tls_cert, config.tls_key, config.tls_ca)
-    config, state = prepare(config)
-    rundir, ckpt = state["rundir"], state["checkpoint"]
+    return secret, ssl_context
+
+
+def _make_code(config: PSConfig) -> Any:
+    from draco.core.codes import make_code
+
     code = make_code(config.code, config.n_workers, config.n_adversaries, **config.code_options())
     if int(config.task.get("n_partitions", code.n_partitions)) != code.n_partitions:
         raise ConfigError(
             f"the task has {config.task['n_partitions']} partitions, the code "
             f"{code.n_partitions}: they must match"
         )
-    # Loading a data set can take seconds: keep the loop free (signals still work). A
-    # plug-in factory is allowed here because this process's own operator named it.
-    allowed = [config.task["factory"]] if config.task.get("model") == CUSTOM_MODEL else []
-    task = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: make_task(config.task, allowed=allowed)
-    )
-    if config.vote_rtol is not None:
-        print(
-            f"{PROG}: repetition code with the TOLERANCE vote (rtol {config.vote_rtol:g}): "
-            "payloads that agree within rtol count as equal, for workers on devices that "
-            "cannot give bit-identical gradients",
-            file=out,
-            flush=True,
-        )
+    return code
+
+
+def _make_engine(config: PSConfig, code: Any, task: Task) -> RoundEngine:
+    """The round engine: the code, the task's initial state, the optimizer, the attack."""
+    from draco.net.rounds import DigestVoteConfig, RoundEngine
+
     attack = None
     if config.attack is not None:
         from draco.core.attacks import make_attack
 
         attack = make_attack(config.attack, **config.attack_options)
-    engine = RoundEngine(
+    return RoundEngine(
         code,
         task.initial_params(),
         # Batch-norm buffers in the task's state vector follow their own rule (draco.ps.optim).
@@ -138,57 +132,48 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> RunResult:
             payload_timeout=config.payload_timeout,
         ),
     )
+
+
+def _open_or_resume(
+    config: PSConfig, state: dict[str, Any], engine: RoundEngine, task: Task, out: TextIO
+) -> float:
+    """A new run writes config.json; a resumed one restores its checkpoint and cuts its
+    metrics there. Returns the wall seconds of earlier processes of the run."""
+    rundir, ckpt = state["rundir"], state["checkpoint"]
+    if rundir is None:
+        return 0.0
+    if not config.resume:
+        rundir.write_config(
+            {
+                **config.to_dict(),
+                "dim": task.dim,
+                "n_partitions": engine.code.n_partitions,
+                "format": 1,
+            }
+        )
+        return 0.0
     wall_offset = 0.0
-    if rundir is not None:
-        if config.resume:
-            if ckpt is not None:
-                engine.restore(ckpt.params, ckpt.optimizer_state, ckpt.extra)
-                wall_offset = float(ckpt.extra.get("wall_seconds", 0.0))
-            rundir.truncate_metrics(engine.next_round)
-            print(
-                f"{PROG}: resuming {config.run_dir} at round {engine.next_round}/{config.rounds}",
-                file=out,
-                flush=True,
-            )
-        else:
-            rundir.write_config(
-                {
-                    **config.to_dict(),
-                    "dim": task.dim,
-                    "n_partitions": code.n_partitions,
-                    "format": 1,
-                }
-            )
-    recorder = RunRecorder(
-        task, config, rundir, out, start_round=engine.next_round, wall_offset=wall_offset
-    )
-    server = ParameterServer(
-        config,
-        task_spec=task.spec(),
-        code=code,
-        engine=engine,
-        secret=secret,
-        hooks=recorder,
-        ssl_context=ssl_context,
-    )
-    recorder.counters = server.admission.counters
-    loop = asyncio.get_running_loop()
-    on_stop_signals(lambda sig: server.request_stop(f"stopped by {sig.name}", exit_status(sig)))
-    host, port = await server.start()
+    if ckpt is not None:
+        engine.restore(ckpt.params, ckpt.optimizer_state, ckpt.extra)
+        wall_offset = float(ckpt.extra.get("wall_seconds", 0.0))
+    rundir.truncate_metrics(engine.next_round)
     print(
-        f"{PROG}: listening on {host}:{port} for {config.n_workers} workers", file=out, flush=True
+        f"{PROG}: resuming {config.run_dir} at round {engine.next_round}/{config.rounds}",
+        file=out,
+        flush=True,
     )
-    outcome = await server.serve()
-    evals = await loop.run_in_executor(
-        None, lambda: recorder.close(engine, final_eval=outcome.completed)
-    )
-    if outcome.completed:
-        # The final model is kept too (e.g. 120 rounds with a checkpoint every 50): draco-experiment
-        # compares attacked runs' final parameters with the clean run's.
-        await loop.run_in_executor(None, recorder.save_checkpoint, engine)
-    if not outcome.completed:
-        return RunResult(outcome.exit_code, outcome.reason, None)
-    summary = {
+    return wall_offset
+
+
+def _summary(
+    config: PSConfig,
+    engine: RoundEngine,
+    recorder: RunRecorder,
+    evals: dict[str, float],
+    admission: dict[str, int],
+) -> dict[str, Any]:
+    """summary.json of a completed run."""
+    return {
         "rounds": engine.next_round,
         "test_accuracy": evals.get("test_accuracy"),
         "test_loss": evals.get("test_loss"),
@@ -197,7 +182,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> RunResult:
         "wall_seconds": recorder.wall_seconds,
         "adversaries_located": engine.totals.adversaries_located,
         "failed_rounds": engine.totals.failed_rounds,
-        "admission": {k: v for k, v in server.admission.counters.items() if v},
+        "admission": {k: v for k, v in admission.items() if v},
         "code": config.code,
         "task": config.task.get("factory", config.task.get("model")),
         "workers": config.n_workers,
@@ -213,8 +198,66 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> RunResult:
         "seed": config.seed,
         **recorder.cluster_summary(),
     }
-    if rundir is not None:
-        rundir.write_summary(summary)
+
+
+async def serve(config: PSConfig, out: TextIO = sys.stdout) -> RunResult:
+    """Build everything from ``config`` and serve the run (on the running event loop).
+
+    Progress lines and the PS's notices go to ``out``; the summary is returned (and written
+    to the run directory), not printed. Steps 1-4 of the module docstring.
+    """
+    from draco.net.server import ParameterServer
+
+    loop = asyncio.get_running_loop()
+    # Step 1: credentials, the run directory (new or resumed), the code.
+    secret, ssl_context = _credentials(config)
+    config, state = prepare(config)
+    code = _make_code(config)
+    # Step 2: the task (loading a data set can take seconds: off the loop, signals still
+    # work; a plug-in factory is allowed because this process's own operator named it).
+    allowed = [config.task["factory"]] if config.task.get("model") == CUSTOM_MODEL else []
+    task = await loop.run_in_executor(None, lambda: make_task(config.task, allowed=allowed))
+    if config.vote_rtol is not None:
+        print(
+            f"{PROG}: repetition code with the TOLERANCE vote (rtol {config.vote_rtol:g}): "
+            "payloads that agree within rtol count as equal, for workers on devices that "
+            "cannot give bit-identical gradients",
+            file=out,
+            flush=True,
+        )
+    engine = _make_engine(config, code, task)
+    wall_offset = _open_or_resume(config, state, engine, task, out)
+    recorder = RunRecorder(
+        task, config, state["rundir"], out, start_round=engine.next_round, wall_offset=wall_offset
+    )
+    # Step 3: serve the rounds; every record goes to the recorder.
+    server = ParameterServer(
+        config,
+        task_spec=task.spec(),
+        code=code,
+        engine=engine,
+        secret=secret,
+        hooks=recorder,
+        ssl_context=ssl_context,
+    )
+    recorder.counters = server.admission.counters
+    on_stop_signals(lambda sig: server.request_stop(f"stopped by {sig.name}", exit_status(sig)))
+    host, port = await server.start()
+    print(
+        f"{PROG}: listening on {host}:{port} for {config.n_workers} workers", file=out, flush=True
+    )
+    outcome = await server.serve()
+    # Step 4: the last evaluation and checkpoint (draco-experiment compares final models),
+    # then the summary.
+    evals = await loop.run_in_executor(
+        None, lambda: recorder.close(engine, final_eval=outcome.completed)
+    )
+    if not outcome.completed:
+        return RunResult(outcome.exit_code, outcome.reason, None)
+    await loop.run_in_executor(None, recorder.save_checkpoint, engine)
+    summary = _summary(config, engine, recorder, evals, server.admission.counters)
+    if state["rundir"] is not None:
+        state["rundir"].write_summary(summary)
     return RunResult(outcome.exit_code, outcome.reason, summary)
 
 
