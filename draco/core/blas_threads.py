@@ -3,8 +3,8 @@
 Why: numpy's bundled OpenBLAS splits every gemv of the cyclic decode (about 63 complex
 gemv's of 40 x 16,384 at n = 45, d = 1,033,510) over all cores. Each call waits for its
 worker thread, and the worker busy-waits after the call, stealing the core from the
-staging copy that follows. Measured on the 2-core machine (docs/numerics.md, "Decode
-timings"): idle, 2 threads 19.5 ms vs 1 thread 20.9 ms; with one other busy process,
+staging copy that follows. Measured on the 2-core machine (CHANGELOG.md, 2026-11-28,
+"Why one BLAS thread"): idle, 2 threads 19.5 ms vs 1 thread 20.9 ms; with one other busy process,
 62 ms [37-132] vs 24.7 ms [22.6-44.5]. The decode is memory-bound, so one thread loses
 about 1 ms when the machine is idle and avoids the stalls when it is not.
 

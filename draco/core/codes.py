@@ -15,9 +15,10 @@ Two codes from Chen et al., "DRACO" (ICML 2018), plus the uncoded baseline:
     p_k (degree < n-2s, p_k(0) = 1, p_k vanishing at every node outside partition k's
     window), so every column of Y = A G is a Reed-Solomon codeword over the n-th roots of
     unity whose constant coefficient is the wanted sum [CWCP18, section 5]. Departure from
-    the paper (design.md section 4): worker j sits at x_j = exp(-2 pi i a j / n) with the
-    stride a coprime to n that minimises the condition number of a window's Vandermonde
-    matrix, instead of a = 1 (a contiguous arc: condition numbers up to 1e17 at n = 100).
+    the paper (docs/numerics.md, "Construction"): worker j sits at
+    x_j = exp(-2 pi i a j / n) with the stride a coprime to n that minimises the condition
+    number of a window's Vandermonde matrix, instead of a = 1 (a contiguous arc: condition
+    numbers up to 1e17 at n = 100).
     Decoding: ``draco.core.cyclic_decoder.decode_cyclic``.
 
 ``none``
@@ -246,7 +247,7 @@ def window_condition(n: int, s: int, stride: int) -> float:
     Every window {x_k, ..., x_{k+2s}} is a rotation of {w^(a m): m = 0..2s} with
     w = exp(-2 pi i / n), a = ``stride``, so one matrix V[m, t] = w^(a m t), t = 0..2s, gives
     the condition number of them all. It bounds the encoding coefficients
-    |A[j, k]| = n / prod_{i in window, i != j} |x_j - x_i| (design.md section 4's table).
+    |A[j, k]| = n / prod_{i in window, i != j} |x_j - x_i|.
     """
     m = np.arange(2 * s + 1)
     x = np.exp(-2j * np.pi * ((stride * m) % n) / n)
