@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from draco.errors import DataError, DracoError
-from draco.ps.rundir import atomic_write
+from draco.fileio import atomic_write
 from draco.tasks.torch import cifar
 from draco.tasks.torch.data import IDX_DATASETS, IDX_FILES, SHA256, data_home, read_bytes
 

@@ -178,9 +178,8 @@ class Verdict(enum.Enum):
 
     ACCEPTED = "accepted"
     STALE = "stale"  # for an earlier round: ignored
-    # Unusable this round, connection stays. No longer returned: ``offer`` stopped reading
-    # values (NaN/Inf payloads are erased by the decoders); kept for the shell's match.
-    ERASURE = "erasure"
+    # (No "erasure but the connection stays" verdict: ``offer`` does not read values; the
+    # decoders erase NaN/Inf payloads.)
     VIOLATION = "violation"  # erasure AND a protocol violation: close the connection
 
 

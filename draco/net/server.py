@@ -1254,8 +1254,6 @@ class ParameterServer:
             self._fetch_early(rnd, j)
         if offer.verdict is Verdict.VIOLATION:
             self.peer_violation(peer, ProtocolError(offer.reason))
-        elif offer.verdict is Verdict.ERASURE:
-            log.info("round %d: worker %d erased: %s", rnd.index, j, offer.reason)
         self._maybe_close_round(rnd)
 
     def _late_answer(self, j: int, key: tuple[int, int], seconds: float) -> None:

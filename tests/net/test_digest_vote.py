@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_server import TIMEOUT, Client, Recorder, make_server
+from test_server import TIMEOUT, Client, Recorder, make_server, worker_payload
 
-from draco.core.attacks import make_attack
 from draco.core.codes import make_code
 from draco.core.digests import payload_digest
 from draco.net import messages as m
@@ -93,13 +92,7 @@ async def digest_worker(
             continue
         assert isinstance(ev, m.RoundStart) and len(ev.digest_key) == 32
         counts["keys"].append(ev.digest_key)
-        g = task.partition_gradients(ev.params, ev.round_index, cfg["partitions"])
-        y = code.encode(j, g)
-        if ev.attack is not None:
-            rng = np.random.default_rng(ev.attack_seed)
-            y = make_attack(ev.attack).apply(
-                y, rng=rng, n_workers=cfg["n_workers"], n_adversaries=cfg["n_adversaries"]
-            )
+        y = worker_payload(task, code, j, ev, cfg)
         held[(ev.round_index, ev.attempt)] = y
         if how.delay:
             await asyncio.sleep(how.delay)

@@ -151,6 +151,19 @@ class Client:
         self.writer.close()
 
 
+def worker_payload(task: LeastSquaresTask, code: Any, j: int, ev: m.RoundStart, cfg: Any) -> Any:
+    """Worker j's answer to ``ev`` as a real worker computes it: encoded gradients, then the
+    scheduled attack (if any) from its seed."""
+    g = task.partition_gradients(ev.params, ev.round_index, cfg["partitions"])
+    y = code.encode(j, g)
+    if ev.attack is not None:
+        rng = np.random.default_rng(ev.attack_seed)
+        y = make_attack(ev.attack).apply(
+            y, rng=rng, n_workers=cfg["n_workers"], n_adversaries=cfg["n_adversaries"]
+        )
+    return y
+
+
 async def honest_worker(
     server: ParameterServer,
     task: LeastSquaresTask,
@@ -174,13 +187,7 @@ async def honest_worker(
             client.close()
             return rounds
         assert isinstance(ev, m.RoundStart)
-        g = task.partition_gradients(ev.params, ev.round_index, cfg["partitions"])
-        y = code.encode(j, g)
-        if ev.attack is not None:
-            rng = np.random.default_rng(ev.attack_seed)
-            y = make_attack(ev.attack).apply(
-                y, rng=rng, n_workers=cfg["n_workers"], n_adversaries=cfg["n_adversaries"]
-            )
+        y = worker_payload(task, code, j, ev, cfg)
         if nan:
             y = y * np.nan
         out: Any = m.Gradient(

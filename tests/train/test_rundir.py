@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from draco.errors import ConfigError
+from draco.fileio import atomic_write
 from draco.ps.rundir import (
     KEEP_CHECKPOINTS,
     CheckpointWarning,
     RunDir,
-    atomic_write,
     atomic_write_json,
     dumps,
     format_progress,
