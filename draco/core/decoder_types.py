@@ -94,6 +94,14 @@ class CyclicDecoderConfig:
         together on the circle that the other rows cannot pin the sum down in the payload
         precision. ``payload_dtype="auto"`` picks complex128 wherever some pattern inside
         the budget would hit this (``COMPLEX64_MAX_ERASURE_AMPLIFICATION``).
+    naming_fits : int
+        Most least-squares fits the locator spends proving that subtle suspects lie
+        (``locate_cyclic`` step 5; a gross lie needs none). A proof left unfinished names
+        nobody: the suspect stays out of the sum (or goes back in if its prediction is sharp
+        and the kept rows stay consistent), so the decoded sum and the rule that no honest
+        worker is named do not depend on it; only how many subtle liars get named does.
+        It bounds what a liar can make the PS spend on one decode (each fit costs about
+        1 ms at n = 45 and 5 ms at n = 100 on one core).
     """
 
     unit: float = 2.0**-24
@@ -105,6 +113,7 @@ class CyclicDecoderConfig:
     check_unit: float = 4 * 2.0**-24
     rounding: float = 2.2e-8
     max_error: float = 1e-5
+    naming_fits: int = 200
 
     @classmethod
     def for_dtype(cls, dtype: np.dtype, s: int) -> CyclicDecoderConfig:

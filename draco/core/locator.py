@@ -388,8 +388,10 @@ class _Search:
         )
         self.where = circle[rows.clean].astype(int)  # each clean row's place on the circle
         self.kept_forced: set[int] = set()
+        self.fits = 0  # fits so far (``name`` bounds its share: config.naming_fits)
 
     def fit(self, sus: Sequence[int]) -> _Fit:
+        self.fits += 1
         f = _fit_outside(
             self.g, self.rows.zs, self.g_known, sus, 1.0, self.sharp_level, self.rows.own
         )
@@ -484,11 +486,17 @@ class _Search:
         return self.backward(sus)
 
     def swaps(
-        self, sus: list[int], f: _Fit, rounds: int, rows: Sequence[int] | None = None
+        self,
+        sus: list[int],
+        f: _Fit,
+        rounds: int,
+        rows: Sequence[int] | None = None,
+        stop_at: int | None = None,
     ) -> _Candidate:
         # Step 4b: swap one suspect for a kept row next to a suspect on the circle (or
         # among the worst-fitting kept rows) while that lowers the residual. With ``rows``:
-        # only suspects among ``rows`` for kept rows among ``rows`` (a local search).
+        # only suspects among ``rows`` for kept rows among ``rows`` (a local search). With
+        # ``stop_at``: return the best set so far once ``self.fits`` reaches it.
         for _ in range(rounds):
             pool = self._swap_pool(sus, f) if rows is None else [i for i in rows if i not in sus]
             best = (sus, f)
@@ -496,6 +504,8 @@ class _Search:
                 if rows is not None and sus[a] not in rows:
                     continue
                 for b in pool:
+                    if stop_at is not None and self.fits >= stop_at:
+                        return best
                     trial = [*sus[:a], b, *sus[a + 1 :]]
                     ft = self.fit(trial)
                     if ft.residual < best[1].residual:
@@ -602,8 +612,10 @@ class _Search:
                 break
         return best
 
-    def certainly_lies(self, sus: list[int], i: int) -> bool:
+    def certainly_lies(self, sus: list[int], i: int, stop_at: int) -> bool:
         # Step 5: suspect i is named only if no candidate that keeps it is consistent.
+        # Naming is bounded: once ``self.fits`` reaches ``stop_at`` the proof is left
+        # unfinished and the suspect is not named (False), never named without proof.
         # The rows whose lies an ill-conditioned fit can absorb and push onto an honest
         # suspect are its neighbours on the circle (a codeword within the noise on the kept
         # rows can be 1e8 times larger at a node inside a gap of 2s adjacent nodes, n = 45,
@@ -614,31 +626,41 @@ class _Search:
         gap = np.abs(((self.where - self.where[i]) + n_nodes / 2) % n_nodes - n_nodes / 2)
         near = [int(k) for k in np.argsort(gap, kind="stable") if k != i and k not in sus]
         others = [k for k in sus if k != i]
+        if self.fits >= stop_at:
+            return False
         if self.fit(others + near[:tau]).residual > factor:
             return True
         self.kept_forced.add(i)
         try:
             local = near[: 2 * tau]
             trials = [[*others, k] for k in local] if len(sus) == tau else [others]
+            if self.fits + len(trials) > stop_at:
+                return False
             best = min(((t, self.fit(t)) for t in trials), key=lambda c: c[1].residual)
             if best[1].residual > _HOPELESS * factor:
                 return True
             # The region: the local kept rows and the suspects among them on the circle.
             reach = max(float(gap[k]) for k in local) if local else 0.0
             region = local + [k for k in others if gap[k] <= reach]
-            return self.swaps(*best, rounds=2, rows=region)[1].residual > factor
+            local_best = self.swaps(*best, rounds=2, rows=region, stop_at=stop_at)
+            return self.fits < stop_at and local_best[1].residual > factor
         finally:
             self.kept_forced.discard(i)
 
     def name(self, sus: list[int], f: _Fit) -> Location:
         """Step 5: name the liars among the suspects; put back the sharp unnamed ones."""
         # A gross lie (a deviation as large as a typical honest projection) is named at once;
-        # a subtler one only once the search that keeps it fails (``certainly_lies``).
+        # a subtler one only once the search that keeps it fails (``certainly_lies``), within
+        # config.naming_fits fits for all suspects together, strongest evidence first: the
+        # proofs cost O(tau^2) fits each, and liars choose how subtle they are (tiny lies
+        # from tau adjacent liars made one decode take 475 s at n = 100, s = 35). A suspect
+        # left unproven is not named; it stays out of the sum unless put back below.
+        stop_at = self.fits + self.config.naming_fits
         liars = [
             i
-            for i in sus
+            for i in sorted(sus, key=lambda k: -float(f.evidence[k]))
             if f.evidence[i] > self.config.clear_factor
-            and (f.deviation[i] >= self.rows.level or self.certainly_lies(sus, i))
+            and (f.deviation[i] >= self.rows.level or self.certainly_lies(sus, i, stop_at))
         ]
         back = [i for i in sus if i not in liars and f.sharp[i]]
         excluded = [i for i in sus if i not in back]
