@@ -40,7 +40,6 @@ from draco.errors import ConfigError, ProtocolError
 from draco.net import messages as m
 from draco.net.frames import PROTOCOL_VERSION, Allocate, ArrayPool, Limits, encode_frame
 from draco.net.protocol import Connection, Role
-from draco.net.rounds import RoundCollector, RoundPlan, Verdict
 from draco.net.server import (
     PAYLOAD_POOL_SLACK,
     Peer,
@@ -48,6 +47,8 @@ from draco.net.server import (
     payload_limits,
     retain_freed_memory,
 )
+from draco.ps.collector import RoundCollector, Verdict
+from draco.ps.plan import RoundPlan
 
 GB = 1e9
 

@@ -221,9 +221,9 @@ def _load() -> str:
 
 async def _serve(args: argparse.Namespace, host: str, netns: str | None) -> dict[str, Any]:
     from draco.core.codes import make_code
-    from draco.net.rounds import RoundEngine
     from draco.net.server import ParameterServer
     from draco.ps.config import PSConfig, ServerLimits
+    from draco.ps.engine import RoundEngine
     from draco.ps.optim import SGD, SGDConfig
 
     n, s, dim = args.workers, args.adversaries, args.dim

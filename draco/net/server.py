@@ -1,4 +1,4 @@
-"""The asyncio parameter server: a thin shell of sockets and timers over ``draco.net.rounds``.
+"""The asyncio parameter server: a thin shell of sockets and timers over ``draco.ps.engine``.
 
 Run it with ``draco-ps`` (``cli/ps.py``), e.g.::
 
@@ -75,9 +75,10 @@ from draco.net import messages as m
 from draco.net.admission import Admission, AdmissionLimits, RateLimitedLog
 from draco.net.frames import ArrayPool, Limits
 from draco.net.protocol import Connection, Role, State
-from draco.net.rounds import RoundCollector, RoundEngine, Verdict
 from draco.net.stream import ConnectionProtocol
+from draco.ps.collector import RoundCollector, Verdict
 from draco.ps.config import PSConfig
+from draco.ps.engine import RoundEngine
 
 log = logging.getLogger("draco.ps")
 

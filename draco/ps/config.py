@@ -28,7 +28,7 @@ from draco.ps.optim import SGDConfig
 
 SCHEDULES = ("random", "fixed")
 LOOPS = ("uvloop", "asyncio")
-#: ``PSConfig.vote``: full payloads, digest-first (draco.net.rounds.VOTES), or auto (see
+#: ``PSConfig.vote``: full payloads, digest-first (draco.ps.digest_vote.VOTES), or auto (see
 #: resolved_vote).
 VOTES = ("full", "digest", "auto")
 #: ``draco-ps --vote``: the above, or the repetition code's tolerance vote (full payloads

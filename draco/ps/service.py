@@ -2,7 +2,7 @@
 
 1. Open the run directory (new, or resumed from its newest checkpoint).
 2. Build the code, the task (in a thread: loading data takes seconds), the attack and the
-   round engine (``draco.net.rounds``) with its optimizer (``draco.ps.optim``).
+   round engine (``draco.ps.engine``) with its optimizer (``draco.ps.optim``).
 3. Serve the rounds with ``draco.net.server.ParameterServer``; each round's record goes to
    the ``RunRecorder`` (evaluation, metrics.jsonl, checkpoints, progress line).
 4. On completion: the final evaluation and checkpoint, then ``summary.json``.
@@ -25,7 +25,7 @@ from draco.tasks.contract import CUSTOM_MODEL, Task
 from draco.tasks.registry import make_task
 
 if TYPE_CHECKING:
-    from draco.net.rounds import RoundEngine
+    from draco.ps.engine import RoundEngine
 
 __all__ = ["RunResult", "prepare", "run", "serve"]
 
@@ -107,7 +107,8 @@ def _make_code(config: PSConfig) -> Any:
 
 def _make_engine(config: PSConfig, code: Any, task: Task) -> RoundEngine:
     """The round engine: the code, the task's initial state, the optimizer, the attack."""
-    from draco.net.rounds import DigestVoteConfig, RoundEngine
+    from draco.ps.digest_vote import DigestVoteConfig
+    from draco.ps.engine import RoundEngine
 
     attack = None
     if config.attack is not None:

@@ -11,7 +11,9 @@ import pytest
 
 from draco.core.codes import make_code
 from draco.net import messages as m
-from draco.net.rounds import RoundEngine, Verdict, cluster_seconds, transfer_seconds
+from draco.ps.cluster_time import cluster_seconds, transfer_seconds
+from draco.ps.collector import Verdict
+from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.lstsq import LeastSquaresTask
 

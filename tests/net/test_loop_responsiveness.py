@@ -26,9 +26,9 @@ import pytest
 from draco.core.codes import make_code
 from draco.net import messages as m
 from draco.net.protocol import Connection, Role
-from draco.net.rounds import RoundEngine
 from draco.net.server import ParameterServer, Peer
 from draco.ps.config import PSConfig
+from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
 
 N, S, DIM = 15, 2, 1_000_000

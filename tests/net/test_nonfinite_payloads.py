@@ -16,7 +16,8 @@ import pytest
 
 from draco.core.attacks import make_attack
 from draco.core.codes import CyclicCode, make_code
-from draco.net.rounds import RoundEngine, RoundRecord, Verdict
+from draco.ps.collector import Verdict
+from draco.ps.engine import RoundEngine, RoundRecord
 from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.lstsq import LeastSquaresTask
 

@@ -1,4 +1,4 @@
-"""The round engine (draco.net.rounds): pure logic, no sockets. Real codes, the lstsq task."""
+"""The round engine and collector (draco.ps): pure logic, no sockets. Real codes, lstsq task."""
 
 from __future__ import annotations
 
@@ -12,14 +12,11 @@ from hypothesis import strategies as st
 from draco.core.attacks import make_attack
 from draco.core.codes import make_code
 from draco.errors import ConfigError
-from draco.net.rounds import (
-    DigestVoteConfig,
-    RoundEngine,
-    Verdict,
-    attack_seed,
-    choose_liars,
-)
+from draco.ps.collector import Verdict
+from draco.ps.digest_vote import DigestVoteConfig
+from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
+from draco.ps.plan import attack_seed, choose_liars
 from draco.tasks.lstsq import LeastSquaresTask
 
 DIM = 8
@@ -487,7 +484,7 @@ def test_fetch_liars_are_located_and_requests_are_bounded() -> None:
     assert res.ok and res.record["adversaries_located"] == [0, 1]
     assert res.record["payload_requests"] == len(code.groups) + 2
     # With at most one request per group, the same liar fails the attempt (model kept).
-    from draco.net.rounds import DigestVoteConfig
+    from draco.ps.digest_vote import DigestVoteConfig
 
     engine = _engine(code, task, vote="digest", digest=DigestVoteConfig(max_payload_requests=1))
     before = engine.params.copy()

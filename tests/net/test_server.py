@@ -23,9 +23,9 @@ from draco.net import auth
 from draco.net import messages as m
 from draco.net.frames import MAGIC, PREFIX, PROTOCOL_VERSION, Limits, encode_frame
 from draco.net.protocol import CLOSED, NEED_DATA, Connection, Role
-from draco.net.rounds import RoundEngine
 from draco.net.server import ParameterServer
 from draco.ps.config import PSConfig, ServerLimits
+from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.lstsq import LeastSquaresTask
 

@@ -428,9 +428,9 @@ def test_parse_address_rejects(text: str) -> None:
 
 @pytest.mark.parametrize("code_name", ["repetition", "cyclic"])
 async def test_against_the_real_server_with_liars(code_name: str) -> None:
-    from draco.net.rounds import RoundEngine
     from draco.net.server import ParameterServer
     from draco.ps.config import PSConfig
+    from draco.ps.engine import RoundEngine
     from draco.ps.optim import SGD, SGDConfig
 
     n, s, rounds = 5, 2, 4
