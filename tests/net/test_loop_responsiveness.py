@@ -25,8 +25,9 @@ import pytest
 
 from draco.core.codes import make_code
 from draco.net import messages as m
+from draco.net.peer import Peer
 from draco.net.protocol import Connection, Role
-from draco.net.server import ParameterServer, Peer
+from draco.net.server import ParameterServer
 from draco.ps.config import PSConfig
 from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
