@@ -41,7 +41,7 @@ from draco.net import messages as m
 from draco.net.frames import PROTOCOL_VERSION, Allocate, ArrayPool, Limits, encode_frame
 from draco.net.peer import Peer
 from draco.net.protocol import Connection, Role
-from draco.net.server import (
+from draco.net.server_state import (
     PAYLOAD_POOL_SLACK,
     handshake_limits,
     payload_limits,

@@ -92,7 +92,7 @@ async def _workers_async(host: str, port: int, n: int, s: int, dim: int) -> None
     from draco.net import messages as m
     from draco.net.frames import PROTOCOL_VERSION, Limits
     from draco.net.protocol import Connection, Role
-    from draco.net.server import retain_freed_memory
+    from draco.net.server_state import retain_freed_memory
     from draco.net.worker import _ClientProtocol
 
     # This one process stands for P hosts and receives P parameter vectors per round: keep

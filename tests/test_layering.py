@@ -57,8 +57,9 @@ def test_torch_only_under_tasks_torch(path: Path) -> None:
 
 NET = ROOT / "draco" / "net"
 PS = ROOT / "draco" / "ps"
-#: The PS's asyncio shell: the only modules of draco/net that drive the PS's round logic.
-PS_SHELL = {"server.py"}
+#: The PS's asyncio shell (server.py and its parts server_*.py): the only modules of
+#: draco/net that drive the PS's round logic.
+PS_SHELL = {p.name for p in NET.glob("server*.py")}
 #: The PS's composition root: builds the engine, the recorder and the shell, runs them.
 PS_ROOT = {"service.py"}
 #: The sans-IO protocol modules the PS's configuration may read limits from.
@@ -97,12 +98,13 @@ def test_core_imports_no_other_layer(path: Path) -> None:
 
 @pytest.mark.parametrize("path", sorted(NET.glob("*.py")), ids=lambda p: p.name)
 def test_net_reaches_the_ps_only_from_its_shell(path: Path) -> None:
+    assert "server.py" in PS_SHELL and "peer.py" not in PS_SHELL
     # draco/net is the wire (sans-IO protocol, the asyncio adapters) and the two shells; the
     # PS's round logic lives in draco/ps and only the PS shell drives it.
     if path.name in PS_SHELL:
         return
     mods = _in("draco.ps", _draco_modules(path))
-    assert not mods, f"draco/net/{path.name} imports {sorted(mods)}: only {PS_SHELL} may"
+    assert not mods, f"draco/net/{path.name} imports {sorted(mods)}: only the PS shell may"
 
 
 @pytest.mark.parametrize("path", sorted(PS.glob("*.py")), ids=lambda p: p.name)
