@@ -16,7 +16,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from draco.net.server_state import ServerState, log
-from draco.ps.collector import CodeLike, RoundCollector
+from draco.ps.collector import RoundCollector
+from draco.ps.interfaces import CodeLike
 
 READY_CHECK_DELAY = 0.05
 READY_CHECK_FRACTION = 0.1

@@ -24,6 +24,7 @@ from draco.net.peer import Peer
 from draco.net.server_fetch import PayloadFetch
 from draco.net.server_state import log, source_of
 from draco.ps.collector import RoundCollector, Verdict
+from draco.ps.record import AttemptRecord, AttemptTiming, LoopUsage, RoundRecord
 
 RETRY_BACKOFF_BASE = 0.25
 RETRY_BACKOFF_CAP = 4.0
@@ -62,7 +63,7 @@ class RoundDriver(PayloadFetch):
             attempt = await self._run_attempt()
             if attempt is None:
                 return  # shutting down: leave the round unfinished (the model stays)
-            result, absent, silent = attempt
+            result, timing, absent, silent = attempt
             if result.ok:
                 break
             last_error = result.error
@@ -72,7 +73,7 @@ class RoundDriver(PayloadFetch):
                 absent_since = now if absent_since is None else absent_since
                 if now - absent_since > self.config.rejoin_timeout:
                     self.request_stop(
-                        f"round {result.record['round']} could not be decoded for "
+                        f"round {result.round} could not be decoded for "
                         f"{now - absent_since:.0f} s: {self._who(absent, silent)} "
                         f"(--rejoin-timeout {self.config.rejoin_timeout:g} s); last error: "
                         f"{result.error}{self._timeout_note()}"
@@ -86,19 +87,22 @@ class RoundDriver(PayloadFetch):
             await self._pause_before_retry(delay)
             if self._stop_reason is not None:
                 return
-        record = result.record
-        self._check_round_time(record)
-        record["wall_seconds"] = time.perf_counter() - t_round
-        if record["attempts"] > 1 and last_error:
-            record["retry_error"] = last_error  # the last failed attempt's, for the record
+        self._check_round_time(result)
+        record = RoundRecord(
+            attempt=result,
+            timing=timing,
+            wall_seconds=time.perf_counter() - t_round,
+            # The last failed attempt's error, for the record.
+            retry_error=last_error if result.attempts > 1 else "",
+        )
         if self.hooks is not None:
             self.hooks.round_done(record, engine)
 
-    def _check_round_time(self, record: dict[str, Any]) -> None:
+    def _check_round_time(self, record: AttemptRecord) -> None:
         """Warn (rate-limited) when an attempt's measured wait nears ``--round-timeout``."""
-        wait, limit = float(record["wait_seconds"]), self.config.round_timeout
+        wait, limit = record.wait_seconds, self.config.round_timeout
         now = time.monotonic()
-        if record["failed"] or wait <= NEAR_TIMEOUT * limit:
+        if record.failed or wait <= NEAR_TIMEOUT * limit:
             return
         if now - self._last_time_warning < WARN_INTERVAL:
             return
@@ -106,7 +110,7 @@ class RoundDriver(PayloadFetch):
         log.warning(
             "round %d took %.3g s to collect, more than %d%% of --round-timeout %g s: a "
             "slower round will miss the deadline and be retried; consider raising it",
-            record["round"],
+            record.round,
             wait,
             int(100 * NEAR_TIMEOUT),
             limit,
@@ -121,10 +125,10 @@ class RoundDriver(PayloadFetch):
             parts.append(f"workers {sorted(silent)} have not answered this round yet")
         return " and ".join(parts)
 
-    def _warn_failed(self, result: Any, absent: set[int], silent: set[int]) -> None:
+    def _warn_failed(self, result: AttemptRecord, absent: set[int], silent: set[int]) -> None:
         """A failed attempt: a warning at the round's first failure, then rate-limited."""
         now = time.monotonic()
-        first = result.record["attempts"] == 1
+        first = result.attempts == 1
         if not first and now - self._last_warning < WARN_INTERVAL:
             self._suppressed_warnings += 1
             return
@@ -142,8 +146,8 @@ class RoundDriver(PayloadFetch):
         )
         log.warning(
             "round %d attempt %d FAILED (%s): %s; model not updated, retrying%s",
-            result.record["round"],
-            result.record["attempts"] - 1,
+            result.round,
+            result.attempts - 1,
             why,
             result.error,
             more,
@@ -162,10 +166,13 @@ class RoundDriver(PayloadFetch):
             loop.time() + delay, lambda: waiting_for_seats and len(self.seats) >= self.n_workers
         )
 
-    async def _run_attempt(self) -> tuple[Any, set[int], set[int]] | None:
+    async def _run_attempt(
+        self,
+    ) -> tuple[AttemptRecord, AttemptTiming, set[int], set[int]] | None:
         """One attempt: broadcast, collect until close, decode + update off the loop.
 
-        Returns (RoundRecord, absent, silent), or None when a stop was requested meanwhile.
+        Returns (the engine's record, the shell's timing, absent, silent), or None when a
+        stop was requested meanwhile.
         absent: workers that held no seat during the attempt. silent: seated workers that
         delivered nothing and have answered no attempt of this round yet (still computing
         their first answer, frozen, or not reading). A failed attempt with either counts
@@ -216,20 +223,23 @@ class RoundDriver(PayloadFetch):
             self._executor,
             lambda: engine.finish(rnd, wait_seconds=wait, count_failure=counted),
         )
-        result.record["wall_seconds"] = time.perf_counter() - t0
-        rec = result.record
-        rec["fetch_seconds"] = fetch_seconds
-        rec["loop_cpu_seconds"] = loop_cpu
+        usage = None
         if usage0 is not None and usage1 is not None:
             # Where the loop's time went: the kernel (socket copies, TCP, page faults) vs.
             # this process's own code (framing, checks, bookkeeping).
-            rec["loop_user_cpu_seconds"] = usage1.ru_utime - usage0.ru_utime
-            rec["loop_sys_cpu_seconds"] = usage1.ru_stime - usage0.ru_stime
-            rec["loop_minor_faults"] = usage1.ru_minflt - usage0.ru_minflt
-        # The cyclic code's readiness checks ran in the helper thread during the attempt.
-        rec["ready_cpu_seconds"] = self._ready_cpu
-        rec["ps_cpu_seconds"] = rec.get("ps_cpu_seconds", 0.0) + loop_cpu + self._ready_cpu
-        return result, absent, silent
+            usage = LoopUsage(
+                user_cpu_seconds=usage1.ru_utime - usage0.ru_utime,
+                sys_cpu_seconds=usage1.ru_stime - usage0.ru_stime,
+                minor_faults=usage1.ru_minflt - usage0.ru_minflt,
+            )
+        timing = AttemptTiming(
+            fetch_seconds=fetch_seconds,
+            loop_cpu_seconds=loop_cpu,
+            loop_usage=usage,
+            # The cyclic code's readiness checks ran in the helper thread during the attempt.
+            ready_cpu_seconds=self._ready_cpu,
+        )
+        return result, timing, absent, silent
 
     def _broadcast(self, rnd: RoundCollector, params: np.ndarray) -> None:
         """RoundStart to every seated worker; the others are erased for the attempt.

@@ -33,6 +33,7 @@ from draco.net.peer import Peer
 from draco.ps.collector import RoundCollector
 from draco.ps.config import PSConfig
 from draco.ps.engine import RoundEngine
+from draco.ps.record import RoundRecord
 
 log = logging.getLogger("draco.ps")
 
@@ -98,7 +99,7 @@ def source_of(peer: Peer) -> str:
 class RunHooks(Protocol):
     """Called by the server between rounds (metrics, evaluation, checkpoints, progress)."""
 
-    def round_done(self, record: dict[str, Any], engine: RoundEngine) -> None: ...
+    def round_done(self, record: RoundRecord, engine: RoundEngine) -> None: ...
 
 
 class ServerState:

@@ -24,29 +24,14 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from draco.core.digests import GroupDigestVote, vote_digests
 from draco.ps.digest_vote import DigestVoteConfig, code_groups
+from draco.ps.interfaces import CodeLike
 from draco.ps.plan import RoundPlan
-
-
-class CodeLike(Protocol):
-    """The part of ``draco.core.codes.Code`` the engine uses."""
-
-    name: str
-    n_workers: int
-    n_adversaries: int
-    n_partitions: int
-    payload_dtype: np.dtype
-
-    def ready(self, received: Mapping[int, np.ndarray]) -> bool: ...
-
-    def decode(
-        self, received: Mapping[int, np.ndarray], rng: np.random.Generator | None = None
-    ) -> Any: ...
 
 
 class Verdict(enum.Enum):

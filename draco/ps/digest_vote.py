@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from draco.core.digests import DEFAULT_DIGEST_BYTES, check_digest_bytes
 from draco.errors import ConfigError
+from draco.ps.interfaces import CodeLike, GroupedCode
 
 #: The votes ``--vote`` offers: ``full`` (every worker sends its payload) and ``digest``
 #: (digest-first: every worker sends a keyed digest, the PS fetches one payload per group).
@@ -61,7 +61,7 @@ class DigestVoteConfig:
         return self.max_payload_requests if self.max_payload_requests is not None else s + 1
 
 
-def check_vote(vote: str, code: Any) -> None:
+def check_vote(vote: str, code: CodeLike) -> None:
     """ConfigError unless ``vote`` is one of VOTES and fits ``code``.
 
     The digest vote needs bit-identical honest payloads: the repetition code with the exact
@@ -71,8 +71,8 @@ def check_vote(vote: str, code: Any) -> None:
     if vote not in VOTES:
         raise ConfigError(f"--vote must be one of {', '.join(VOTES)}, got {vote!r}")
     if vote == "digest":
-        name = getattr(code, "name", code)
-        if name != "repetition" or not hasattr(code, "groups"):
+        name = code.name
+        if name != "repetition" or not isinstance(code, GroupedCode):
             raise ConfigError(
                 f"--vote digest works with --code repetition only (the {name!r} code needs "
                 "every full payload): use --vote full"
@@ -84,6 +84,8 @@ def check_vote(vote: str, code: Any) -> None:
             )
 
 
-def code_groups(code: Any) -> tuple[tuple[int, ...], ...]:
+def code_groups(code: CodeLike) -> tuple[tuple[int, ...], ...]:
     """The repetition code's groups (``check_vote`` made sure the code has them)."""
+    if not isinstance(code, GroupedCode):
+        raise TypeError(f"the {code.name!r} code has no groups (the digest vote needs them)")
     return tuple(tuple(int(j) for j in g) for g in code.groups)

@@ -39,19 +39,22 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from draco.core.decoder_types import all_finite
+from draco.core.attacks import Attack
+from draco.core.decoder_types import DecodeResult, all_finite
 from draco.core.digests import DEFAULT_KEY_BYTES, decode_repetition_digests, payload_digest
 from draco.errors import ConfigError, DecodeError
 from draco.ps.cluster_time import DEFAULT_LINK_GBPS, cluster_seconds, transfer_seconds
-from draco.ps.collector import CodeLike, RoundCollector
+from draco.ps.collector import RoundCollector
 from draco.ps.digest_vote import DigestVoteConfig, check_vote, code_groups
+from draco.ps.interfaces import CodeLike
 from draco.ps.optim import SGD
-from draco.ps.plan import AttackLike, RoundPlan, attack_seed, choose_liars
+from draco.ps.plan import RoundPlan, attack_seed, choose_liars
+from draco.ps.record import AttemptRecord
 
 _CODE_STATE = "code_"  # checkpoint array prefix of the code's (aggregator's) state
 
@@ -83,14 +86,18 @@ class EngineTotals:
         }
 
 
-@dataclass
-class RoundRecord:
-    """The outcome of ``finish``: the metrics record and whether the model moved."""
+@dataclass(frozen=True)
+class _Decoded:
+    """The decode and update of one attempt (``RoundEngine._decode``), times in seconds."""
 
-    record: dict[str, Any]
-    ok: bool
-    error: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    result: DecodeResult | None  # None: the decode raised
+    error: str  # "" when the attempt succeeded
+    nonfinite: set[int]  # workers whose payload held NaN/Inf
+    simulation_seconds: float
+    simulation_cpu_seconds: float
+    decode_seconds: float
+    update_seconds: float
+    cpu_seconds: float  # decode + update, this thread
 
 
 class RoundEngine:
@@ -109,7 +116,7 @@ class RoundEngine:
         Total rounds of the run.
     seed : int
         Run seed (liars, attack seeds).
-    attack : AttackLike or None
+    attack : Attack or None
         The experiment's attack (None: honest run).
     schedule : str
         "random" or "fixed" (see ``choose_liars``).
@@ -139,7 +146,7 @@ class RoundEngine:
         *,
         rounds: int,
         seed: int = 0,
-        attack: AttackLike | None = None,
+        attack: Attack | None = None,
         schedule: str = "random",
         max_failed_rounds: int = 5,
         start_round: int = 0,
@@ -305,7 +312,7 @@ class RoundEngine:
 
     def finish(
         self, rnd: RoundCollector, *, wait_seconds: float = 0.0, count_failure: bool = True
-    ) -> RoundRecord:
+    ) -> AttemptRecord:
         """Decode and update (steps 1-3 of the module docstring); a failed attempt keeps params.
 
         Parameters
@@ -320,14 +327,29 @@ class RoundEngine:
 
         Returns
         -------
-        RoundRecord
-            ``record`` is the metrics record (contract in docs/architecture.md).
+        AttemptRecord
+            The attempt's figures (``draco.ps.record``; ``ok``: the model moved).
         """
         if rnd is not self.current:
             raise RuntimeError("finish() takes the collector of the current round")
         self.current = None
         for j in range(self.code.n_workers):
             rnd.erase(j, "no payload before the round closed")
+        decoded = self._decode(rnd)
+        record = self._attempt_record(rnd, decoded, wait_seconds)
+        if record.ok:
+            self.totals.completed_rounds += 1
+            self.totals.consecutive_failures = 0
+            self.totals.adversaries_located += len(record.adversaries_located)
+            self.attempt = 0
+        else:
+            self.totals.failed_rounds += 1
+            self.totals.consecutive_failures += int(count_failure)
+            self.attempt += 1
+        return record
+
+    def _decode(self, rnd: RoundCollector) -> _Decoded:
+        """Steps 1-3: simulate the omniscient attack, decode, and (if it worked) update."""
         error = ""
         result = None
         # The omniscient attacks' simulation is the experiment's, not the PS's: timed apart.
@@ -367,6 +389,22 @@ class RoundEngine:
             self.params = self.sgd.step(self.params, mean_grad)
         t2 = self._clock()
         c2 = time.thread_time()
+        return _Decoded(
+            result=result,
+            error=error,
+            nonfinite=nonfinite,
+            simulation_seconds=t0 - ts,
+            simulation_cpu_seconds=c0 - cs,
+            decode_seconds=t1 - t0,
+            update_seconds=t2 - t1,
+            cpu_seconds=c2 - c0,
+        )
+
+    def _attempt_record(
+        self, rnd: RoundCollector, decoded: _Decoded, wait_seconds: float
+    ) -> AttemptRecord:
+        """The attempt's figures (contract: docs/architecture.md, "metrics.jsonl")."""
+        result, error, nonfinite = decoded.result, decoded.error, decoded.nonfinite
         ok = not error
         located = sorted(int(j) for j in result.adversaries) if ok and result else []
         erasures = sorted(
@@ -377,53 +415,44 @@ class RoundEngine:
         per_worker_bytes = {j: rnd.bytes_to.get(j, 0) + rnd.bytes_from.get(j, 0) for j in used}
         n = self.code.n_workers
         cluster, critical = cluster_seconds(
-            compute, per_worker_bytes, self.link_gbps, (t1 - t0) + (t2 - t1)
+            compute,
+            per_worker_bytes,
+            self.link_gbps,
+            decoded.decode_seconds + decoded.update_seconds,
         )
-        record: dict[str, Any] = {
-            "round": rnd.index,
-            "wall_seconds": 0.0,  # the shell fills in the full wall time
-            "wait_seconds": float(wait_seconds),
-            "compute_seconds": max(compute.values(), default=0.0),
-            "decode_seconds": t1 - t0,
-            "update_seconds": t2 - t1,
-            "attack_simulation_seconds": t0 - ts,
-            "cluster_seconds": cluster,
-            "critical_worker": critical,
-            "link_gbps": self.link_gbps,
-            # per worker id; None = not used this round (missing, erased) / not sent
-            "worker_compute_seconds": [compute.get(j) for j in range(n)],
-            "worker_bytes_in": [rnd.bytes_from.get(j) if j in compute else None for j in range(n)],
-            "worker_bytes_out": [rnd.bytes_to.get(j) for j in range(n)],
-            "compute_clipped": sorted(rnd.compute_clipped & set(used)),
-            "ps_link_seconds": transfer_seconds(rnd.bytes_in + rnd.bytes_out, self.link_gbps),
-            # PS CPU time: the decode thread's here; the shell adds its event loop's
-            "decode_cpu_seconds": c2 - c0,
-            "attack_simulation_cpu_seconds": c0 - cs,
-            "ps_cpu_seconds": c2 - c0,
-            "bytes_in": rnd.bytes_in,
-            "bytes_out": rnd.bytes_out,
-            "received": len(used),
-            "vote": "digest" if rnd.digest_mode else "full",
-            "payload_requests": len(rnd.asked),
-            "erasures": erasures,
-            "adversaries_located": located,
-            "liars": sorted(rnd.plan.liars),
-            "attack": rnd.plan.attack,
-            "attack_simulated_at_ps": rnd.plan.simulated_at_ps,
-            "failed": not ok,
-            "attempts": rnd.attempt + 1,
-        }
-        if ok:
-            self.totals.completed_rounds += 1
-            self.totals.consecutive_failures = 0
-            self.totals.adversaries_located += len(located)
-            self.attempt = 0
-        else:
-            record["error"] = error
-            self.totals.failed_rounds += 1
-            self.totals.consecutive_failures += int(count_failure)
-            self.attempt += 1
-        return RoundRecord(record=record, ok=ok, error=error)
+        return AttemptRecord(
+            round=rnd.index,
+            wait_seconds=float(wait_seconds),
+            compute_seconds=max(compute.values(), default=0.0),
+            decode_seconds=decoded.decode_seconds,
+            update_seconds=decoded.update_seconds,
+            attack_simulation_seconds=decoded.simulation_seconds,
+            cluster_seconds=cluster,
+            critical_worker=critical,
+            link_gbps=self.link_gbps,
+            worker_compute_seconds=tuple(compute.get(j) for j in range(n)),
+            worker_bytes_in=tuple(
+                rnd.bytes_from.get(j) if j in compute else None for j in range(n)
+            ),
+            worker_bytes_out=tuple(rnd.bytes_to.get(j) for j in range(n)),
+            compute_clipped=tuple(sorted(rnd.compute_clipped & set(used))),
+            ps_link_seconds=transfer_seconds(rnd.bytes_in + rnd.bytes_out, self.link_gbps),
+            decode_cpu_seconds=decoded.cpu_seconds,
+            attack_simulation_cpu_seconds=decoded.simulation_cpu_seconds,
+            bytes_in=rnd.bytes_in,
+            bytes_out=rnd.bytes_out,
+            received=len(used),
+            vote="digest" if rnd.digest_mode else "full",
+            payload_requests=len(rnd.asked),
+            erasures=tuple(erasures),
+            adversaries_located=tuple(located),
+            liars=tuple(sorted(rnd.plan.liars)),
+            attack=rnd.plan.attack,
+            attack_simulated_at_ps=rnd.plan.simulated_at_ps,
+            failed=not ok,
+            attempts=rnd.attempt + 1,
+            error=error,
+        )
 
     # -- checkpoints
 

@@ -6,9 +6,7 @@ and every worker agree on them without talking.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -17,26 +15,6 @@ from draco.errors import ConfigError
 # Domain-separation tags for the seeded choices (so they never share a stream).
 _LIAR_TAG = 0x11A5
 _ATTACK_TAG = 0xA77AC
-
-
-class AttackLike(Protocol):
-    """The part of ``draco.core.attacks.Attack`` the engine uses."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def omniscient(self) -> bool: ...
-
-    def apply_all(
-        self,
-        owns: Sequence[np.ndarray],
-        *,
-        rngs: Sequence[np.random.Generator],
-        honest: np.ndarray | None = None,
-        n_workers: int,
-        n_adversaries: int,
-    ) -> list[np.ndarray]: ...
 
 
 def choose_liars(

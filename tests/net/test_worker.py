@@ -447,8 +447,8 @@ async def test_against_the_real_server_with_liars(code_name: str) -> None:
     records: list[dict[str, Any]] = []
 
     class Hooks:
-        def round_done(self, record: dict[str, Any], engine: Any) -> None:
-            records.append(record)
+        def round_done(self, record: Any, engine: Any) -> None:
+            records.append(record.metrics())
 
     server = ParameterServer(
         config, task_spec=task.spec(), code=code, engine=engine, secret=SECRET, hooks=Hooks()
