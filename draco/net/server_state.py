@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from draco.core.codes import Code
 from draco.net.admission import Admission, AdmissionLimits, RateLimitedLog
 from draco.net.frames import ArrayPool, Limits
 from draco.net.peer import Peer
@@ -110,7 +111,7 @@ class ServerState:
         config: PSConfig,
         *,
         task_spec: dict[str, Any],
-        code: Any,
+        code: Code,
         engine: RoundEngine,
         secret: bytes,
         hooks: RunHooks | None = None,
