@@ -111,7 +111,8 @@ class ParameterServer(RoundDriver):
     secret : bytes
         The cluster secret (tokens derive from it).
     hooks : RunHooks, optional
-        Per-round callback (``cli/ps.py`` writes metrics, checkpoints and progress).
+        Per-round callback: ``draco.ps.recorder.RunRecorder`` (metrics, checkpoints,
+        progress) receives each round's frozen ``RoundRecord``.
     ssl_context : ssl.SSLContext, optional
         TLS for the listener.
     """
