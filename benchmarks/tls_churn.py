@@ -64,7 +64,7 @@ def rss_mb() -> float:
 def sample(done: int, t0: float, server: Any) -> dict[str, Any]:
     import gc
 
-    from draco.net.server import Peer
+    from draco.net.peer import Peer
 
     mi = _LIBC.mallinfo2()
     return {
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from test_server import make_server  # the tests' in-memory lstsq server
 
     from draco.net import auth
-    from draco.net.server import run_with_loop
+    from draco.net.eventloop import run_with_loop
 
     async def run() -> None:
         ctx = auth.server_ssl_context(args.cert, args.key)

@@ -6,7 +6,7 @@ A sender process opens ``--workers`` loopback connections and, per round, writes
 ``Gradient`` frame (float32 payload of ``--dim`` values, encoded by the project's own
 framing) on each. The receiver is this process, measured twice with the SAME bytes:
 
-- ``project``: the parameter server's receive path: ``draco.net.server.Peer`` (an
+- ``project``: the parameter server's receive path: ``draco.net.peer.Peer`` (an
   ``asyncio.BufferedProtocol`` on uvloop by default) feeding the sans-IO ``Connection``
   (prefix, bounded msgpack header, tensor bytes straight into their numpy array), then
   ``RoundCollector.offer`` (round/dtype/shape checks; NaN/Inf are left to the decoders),
@@ -39,15 +39,16 @@ import numpy as np
 from draco.errors import ConfigError, ProtocolError
 from draco.net import messages as m
 from draco.net.frames import PROTOCOL_VERSION, Allocate, ArrayPool, Limits, encode_frame
+from draco.net.peer import Peer
 from draco.net.protocol import Connection, Role
-from draco.net.rounds import RoundCollector, RoundPlan, Verdict
-from draco.net.server import (
+from draco.net.server_state import (
     PAYLOAD_POOL_SLACK,
-    Peer,
     handshake_limits,
     payload_limits,
     retain_freed_memory,
 )
+from draco.ps.collector import RoundCollector, Verdict
+from draco.ps.plan import RoundPlan
 
 GB = 1e9
 

@@ -92,7 +92,7 @@ async def _workers_async(host: str, port: int, n: int, s: int, dim: int) -> None
     from draco.net import messages as m
     from draco.net.frames import PROTOCOL_VERSION, Limits
     from draco.net.protocol import Connection, Role
-    from draco.net.server import retain_freed_memory
+    from draco.net.server_state import retain_freed_memory
     from draco.net.worker import _ClientProtocol
 
     # This one process stands for P hosts and receives P parameter vectors per round: keep
@@ -221,10 +221,11 @@ def _load() -> str:
 
 async def _serve(args: argparse.Namespace, host: str, netns: str | None) -> dict[str, Any]:
     from draco.core.codes import make_code
-    from draco.net.rounds import RoundEngine
     from draco.net.server import ParameterServer
     from draco.ps.config import PSConfig, ServerLimits
+    from draco.ps.engine import RoundEngine
     from draco.ps.optim import SGD, SGDConfig
+    from draco.ps.record import RoundRecord
 
     n, s, dim = args.workers, args.adversaries, args.dim
     code = make_code("repetition", n, s)
@@ -232,13 +233,14 @@ async def _serve(args: argparse.Namespace, host: str, netns: str | None) -> dict
     wire = [0]  # bytes read from the workers' sockets so far
 
     class Hooks:
-        def round_done(self, record: dict[str, Any], engine: Any) -> None:
+        def round_done(self, record: RoundRecord, engine: Any) -> None:
             # The record's bytes_in counts what the round used; the link also carried the
             # answers that came after an early close (read during the next round): count
             # the sockets' bytes instead, the PS's real ingress.
             total = sum(p.conn.bytes_received for p in server.seats.values())
-            record["wire_bytes_in"], wire[0] = total - wire[0], total
-            records.append(record)
+            line = record.metrics()
+            line["wire_bytes_in"], wire[0] = total - wire[0], total
+            records.append(line)
 
     config = PSConfig(
         n_workers=n,

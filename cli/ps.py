@@ -47,12 +47,22 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     d = PSConfig()
-    lim = ServerLimits()
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Run the DRACO parameter server (see also: draco-ps keys --help).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_network_flags(p, d)
+    _add_limit_flags(p, ServerLimits())
+    _add_run_flags(p, d)
+    _add_vote_flags(p, d)
+    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_task_arguments(p)
+    return p
+
+
+def _add_network_flags(p: argparse.ArgumentParser, d: PSConfig) -> None:
+    """Address, TLS, timeouts of the handshake and shutdown."""
     net = p.add_argument_group("network")
     net.add_argument("--host", default=d.host, help="address to listen on")
     net.add_argument("--port", type=int, default=d.port, help="port; 0 = any free port")
@@ -106,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEC",
         help="on shutdown, wait this long for workers to leave before cancelling",
     )
+
+
+def _add_limit_flags(p: argparse.ArgumentParser, lim: ServerLimits) -> None:
+    """Per-connection frame limits and admission limits (docs/protocol.md 4.1)."""
     lg = p.add_argument_group("limits (per connection; checked before allocating)")
     lg.add_argument(
         "--max-header-bytes",
@@ -159,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="digest vote: unanswered payload requests remembered per worker, 1..4096 (the "
         "oldest is forgotten beyond it; an answer to a forgotten one is a violation)",
     )
+
+
+def _add_run_flags(p: argparse.ArgumentParser, d: PSConfig) -> None:
+    """Workers, code, attack, rounds, run directory, failure and checkpoint policy."""
     run = p.add_argument_group("run")
     run.add_argument(
         "--workers", type=int, default=d.n_workers, metavar="N", help="worker seats (ids 0..N-1)"
@@ -234,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K", help="0 = never"
     )
+
+
+def _add_vote_flags(p: argparse.ArgumentParser, d: PSConfig) -> None:
+    """The repetition code's vote: full, digest-first or tolerance."""
     vg = p.add_argument_group("vote (docs/protocol.md section 6)")
     vg.add_argument(
         "--vote",
@@ -274,9 +296,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEC",
         help="seconds an asked worker has to send its payload before the next one is asked",
     )
-    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    add_task_arguments(p)
-    return p
 
 
 def build_keys_parser() -> argparse.ArgumentParser:

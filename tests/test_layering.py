@@ -55,6 +55,70 @@ def test_torch_only_under_tasks_torch(path: Path) -> None:
     assert "torch" not in _imports(path)
 
 
+NET = ROOT / "draco" / "net"
+PS = ROOT / "draco" / "ps"
+#: The PS's asyncio shell (server.py and its parts server_*.py): the only modules of
+#: draco/net that drive the PS's round logic.
+PS_SHELL = {p.name for p in NET.glob("server*.py")}
+#: The PS's composition root: builds the engine, the recorder and the shell, runs them.
+PS_ROOT = {"service.py"}
+#: The sans-IO protocol modules the PS's configuration may read limits from.
+PROTOCOL_MODULES = {
+    "draco.net.frames",
+    "draco.net.messages",
+    "draco.net.protocol",
+    "draco.net.auth",
+}
+
+
+def _draco_modules(path: Path) -> set[str]:
+    """Every ``draco.*`` module name ``path`` imports (top level or inside a function)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("draco."))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("draco."):
+            # ``from draco.net import messages``: the module draco.net.messages.
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+            found.add(str(node.module))
+    return found
+
+
+def _in(package: str, names: set[str]) -> set[str]:
+    return {n for n in names if n == package or n.startswith(package + ".")}
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: p.name)
+def test_core_imports_no_other_layer(path: Path) -> None:
+    mods = _draco_modules(path)
+    assert not (_in("draco.net", mods) | _in("draco.ps", mods) | _in("draco.tasks", mods)), (
+        f"draco/core/{path.name} imports {sorted(mods)}"
+    )
+
+
+@pytest.mark.parametrize("path", sorted(NET.glob("*.py")), ids=lambda p: p.name)
+def test_net_reaches_the_ps_only_from_its_shell(path: Path) -> None:
+    assert "server.py" in PS_SHELL and "peer.py" not in PS_SHELL
+    # draco/net is the wire (sans-IO protocol, the asyncio adapters) and the two shells; the
+    # PS's round logic lives in draco/ps and only the PS shell drives it.
+    if path.name in PS_SHELL:
+        return
+    mods = _in("draco.ps", _draco_modules(path))
+    assert not mods, f"draco/net/{path.name} imports {sorted(mods)}: only the PS shell may"
+
+
+@pytest.mark.parametrize("path", sorted(PS.glob("*.py")), ids=lambda p: p.name)
+def test_ps_logic_is_not_networked(path: Path) -> None:
+    # The round logic is pure: no event loop, no sockets, and of draco/net only the sans-IO
+    # protocol's constants; the composition root (service.py) alone starts the shell.
+    if path.name in PS_ROOT:
+        return
+    assert not _imports(path) & {"asyncio", "socket", "ssl", "selectors", "uvloop"}
+    net = _in("draco.net", _draco_modules(path)) - {"draco.net"}
+    beyond = {n for n in net if not any(n == p or n.startswith(p + ".") for p in PROTOCOL_MODULES)}
+    assert not beyond, f"draco/ps/{path.name} imports {sorted(beyond)}"
+
+
 def _module_name(path: Path) -> str:
     rel = path.relative_to(ROOT).with_suffix("")
     parts = list(rel.parts)

@@ -28,7 +28,7 @@ from draco.ps.optim import SGDConfig
 
 SCHEDULES = ("random", "fixed")
 LOOPS = ("uvloop", "asyncio")
-#: ``PSConfig.vote``: full payloads, digest-first (draco.net.rounds.VOTES), or auto (see
+#: ``PSConfig.vote``: full payloads, digest-first (draco.ps.digest_vote.VOTES), or auto (see
 #: resolved_vote).
 VOTES = ("full", "digest", "auto")
 #: ``draco-ps --vote``: the above, or the repetition code's tolerance vote (full payloads
@@ -196,6 +196,14 @@ class PSConfig:
     )
 
     def __post_init__(self) -> None:
+        # In this order: a user with several wrong flags hears about the first of them.
+        self._check_method()
+        self._check_run()
+        self._check_network()
+        self._check_vote()
+
+    def _check_method(self) -> None:
+        """Workers, liars, code, aggregator, attack, cluster-time model."""
         _check_int("--workers", self.n_workers, 1, 100_000)
         _check_int("--adversaries", self.n_adversaries, 0)
         if self.n_adversaries >= self.n_workers:
@@ -254,6 +262,9 @@ class PSConfig:
             raise ConfigError(
                 f"--attack {self.attack} needs liars: pass --adversaries S with S >= 1"
             )
+
+    def _check_run(self) -> None:
+        """Rounds, seed, task, optimizer, evaluation / checkpoint / failure policy."""
         _check_int("--rounds", self.rounds, 1)
         _check_int("--seed", self.seed, 0, 2**63 - 1)
         if not isinstance(self.task, dict) or "model" not in self.task:
@@ -263,6 +274,9 @@ class PSConfig:
         _check_int("--eval-every", self.eval_every, 0)
         _check_int("--checkpoint-every", self.checkpoint_every, 0)
         _check_int("--max-failed-rounds", self.max_failed_rounds, 1)
+
+    def _check_network(self) -> None:
+        """Address, timeouts, event loop, TLS, run directory, server limits."""
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"--host must be a host name or address, got {self.host!r}")
         _check_int("--port", self.port, 0, 65535)
@@ -284,6 +298,9 @@ class PSConfig:
             raise ConfigError("--resume needs the run directory to continue")
         if not isinstance(self.limits, ServerLimits):
             raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
+
+    def _check_vote(self) -> None:
+        """The repetition code's vote and the digest-first vote's limits."""
         if self.vote not in VOTES:
             raise ConfigError(f"--vote must be one of {', '.join(VOTE_CHOICES)}, got {self.vote!r}")
         if self.vote == "digest" and self.vote_rtol is not None:

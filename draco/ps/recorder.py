@@ -7,14 +7,29 @@ import math
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import Any, TextIO, cast
 
 import numpy as np
 
 from draco.ps.config import PSConfig
+from draco.ps.engine import RoundEngine
+from draco.ps.record import RoundRecord, metrics_line
+from draco.ps.rundir import RunDir, format_progress
 from draco.tasks.contract import Task
 
 __all__ = ["RunRecorder", "model_sha256"]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A round waiting to be written: its record and the recorder's figures for its line."""
+
+    record: RoundRecord
+    admission: dict[str, int]  # admission counters that changed since the previous round
+    evaluated_after_rounds: int | None  # None: not evaluated
+    elapsed_seconds: float  # the run's wall time when the round ended
+    evaluation: Future[dict[str, float]] | None  # the task's evaluate, in the eval thread
 
 
 def model_sha256(params: np.ndarray) -> str:
@@ -46,7 +61,7 @@ class RunRecorder:
         self,
         task: Task,
         config: PSConfig,
-        rundir: Any,
+        rundir: RunDir | None,
         out: TextIO,
         *,
         start_round: int = 0,
@@ -62,7 +77,8 @@ class RunRecorder:
         self.saved_round = start_round
         self.t0 = time.perf_counter()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draco-eval")
-        self.pending: deque[tuple[dict[str, Any], Future[dict[str, float]] | None]] = deque()
+        # Rounds waiting for their evaluation (if any) to be written in order.
+        self.pending: deque[_Pending] = deque()
         self.last_eval: dict[str, float] = {}
         self.last_eval_round = -1
         self.first_round_started: float | None = None
@@ -77,7 +93,12 @@ class RunRecorder:
         self.to_target: dict[str, float] | None = None
         if rundir is not None and start_round > 0:
             for old in rundir.read_metrics():
-                self._account(old)
+                self._account(
+                    float(old.get("cluster_seconds", 0.0) or 0.0),
+                    old.get("test_accuracy"),
+                    int(old.get("evaluated_after_rounds", int(old.get("round", -1)) + 1)),
+                    float(old.get("elapsed_seconds", math.nan)),
+                )
 
     def admission_delta(self) -> dict[str, int]:
         """Admission counters that changed since the previous call (nonzero deltas only)."""
@@ -88,41 +109,53 @@ class RunRecorder:
         self._counters_seen = now
         return {k: v for k, v in delta.items() if v and k != "admitted"}
 
-    def _account(self, record: dict[str, Any]) -> None:
-        self.cluster_total += float(record.get("cluster_seconds", 0.0) or 0.0)
-        record["cluster_seconds_elapsed"] = self.cluster_total
+    def _account(
+        self, cluster_seconds: float, accuracy: float | None, rounds: int, wall_seconds: float
+    ) -> float:
+        """Add a written round's cluster time; note the first evaluation at the target
+        accuracy (after ``rounds`` rounds, ``wall_seconds`` into the run). Returns the
+        running cluster time."""
+        self.cluster_total += cluster_seconds
         target = self.config.target_accuracy
-        acc = record.get("test_accuracy")
-        if target is not None and self.to_target is None and acc is not None and acc >= target:
+        if (
+            target is not None
+            and self.to_target is None
+            and accuracy is not None
+            and accuracy >= target
+        ):
             self.to_target = {
-                "rounds": int(record.get("evaluated_after_rounds", record["round"] + 1)),
+                "rounds": rounds,
                 "cluster_seconds": self.cluster_total,
-                "wall_seconds": float(record.get("elapsed_seconds", math.nan)),
+                "wall_seconds": wall_seconds,
             }
+        return self.cluster_total
 
     @property
     def wall_seconds(self) -> float:
         return self.wall_offset + (time.perf_counter() - self.t0)
 
-    def round_done(self, record: dict[str, Any], engine: Any) -> None:
-        admission = self.admission_delta()
-        if admission:
-            record["admission"] = admission
+    def round_done(self, record: RoundRecord, engine: RoundEngine) -> None:
+        """A round ended (``RunHooks``): evaluate, queue its line, checkpoint, progress."""
         done = engine.next_round
         every = self.config.eval_every
-        fut = None
-        if not record["failed"] and every and done % every == 0:
-            fut = self.executor.submit(self.task.evaluate, engine.params)
-            record["evaluated_after_rounds"] = done
-        record["elapsed_seconds"] = self.wall_seconds
-        self.pending.append((record, fut))
+        evaluate = not record.failed and bool(every) and done % every == 0
+        fut = self.executor.submit(self.task.evaluate, engine.params) if evaluate else None
+        self.pending.append(
+            _Pending(
+                record=record,
+                admission=self.admission_delta(),
+                evaluated_after_rounds=done if evaluate else None,
+                elapsed_seconds=self.wall_seconds,
+                evaluation=fut,
+            )
+        )
         self.flush(block=False)
         k = self.config.checkpoint_every
-        if not record["failed"] and k and done % k == 0:
+        if not record.failed and k and done % k == 0:
             self.save_checkpoint(engine)
         self._progress(record, engine)
 
-    def save_checkpoint(self, engine: Any) -> None:
+    def save_checkpoint(self, engine: RoundEngine) -> None:
         """Checkpoint the completed rounds (metrics up to it are flushed first); no-op without
         a run directory or with checkpoints off, or if this round's checkpoint exists."""
         done = engine.next_round
@@ -137,48 +170,61 @@ class RunRecorder:
     def flush(self, *, block: bool) -> None:
         """Write the records whose evaluation (if any) finished, in order."""
         while self.pending:
-            record, fut = self.pending[0]
-            if fut is not None:
-                if not block and not fut.done():
+            item = self.pending[0]
+            evaluation: dict[str, float] = {}
+            if item.evaluation is not None:
+                if not block and not item.evaluation.done():
                     return
-                metrics = fut.result()
-                record.update(metrics)
-                self.last_eval = dict(metrics)
-                self.last_eval_round = int(record["evaluated_after_rounds"])
+                evaluation = item.evaluation.result()
+                self.last_eval = dict(evaluation)
+                self.last_eval_round = int(cast(int, item.evaluated_after_rounds))
             self.pending.popleft()
-            self._account(record)
+            record = item.record
+            cluster_elapsed = self._account(
+                float(record.attempt.cluster_seconds or 0.0),
+                evaluation.get("test_accuracy"),
+                item.evaluated_after_rounds
+                if item.evaluated_after_rounds is not None
+                else record.round + 1,
+                item.elapsed_seconds,
+            )
             if self.rundir is not None:
-                self.rundir.append_metrics(record)
+                self.rundir.append_metrics(
+                    metrics_line(
+                        record,
+                        admission=item.admission,
+                        evaluated_after_rounds=item.evaluated_after_rounds,
+                        elapsed_seconds=item.elapsed_seconds,
+                        evaluation=evaluation,
+                        cluster_seconds_elapsed=cluster_elapsed,
+                    )
+                )
 
-    def _progress(self, record: dict[str, Any], engine: Any) -> None:
-        from draco.ps.rundir import format_progress
-
+    def _progress(self, record: RoundRecord, engine: RoundEngine) -> None:
         done = engine.next_round
         now = time.perf_counter()
         if self.first_round_started is None:
             # Rate over the rounds only: waiting for the workers to join is not a round.
-            self.first_round_started = now - float(record["wall_seconds"])
+            self.first_round_started = now - record.wall_seconds
         elapsed = now - self.first_round_started
         rate = (done - self.start_round) / elapsed if elapsed > 0 else math.nan
         eta = (engine.rounds - done) / rate if rate and rate > 0 else math.nan
         line = format_progress(done, engine.rounds, rate, eta, self.last_eval.get("test_accuracy"))
         if "test_accuracy" not in self.last_eval and "test_loss" in self.last_eval:
             line += f"  loss {self.last_eval['test_loss']:.4g}"
-        if record["failed"]:
-            line += (
-                f"  round {record['round']} FAILED after {record.get('attempts', 1)} "
-                f"attempt(s): {record.get('error', '')}"
-            )
+        a = record.attempt
+        if a.failed:
+            line += f"  round {a.round} FAILED after {a.attempts} attempt(s): {a.error}"
         else:
-            located = record["adversaries_located"]
+            located = list(a.adversaries_located)
             line += f"  liars located {located}" if located else "  liars located -"
-            if record["erasures"]:
-                line += f"  erasures {record['erasures']}"
-            if record.get("attempts", 1) > 1:
-                line += f"  ({record['attempts']} attempts)"
+            if a.erasures:
+                line += f"  erasures {list(a.erasures)}"
+            if a.attempts > 1:
+                line += f"  ({a.attempts} attempts)"
         print(line, file=self.out, flush=True)
 
-    def close(self, engine: Any, *, final_eval: bool) -> dict[str, float]:
+    def close(self, engine: RoundEngine, *, final_eval: bool) -> dict[str, float]:
         """Finish pending evaluations and records; evaluate the final model if asked."""
         self.flush(block=True)
         self.executor.shutdown(wait=True)

@@ -2,7 +2,7 @@
 
 1. Open the run directory (new, or resumed from its newest checkpoint).
 2. Build the code, the task (in a thread: loading data takes seconds), the attack and the
-   round engine (``draco.net.rounds``) with its optimizer (``draco.ps.optim``).
+   round engine (``draco.ps.engine``) with its optimizer (``draco.ps.optim``).
 3. Serve the rounds with ``draco.net.server.ParameterServer``; each round's record goes to
    the ``RunRecorder`` (evaluation, metrics.jsonl, checkpoints, progress line).
 4. On completion: the final evaluation and checkpoint, then ``summary.json``.
@@ -21,13 +21,15 @@ from draco.net.eventloop import exit_status, on_stop_signals, run_with_loop
 from draco.ps.config import PSConfig
 from draco.ps.optim import SGD
 from draco.ps.recorder import RunRecorder, model_sha256
+from draco.ps.rundir import Checkpoint, RunDir
 from draco.tasks.contract import CUSTOM_MODEL, Task
 from draco.tasks.registry import make_task
 
 if TYPE_CHECKING:
-    from draco.net.rounds import RoundEngine
+    from draco.core.codes import Code
+    from draco.ps.engine import RoundEngine
 
-__all__ = ["RunResult", "prepare", "run", "serve"]
+__all__ = ["RunResult", "RunState", "prepare", "run", "serve"]
 
 PROG = "draco-ps"  # the voice of the PS's notices on ``out``
 # config.json keys that are not PSConfig fields (informational).
@@ -51,29 +53,30 @@ class RunResult:
         return self.exit_code == 0 and self.summary is not None
 
 
-def _read_saved_config(rundir: Any) -> PSConfig:
+def _read_saved_config(rundir: RunDir) -> PSConfig:
     raw = rundir.read_config()
     for key in _CONFIG_EXTRAS:
         raw.pop(key, None)
     return PSConfig.from_dict(raw)
 
 
-def prepare(config: PSConfig) -> tuple[PSConfig, dict[str, Any]]:
-    """Open the run directory (new or resumed); returns the effective config and state.
+@dataclass(frozen=True)
+class RunState:
+    """Where a run starts: its run directory (None: none) and the checkpoint to resume."""
 
-    The state dict holds: rundir, checkpoint (or None).
-    """
-    from draco.ps.rundir import RunDir
+    rundir: RunDir | None = None
+    checkpoint: Checkpoint | None = None
 
-    state: dict[str, Any] = {"rundir": None, "checkpoint": None}
+
+def prepare(config: PSConfig) -> tuple[PSConfig, RunState]:
+    """Open the run directory (new or resumed); returns the effective config and state."""
     if config.run_dir is None:
-        return config, state
+        return config, RunState()
     rundir = RunDir(config.run_dir, resume=config.resume)
-    state["rundir"] = rundir
-    if config.resume:
-        config = config.with_run_of(_read_saved_config(rundir))
-        state["checkpoint"] = rundir.latest_checkpoint()
-    return config, state
+    if not config.resume:
+        return config, RunState(rundir)
+    config = config.with_run_of(_read_saved_config(rundir))
+    return config, RunState(rundir, rundir.latest_checkpoint())
 
 
 def _credentials(config: PSConfig) -> tuple[bytes, ssl.SSLContext | None]:
@@ -93,7 +96,7 @@ def _credentials(config: PSConfig) -> tuple[bytes, ssl.SSLContext | None]:
     return secret, ssl_context
 
 
-def _make_code(config: PSConfig) -> Any:
+def _make_code(config: PSConfig) -> Code:
     from draco.core.codes import make_code
 
     code = make_code(config.code, config.n_workers, config.n_adversaries, **config.code_options())
@@ -105,9 +108,10 @@ def _make_code(config: PSConfig) -> Any:
     return code
 
 
-def _make_engine(config: PSConfig, code: Any, task: Task) -> RoundEngine:
+def _make_engine(config: PSConfig, code: Code, task: Task) -> RoundEngine:
     """The round engine: the code, the task's initial state, the optimizer, the attack."""
-    from draco.net.rounds import DigestVoteConfig, RoundEngine
+    from draco.ps.digest_vote import DigestVoteConfig
+    from draco.ps.engine import RoundEngine
 
     attack = None
     if config.attack is not None:
@@ -135,11 +139,11 @@ def _make_engine(config: PSConfig, code: Any, task: Task) -> RoundEngine:
 
 
 def _open_or_resume(
-    config: PSConfig, state: dict[str, Any], engine: RoundEngine, task: Task, out: TextIO
+    config: PSConfig, state: RunState, engine: RoundEngine, task: Task, out: TextIO
 ) -> float:
     """A new run writes config.json; a resumed one restores its checkpoint and cuts its
     metrics there. Returns the wall seconds of earlier processes of the run."""
-    rundir, ckpt = state["rundir"], state["checkpoint"]
+    rundir, ckpt = state.rundir, state.checkpoint
     if rundir is None:
         return 0.0
     if not config.resume:
@@ -228,7 +232,7 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> RunResult:
     engine = _make_engine(config, code, task)
     wall_offset = _open_or_resume(config, state, engine, task, out)
     recorder = RunRecorder(
-        task, config, state["rundir"], out, start_round=engine.next_round, wall_offset=wall_offset
+        task, config, state.rundir, out, start_round=engine.next_round, wall_offset=wall_offset
     )
     # Step 3: serve the rounds; every record goes to the recorder.
     server = ParameterServer(
@@ -256,8 +260,8 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> RunResult:
         return RunResult(outcome.exit_code, outcome.reason, None)
     await loop.run_in_executor(None, recorder.save_checkpoint, engine)
     summary = _summary(config, engine, recorder, evals, server.admission.counters)
-    if state["rundir"] is not None:
-        state["rundir"].write_summary(summary)
+    if state.rundir is not None:
+        state.rundir.write_summary(summary)
     return RunResult(outcome.exit_code, outcome.reason, summary)
 
 

@@ -269,7 +269,7 @@ def test_closed_tls_connections_are_freed_without_the_cyclic_gc(
     import gc
 
     from draco.net.eventloop import run_with_loop
-    from draco.net.server import Peer
+    from draco.net.peer import Peer
 
     cert, key = tls_files
     pytest.importorskip("uvloop") if loop_name == "uvloop" else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from typing import Any
 
@@ -11,7 +12,9 @@ import pytest
 
 from draco.core.codes import make_code
 from draco.net import messages as m
-from draco.net.rounds import RoundEngine, Verdict, cluster_seconds, transfer_seconds
+from draco.ps.cluster_time import cluster_seconds, transfer_seconds
+from draco.ps.collector import Verdict
+from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.lstsq import LeastSquaresTask
 
@@ -72,11 +75,11 @@ def test_hostile_compute_time_is_bounded_by_what_the_ps_observed(lie: Any) -> No
         # arrives 0.5 s after its RoundStart
         verdict = rnd.offer(j, 0, y, reported, 500, received_at=100.5).verdict  # type: ignore[arg-type]
         assert verdict is Verdict.ACCEPTED
-    record = engine.finish(rnd).record
+    record = dataclasses.asdict(engine.finish(rnd))
     check_definition(record)
     c3 = record["worker_compute_seconds"][3]
     assert 0.0 <= c3 <= 0.5
-    assert record["compute_clipped"] == [3]
+    assert record["compute_clipped"] == (3,)
     assert record["compute_seconds"] <= 0.5
     # The honest ones are taken as reported; the liar cannot push the round past 0.5 s +
     # transfer + PS time.
@@ -97,7 +100,7 @@ def test_only_the_payloads_the_round_used_count() -> None:
         if j == 5:
             y = np.full_like(y, np.nan)  # an erasure: not used
         rnd.offer(j, 0, y, 0.001 * (j + 1), 500, received_at=10.0)
-    record = engine.finish(rnd).record
+    record = dataclasses.asdict(engine.finish(rnd))
     check_definition(record)
     assert record["worker_compute_seconds"][5] is None
     assert record["worker_compute_seconds"][6] is None

@@ -21,9 +21,9 @@ from draco.core.digests import payload_digest
 from draco.net import messages as m
 from draco.net.frames import encode_frame
 from draco.net.protocol import CLOSED
-from draco.net.rounds import DigestVoteConfig
 from draco.net.server import ParameterServer
 from draco.ps.config import ServerLimits
+from draco.ps.digest_vote import DigestVoteConfig
 from draco.tasks.lstsq import LeastSquaresTask
 
 pytestmark = pytest.mark.asyncio

@@ -25,11 +25,13 @@ import pytest
 
 from draco.core.codes import make_code
 from draco.net import messages as m
+from draco.net.peer import Peer
 from draco.net.protocol import Connection, Role
-from draco.net.rounds import RoundEngine
-from draco.net.server import ParameterServer, Peer
+from draco.net.server import ParameterServer
 from draco.ps.config import PSConfig
+from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
+from draco.ps.record import RoundRecord
 
 N, S, DIM = 15, 2, 1_000_000
 REPEATS = 3
@@ -68,8 +70,8 @@ class _Recorder:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    def round_done(self, record: dict[str, Any], engine: RoundEngine) -> None:
-        self.records.append(record)
+    def round_done(self, record: RoundRecord, engine: RoundEngine) -> None:
+        self.records.append(record.metrics())  # the round's fields of its metrics line
 
 
 class _Watched:

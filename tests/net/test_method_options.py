@@ -9,9 +9,9 @@ import pytest
 
 from draco.core.codes import make_code
 from draco.errors import ConfigError
-from draco.net.rounds import RoundEngine
 from draco.options import parse_options
 from draco.ps.config import PSConfig
+from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
 from draco.tasks.lstsq import LeastSquaresTask
 

@@ -16,8 +16,10 @@ import pytest
 
 from draco.core.attacks import make_attack
 from draco.core.codes import CyclicCode, make_code
-from draco.net.rounds import RoundEngine, RoundRecord, Verdict
+from draco.ps.collector import Verdict
+from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
+from draco.ps.record import AttemptRecord
 from draco.tasks.lstsq import LeastSquaresTask
 
 DIM = 8
@@ -56,7 +58,7 @@ def _lstsq(code: Any) -> tuple[np.ndarray, Callable[[np.ndarray], Payloads]]:
 
 def _run(
     engine: RoundEngine, sent: Payloads, order: Sequence[int], screened: bool
-) -> tuple[RoundRecord, list[bool]]:
+) -> tuple[AttemptRecord, list[bool]]:
     """One round: ``sent[j]`` arrive in ``order``; the record and ``should_close`` after each.
 
     ``screened``: the former ``offer``, which erased a payload holding NaN/Inf on arrival.
@@ -81,7 +83,7 @@ def _same_as_screened(
     sent: Payloads,
     order: Sequence[int] | None = None,
     **kw: Any,
-) -> tuple[RoundRecord, list[bool]]:
+) -> tuple[AttemptRecord, list[bool]]:
     """Run both ways; assert readiness, record and model agree; return the new way's."""
     order = list(sent) if order is None else list(order)
     lazy, screened = _engine(code, params, **kw), _engine(code, params, **kw)
@@ -89,7 +91,7 @@ def _same_as_screened(
     ref, ref_ready = _run(screened, sent, order, screened=True)
     assert ready == ref_ready
     for key in RECORD_KEYS:
-        assert rec.record[key] == ref.record[key], key
+        assert getattr(rec, key) == getattr(ref, key), key
     assert lazy.params.tobytes() == screened.params.tobytes()
     return rec, ready
 
@@ -113,9 +115,9 @@ def test_repetition_minority_nan_and_inf_are_erasures() -> None:
     sent[12] = -sent[12]  # a finite liar: located, as always
     rec, ready = _same_as_screened(code, params, sent)
     assert rec.ok and ready[-1]
-    assert rec.record["erasures"] == [0, 7, 8]
-    assert rec.record["adversaries_located"] == [12]
-    assert rec.record["worker_compute_seconds"][0] is None  # not used: not in the metrics
+    assert rec.erasures == (0, 7, 8)
+    assert rec.adversaries_located == (12,)
+    assert rec.worker_compute_seconds[0] is None  # not used: not in the metrics
 
 
 @pytest.mark.parametrize("identical", [True, False])
@@ -131,7 +133,7 @@ def test_repetition_nan_majority_of_a_group_fails_without_an_early_close(
         sent[j] = np.full(DIM, np.nan, np.float32) if identical else _nan_at(sent[j], j)
     rec, ready = _same_as_screened(code, params, sent, order=[0, 1, 2, *range(5, 15), 3, 4])
     assert not rec.ok and not any(ready[:-1])  # closes only once every worker answered
-    assert rec.record["erasures"] == [0, 1, 2]
+    assert rec.erasures == (0, 1, 2)
 
 
 def test_repetition_huge_finite_liar_is_located_not_erased() -> None:
@@ -141,7 +143,7 @@ def test_repetition_huge_finite_liar_is_located_not_erased() -> None:
     sent[4] = np.full(DIM, 1e38, np.float32)
     sent[5] = np.full(DIM, np.finfo(np.float32).max, np.float32)  # its sum overflows
     rec, _ = _same_as_screened(code, params, sent)
-    assert rec.ok and rec.record["adversaries_located"] == [4, 5] and rec.record["erasures"] == []
+    assert rec.ok and rec.adversaries_located == (4, 5) and rec.erasures == ()
 
 
 @pytest.mark.parametrize("attack", ["alie", "ipm", "colluding"])
@@ -158,7 +160,7 @@ def test_omniscient_attack_sees_the_finite_honest_payloads_only(attack: str) -> 
     sent[liars[0]] = _nan_at(sent[liars[0]], 1)
     sent[others[0]] = _nan_at(sent[others[0]], 2)
     rec, _ = _same_as_screened(code, params, sent, attack=make_attack(attack))
-    assert {liars[0], others[0]} <= set(rec.record["erasures"])
+    assert {liars[0], others[0]} <= set(rec.erasures)
 
 
 def test_baseline_nan_is_an_erasure() -> None:
@@ -167,7 +169,7 @@ def test_baseline_nan_is_an_erasure() -> None:
     sent = honest(params)
     sent[3] = _nan_at(sent[3], 0)
     rec, ready = _same_as_screened(code, params, sent)
-    assert rec.ok and rec.record["erasures"] == [3] and ready[-1]
+    assert rec.ok and rec.erasures == (3,) and ready[-1]
 
 
 # ----------------------------------------------------------------------------- cyclic
@@ -192,7 +194,7 @@ def test_cyclic_nan_first_then_early_close(d: int) -> None:
     order = [3, 0, 1, 2, 4, 5, 6, 7]
     rec, ready = _same_as_screened(code, params, {j: sent[j] for j in order}, order)
     assert ready[-1] and not ready[-2]
-    assert rec.ok and rec.record["erasures"] == [3, 8]
+    assert rec.ok and rec.erasures == (3, 8)
 
 
 def test_cyclic_nan_over_budget_waits_for_the_rest() -> None:
@@ -202,7 +204,7 @@ def test_cyclic_nan_over_budget_waits_for_the_rest() -> None:
     sent[0] = _nan_at(sent[0], 7, np.inf)
     rec, ready = _same_as_screened(code, params, sent, order=[0, 1, 2, 3, 4])
     assert not any(ready[:-1])
-    assert rec.ok and rec.record["erasures"] == [0]
+    assert rec.ok and rec.erasures == (0,)
 
 
 @pytest.mark.parametrize("d", [DIM * 64, BIG])
@@ -215,14 +217,14 @@ def test_cyclic_liar_with_nan_outside_the_sample_is_an_erasure(d: int) -> None:
     sent[6] = (-100 * sent[6]).astype(sent[6].dtype)  # a finite liar
     rec, _ = _same_as_screened(code, params, sent)
     assert rec.ok
-    assert rec.record["erasures"] == [4] and rec.record["adversaries_located"] == [6]
+    assert rec.erasures == (4,) and rec.adversaries_located == (6,)
 
 
 def test_cyclic_nan_in_an_honest_row_outside_the_sample() -> None:
     code, params, sent = _cyclic_round(9, 2, BIG)
     sent[2] = _nan_at(sent[2], BIG - 2)
     rec, _ = _same_as_screened(code, params, sent)
-    assert rec.ok and rec.record["erasures"] == [2] and rec.record["adversaries_located"] == []
+    assert rec.ok and rec.erasures == (2,) and rec.adversaries_located == ()
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the sample's sum
@@ -234,9 +236,9 @@ def test_cyclic_huge_finite_liar_is_used_and_classified_as_before(d: int) -> Non
     code, params, sent = _cyclic_round(9, 2, d)
     sent[5] = np.full(d, 1e38, sent[5].dtype)
     rec, _ = _same_as_screened(code, params, sent)
-    assert rec.ok and rec.record["worker_compute_seconds"][5] is not None
-    located, erased = rec.record["adversaries_located"], rec.record["erasures"]
-    assert (located, erased) == (([5], []) if d < BIG else ([], [5]))
+    assert rec.ok and rec.worker_compute_seconds[5] is not None
+    located, erased = rec.adversaries_located, rec.erasures
+    assert (located, erased) == (((5,), ()) if d < BIG else ((), (5,)))
 
 
 # ----------------------------------------------------------------------------- digest vote
@@ -269,8 +271,8 @@ def test_digest_vote_names_a_nan_minority_a_liar_where_the_full_vote_erases_it()
         assert rnd.verify(j, sent[j], payload_digest(sent[j], rnd.digest_key, 32))
     rec_digest = digest.finish(rnd)
     assert rec_full.ok and rec_digest.ok
-    assert rec_full.record["erasures"] == [6] and rec_full.record["adversaries_located"] == []
-    assert rec_digest.record["erasures"] == [] and rec_digest.record["adversaries_located"] == [6]
+    assert rec_full.erasures == (6,) and rec_full.adversaries_located == ()
+    assert rec_digest.erasures == () and rec_digest.adversaries_located == (6,)
     assert full.params.tobytes() == digest.params.tobytes()
 
 

@@ -1,4 +1,4 @@
-"""The round engine (draco.net.rounds): pure logic, no sockets. Real codes, the lstsq task."""
+"""The round engine and collector (draco.ps): pure logic, no sockets. Real codes, lstsq task."""
 
 from __future__ import annotations
 
@@ -12,14 +12,11 @@ from hypothesis import strategies as st
 from draco.core.attacks import make_attack
 from draco.core.codes import make_code
 from draco.errors import ConfigError
-from draco.net.rounds import (
-    DigestVoteConfig,
-    RoundEngine,
-    Verdict,
-    attack_seed,
-    choose_liars,
-)
+from draco.ps.collector import Verdict
+from draco.ps.digest_vote import DigestVoteConfig
+from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
+from draco.ps.plan import attack_seed, choose_liars
 from draco.tasks.lstsq import LeastSquaresTask
 
 DIM = 8
@@ -152,7 +149,7 @@ def test_early_close_when_the_code_is_ready() -> None:
     rnd.offer(5, 0, y[5])
     assert rnd.ready and rnd.should_close and not rnd.complete
     rec = engine.finish(rnd, wait_seconds=0.1)
-    assert rec.ok and rec.record["erasures"] == [2, 3, 6]
+    assert rec.ok and rec.erasures == (2, 3, 6)
 
 
 def test_round_closes_when_every_worker_is_accounted_for() -> None:
@@ -181,10 +178,10 @@ def test_honest_round_updates_with_the_mean_gradient(name: str) -> None:
     expected = SGD(SGDConfig(lr=0.05), DIM).step(w0, total / np.float32(7))
     np.testing.assert_allclose(engine.params, expected, rtol=1e-5, atol=1e-7)
     assert w0 is not engine.params and np.all(w0 == 0)  # never updated in place
-    r = rec.record
+    r = rec
+    # (The round's wall time is the shell's figure: draco.ps.record.RoundRecord.)
     for key in [
         "round",
-        "wall_seconds",
         "wait_seconds",
         "compute_seconds",
         "decode_seconds",
@@ -197,8 +194,8 @@ def test_honest_round_updates_with_the_mean_gradient(name: str) -> None:
         "attack_simulated_at_ps",
         "failed",
     ]:
-        assert key in r
-    assert r["round"] == 0 and r["failed"] is False and r["bytes_in"] > 0
+        assert hasattr(r, key)
+    assert r.round == 0 and r.failed is False and r.bytes_in > 0
 
 
 def test_attacked_repetition_run_equals_clean_run_bitwise() -> None:
@@ -211,8 +208,8 @@ def test_attacked_repetition_run_equals_clean_run_bitwise() -> None:
         assert _run_round(clean, task).ok
         rec = _run_round(liars, task, forge=lambda y: np.full_like(y, -100.0))
         assert rec.ok
-        located.append(set(rec.record["adversaries_located"]))
-        assert set(rec.record["liars"]) == located[-1]
+        located.append(set(rec.adversaries_located))
+        assert set(rec.liars) == located[-1]
     assert clean.params.tobytes() == liars.params.tobytes()
 
 
@@ -224,8 +221,8 @@ def test_omniscient_attack_is_simulated_at_the_ps_and_located() -> None:
     while not engine.finished:
         _run_round(clean, task)
         rec = _run_round(engine, task)  # workers honest: the PS forges the liars' payloads
-        assert rec.record["attack_simulated_at_ps"] is True
-        assert rec.record["adversaries_located"] == rec.record["liars"]
+        assert rec.attack_simulated_at_ps is True
+        assert rec.adversaries_located == rec.liars
     assert clean.params.tobytes() == engine.params.tobytes()
 
 
@@ -237,7 +234,7 @@ def test_failed_round_keeps_the_model_and_reruns_the_same_round() -> None:
     w = engine.params.copy()
     for k in range(1, 3):
         rec = _run_round(engine, task, skip=frozenset({0, 1, 2}))  # group 0 below s+1
-        assert not rec.ok and rec.record["failed"] and rec.record["round"] == 1
+        assert not rec.ok and rec.failed and rec.round == 1
         assert rec.error and engine.totals.consecutive_failures == k
         assert engine.params.tobytes() == w.tobytes() and engine.next_round == 1
         assert not engine.stopped
@@ -263,7 +260,7 @@ def test_ps_simulated_liars_do_not_make_a_round_ready() -> None:
     rnd.offer(honest[1], 0, y[honest[1]])
     assert rnd.should_close
     rec = engine.finish(rnd)
-    assert rec.ok and rec.record["adversaries_located"] == liars
+    assert rec.ok and list(rec.adversaries_located) == liars
 
 
 def test_answers_to_a_failed_attempt_are_stale_not_violations() -> None:
@@ -284,7 +281,7 @@ def test_answers_to_a_failed_attempt_are_stale_not_violations() -> None:
         assert retry.offer(j, 0, y[j], attempt=1).verdict is Verdict.ACCEPTED
     assert retry.offer(1, 0, y[1], attempt=1).verdict is Verdict.VIOLATION  # one per attempt
     rec = engine.finish(retry)
-    assert rec.ok and rec.record["attempts"] == 2 and engine.attempt == 0
+    assert rec.ok and rec.attempts == 2 and engine.attempt == 0
     assert engine.start_round().attempt == 0  # the next round starts afresh
 
 
@@ -294,7 +291,7 @@ def test_uncounted_failures_do_not_use_up_the_budget() -> None:
     engine = _engine(code, task, max_failed_rounds=2)
     for k in range(1, 6):  # workers missing: the shell bounds these by time, not by count
         rec = engine.finish(engine.start_round(), count_failure=False)
-        assert not rec.ok and rec.record["attempts"] == k
+        assert not rec.ok and rec.attempts == k
     assert not engine.stopped and engine.totals.failed_rounds == 5
     for _ in range(2):
         engine.finish(engine.start_round())
@@ -445,10 +442,10 @@ def test_digest_vote_follows_the_full_vote_bit_for_bit(attack: str | None) -> No
         assert full.ok and dig.ok
         assert engines["full"].params.tobytes() == engines["digest"].params.tobytes()
         for key in ("adversaries_located", "erasures", "liars", "attack_simulated_at_ps"):
-            assert dig.record[key] == full.record[key], key
-        assert dig.record["vote"] == "digest" and full.record["vote"] == "full"
+            assert getattr(dig, key) == getattr(full, key), key
+        assert dig.vote == "digest" and full.vote == "full"
         # Ingress: n digests + one payload per group, not n payloads.
-        assert dig.record["payload_requests"] == len(engines["digest"].code.groups)
+        assert dig.payload_requests == len(engines["digest"].code.groups)
 
 
 def test_fetch_spreads_groups_over_hosts_and_rotates_with_the_round() -> None:
@@ -484,10 +481,10 @@ def test_fetch_liars_are_located_and_requests_are_bounded() -> None:
     # Round 0 asks members 0, 1, 2 of group 0 in that order; 0 and 1 lie on fetch.
     engine = _engine(code, task, vote="digest")
     res = _run_digest_round(engine, task, lie_on_fetch=frozenset({0, 1}))
-    assert res.ok and res.record["adversaries_located"] == [0, 1]
-    assert res.record["payload_requests"] == len(code.groups) + 2
+    assert res.ok and res.adversaries_located == (0, 1)
+    assert res.payload_requests == len(code.groups) + 2
     # With at most one request per group, the same liar fails the attempt (model kept).
-    from draco.net.rounds import DigestVoteConfig
+    from draco.ps.digest_vote import DigestVoteConfig
 
     engine = _engine(code, task, vote="digest", digest=DigestVoteConfig(max_payload_requests=1))
     before = engine.params.copy()

@@ -23,10 +23,11 @@ from draco.net import auth
 from draco.net import messages as m
 from draco.net.frames import MAGIC, PREFIX, PROTOCOL_VERSION, Limits, encode_frame
 from draco.net.protocol import CLOSED, NEED_DATA, Connection, Role
-from draco.net.rounds import RoundEngine
 from draco.net.server import ParameterServer
 from draco.ps.config import PSConfig, ServerLimits
+from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
+from draco.ps.record import RoundRecord
 from draco.tasks.lstsq import LeastSquaresTask
 
 DIM = 8
@@ -43,10 +44,10 @@ class Recorder:
         self.records: list[dict[str, Any]] = []
         self.on_round = on_round
 
-    def round_done(self, record: dict[str, Any], engine: RoundEngine) -> None:
-        self.records.append(record)
+    def round_done(self, record: RoundRecord, engine: RoundEngine) -> None:
+        self.records.append(record.metrics())  # the round's fields of its metrics line
         if self.on_round is not None:
-            self.on_round(record)
+            self.on_round(self.records[-1])
 
 
 def make_server(

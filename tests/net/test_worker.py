@@ -428,9 +428,9 @@ def test_parse_address_rejects(text: str) -> None:
 
 @pytest.mark.parametrize("code_name", ["repetition", "cyclic"])
 async def test_against_the_real_server_with_liars(code_name: str) -> None:
-    from draco.net.rounds import RoundEngine
     from draco.net.server import ParameterServer
     from draco.ps.config import PSConfig
+    from draco.ps.engine import RoundEngine
     from draco.ps.optim import SGD, SGDConfig
 
     n, s, rounds = 5, 2, 4
@@ -447,8 +447,8 @@ async def test_against_the_real_server_with_liars(code_name: str) -> None:
     records: list[dict[str, Any]] = []
 
     class Hooks:
-        def round_done(self, record: dict[str, Any], engine: Any) -> None:
-            records.append(record)
+        def round_done(self, record: Any, engine: Any) -> None:
+            records.append(record.metrics())
 
     server = ParameterServer(
         config, task_spec=task.spec(), code=code, engine=engine, secret=SECRET, hooks=Hooks()
