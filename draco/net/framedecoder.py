@@ -34,6 +34,12 @@ __all__ = ["FrameDecoder"]
 
 # Size of the scratch buffer lent to the BufferedProtocol path outside tensor bodies.
 _SCRATCH_BYTES = 64 * 1024
+# What a read between frames may take: the prefix, a usual header (a Gradient's is ~110
+# bytes) and the first bytes of the body, in one read instead of three. Small, because the
+# body bytes in it are copied once more (scratch -> array) and moved in the backlog.
+_LOOKAHEAD_BYTES = 4096
+# The wire dtypes, built once: a frame's descriptors are checked against this table.
+_WIRE_DTYPES: dict[str, np.dtype] = {name: np.dtype(name) for name in DTYPES}
 _PREFIX_PHASE, _HEADER_PHASE, _BODY_PHASE = "prefix", "header", "body"
 _LENT_NONE, _LENT_SCRATCH, _LENT_TENSOR = 0, 1, 2
 _DESCRIPTOR_KEYS = frozenset({"dtype", "shape", "nbytes"})
@@ -113,9 +119,16 @@ class FrameDecoder:
         """A writable buffer for the next read (``BufferedProtocol.get_buffer``).
 
         While a tensor body is being received this is a view into that tensor's final array
-        (its remaining bytes); otherwise a scratch buffer sized to the bytes still needed for
-        the prefix or header, so reads do not run past them into a tensor body.
+        (all its remaining bytes: one read takes whatever the kernel holds); otherwise a
+        scratch buffer: 4 KiB between frames (the prefix, a usual header and the first body
+        bytes in one read), the bytes still needed inside a header.
         """
+        # The hot path first, with no call: the rest of the tensor being received. The body
+        # phase means no frame is waiting (_complete leaves it), so there is nothing to parse.
+        if self._phase == _BODY_PHASE and not self._buf and self._error is None:
+            view = self._views[self._view_index][self._view_fill :]
+            self._lent, self._lent_len = _LENT_TENSOR, len(view)
+            return view
         self._process()
         idle_body = self._phase == _BODY_PHASE and not self._buf
         if self._error is None and self._ready is None and idle_body:
@@ -125,7 +138,7 @@ class FrameDecoder:
         if self._error is not None or self._ready is not None or self._eof:
             need = _SCRATCH_BYTES  # discarded (dead) or kept as backlog (frame waiting)
         elif self._phase == _PREFIX_PHASE:
-            need = PREFIX_SIZE - len(self._buf)
+            need = _LOOKAHEAD_BYTES
         else:
             need = self._header_len - len(self._buf)
         need = max(1, min(need, _SCRATCH_BYTES))
@@ -143,6 +156,9 @@ class FrameDecoder:
             No buffer was lent, or ``nbytes`` exceeds its size (a bug in the caller).
         """
         lent, self._lent = self._lent, _LENT_NONE
+        if lent == _LENT_TENSOR and 0 < nbytes < self._lent_len:
+            self._view_fill += nbytes  # the hot path: still inside the tensor, nothing to parse
+            return
         if lent == _LENT_NONE:
             raise LocalProtocolError("buffer_updated called without a preceding get_buffer")
         if not 0 <= nbytes <= self._lent_len:
@@ -202,8 +218,9 @@ class FrameDecoder:
         except RemoteProtocolError as exc:
             self._fail(exc)
 
-    def _parse_prefix(self) -> bool:
-        buf = self._buf
+    @staticmethod
+    def _check_start(buf: bytearray) -> None:
+        """Raise if the magic or the version, as far as received, is not this side's."""
         seen = bytes(buf[: len(MAGIC)])
         if seen != MAGIC[: len(seen)]:
             hint = ""
@@ -220,9 +237,16 @@ class FrameDecoder:
                     f"peer speaks draco protocol version {version}, this side speaks version "
                     f"{PROTOCOL_VERSION}; run the same draco release on the server and workers"
                 )
+
+    def _parse_prefix(self) -> bool:
+        buf = self._buf
         if len(buf) < PREFIX_SIZE:
+            self._check_start(buf)  # report a wrong magic or version as early as seen
             return False
-        _, _, flags, header_len, tensor_bytes, n_tensors = PREFIX.unpack_from(buf)
+        magic, version, flags, header_len, tensor_bytes, n_tensors = PREFIX.unpack_from(buf)
+        if magic != MAGIC or version != PROTOCOL_VERSION:
+            self._check_start(buf)
+            raise AssertionError("unreachable: _check_start raises on this prefix")
         limits = self.limits
         if flags != 0:
             raise RemoteProtocolError(f"frame sets unknown flags 0x{flags:04x}")
@@ -287,7 +311,7 @@ class FrameDecoder:
             )
         # Every length is now checked against the limits: allocation is bounded.
         self._header = obj
-        self._arrays = [self._receive_array(np.dtype(dtype), shape) for dtype, shape, _ in specs]
+        self._arrays = [self._receive_array(dtype, shape) for dtype, shape, _ in specs]
         self._views = [a.reshape(-1).view(np.uint8).data for a in self._arrays if a.nbytes]
         self._view_index = self._view_fill = 0
         self._phase = _BODY_PHASE
@@ -299,7 +323,7 @@ class FrameDecoder:
             return np.empty(shape, dtype=dtype)  # no bytes to receive: never the hook's business
         arr = self._allocate(dtype, shape)
         ok = isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.shape == shape
-        if not (ok and arr.flags.c_contiguous and arr.flags.writeable):
+        if not (ok and (flags := arr.flags).c_contiguous and flags.writeable):
             # A bug in the hook, not the peer's fault: never receive into the wrong memory.
             raise LocalProtocolError(
                 f"allocate({dtype.str}, {shape}) returned {type(arr).__name__} "
@@ -308,27 +332,31 @@ class FrameDecoder:
             )
         return arr
 
-    def _parse_descriptor(self, i: int, desc: Any) -> tuple[str, tuple[int, ...], int]:
-        if not isinstance(desc, dict) or set(desc) != _DESCRIPTOR_KEYS:
+    def _parse_descriptor(self, i: int, desc: Any) -> tuple[np.dtype, tuple[int, ...], int]:
+        # Exact type checks: msgpack makes plain dict, list, str and int (never bool for an
+        # int), and they are cheaper than isinstance on this per-frame path.
+        if type(desc) is not dict or desc.keys() != _DESCRIPTOR_KEYS:
             raise RemoteProtocolError(
                 f"tensor descriptor {i} must be a map with keys dtype, shape, nbytes"
             )
-        dtype, shape, nbytes = desc["dtype"], desc["shape"], desc["nbytes"]
-        if not isinstance(dtype, str) or dtype not in DTYPES:
+        name, shape, nbytes = desc["dtype"], desc["shape"], desc["nbytes"]
+        dtype = _WIRE_DTYPES.get(name) if type(name) is str else None
+        if dtype is None:
             allowed = ", ".join(sorted(DTYPES))
-            raise RemoteProtocolError(f"tensor {i} has dtype {dtype!r}; allowed: {allowed}")
-        if not isinstance(shape, list) or len(shape) > self.limits.max_ndim:
+            raise RemoteProtocolError(f"tensor {i} has dtype {name!r}; allowed: {allowed}")
+        if type(shape) is not list or len(shape) > self.limits.max_ndim:
             raise RemoteProtocolError(
                 f"tensor {i} shape must be a list of at most {self.limits.max_ndim} sizes"
             )
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
-            raise RemoteProtocolError(f"tensor {i} shape {shape!r} has a non-size entry")
-        if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        for n in shape:
+            if type(n) is not int or n < 0:
+                raise RemoteProtocolError(f"tensor {i} shape {shape!r} has a non-size entry")
+        if type(nbytes) is not int:
             raise RemoteProtocolError(f"tensor {i} nbytes must be an int, got {nbytes!r}")
-        expected = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
         if expected != nbytes:
             raise RemoteProtocolError(
-                f"tensor {i}: shape {shape} x itemsize of {dtype} = {expected} bytes, "
+                f"tensor {i}: shape {shape} x itemsize of {name} = {expected} bytes, "
                 f"descriptor says {nbytes}"
             )
         if nbytes > self._tensor_bytes:
