@@ -404,8 +404,14 @@ class FrameDecoder:
         VersionMismatchError
             The peer's frame carries another protocol version.
         """
-        if self._ready is None:
-            self._process()
+        frame = self._ready
+        if frame is not None:
+            self._ready = None
+            return frame
+        idle = self._phase == _PREFIX_PHASE and not self._buf and not self._eof
+        if idle and self._error is None:
+            return None  # between frames with nothing received: the pump's last call
+        self._process()
         if self._ready is not None:
             frame, self._ready = self._ready, None
             return frame
