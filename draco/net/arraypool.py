@@ -17,6 +17,8 @@ from draco.errors import ConfigError
 
 __all__ = ["Allocate", "ArrayPool", "new_array"]
 
+_Key = tuple[np.dtype, tuple[int, ...]]
+
 #: ``allocate(dtype, shape)`` -> a C-contiguous, writeable array of exactly that dtype and
 #: shape whose contents may be anything (the decoder overwrites every byte before the frame
 #: is surfaced). Called only after the frame's declarations passed the :class:`Limits`.
@@ -64,13 +66,13 @@ class ArrayPool:
         self.reused = 0
         self.allocated = 0
         self._free_refs = 0
-        self._arrays: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
+        self._arrays: dict[_Key, list[np.ndarray]] = {}
         # Per key, where the next search starts: just after the array handed out last. Arrays
         # go out in turn and come back in about the same order (a round's payloads are let go
         # together), so the first one looked at is nearly always free: one reference-count
         # read per request instead of a scan past the arrays still in use (each a cache miss
         # on the parameter server's ingest path, where the caches are cold after every read).
-        self._next: dict[tuple[str, tuple[int, ...]], int] = {}
+        self._next: dict[_Key, int] = {}
         # The reference count a kept array shows in _take when nothing else holds it:
         # measured on a probe through the same code path, not assumed per interpreter.
         self._free_refs = self._refs([np.empty(1)], 0)
@@ -79,7 +81,7 @@ class ArrayPool:
     def _refs(arrays: list[np.ndarray], i: int) -> int:
         return sys.getrefcount(arrays[i])
 
-    def _take(self, key: tuple[str, tuple[int, ...]], arrays: list[np.ndarray]) -> int:
+    def _take(self, key: _Key, arrays: list[np.ndarray]) -> int:
         """Index of a free array in ``arrays`` (searched from the key's cursor on), or -1."""
         n = len(arrays)
         start = self._next.get(key, 0)
@@ -94,8 +96,11 @@ class ArrayPool:
 
     def __call__(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         """An array of ``dtype`` and ``shape`` (contents undefined): a free kept one if any."""
-        dtype = np.dtype(dtype)
-        key = (dtype.str, tuple(shape))
+        if not isinstance(dtype, np.dtype):  # the decoder passes np.dtype objects already
+            dtype = np.dtype(dtype)
+        # (dtype, shape): dtypes hash and compare by value ("<f4" == float32); dtype.str
+        # would build a new string on every request.
+        key = (dtype, tuple(shape))
         arrays = self._arrays.get(key)
         if arrays is not None:
             i = self._take(key, arrays)
