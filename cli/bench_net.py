@@ -11,8 +11,12 @@ framing) on each. The receiver is this process, measured twice with the SAME byt
   (prefix, bounded msgpack header, tensor bytes straight into their numpy array), then
   ``RoundCollector.offer`` (round/dtype/shape checks; NaN/Inf are left to the decoders),
   exactly as in a run. The handshake is done beforehand in memory, so only ingest is timed.
-- ``raw``: a baseline of blocking sockets, ``selectors`` and ``recv_into`` a preallocated
-  buffer per connection (no parsing at all).
+- ``raw``: a baseline of blocking sockets and ``recv_into`` a preallocated buffer per
+  connection, read in the sender's order (no parsing, no event loop: the cheapest receiver).
+- ``raw_loop`` (with ``--raw-loop``): the same buffers filled on the project's event loop (an
+  ``asyncio.BufferedProtocol`` per connection lending the rest of its buffer, no parsing):
+  project / raw_loop is the cost of the project's own receive code, raw_loop / raw the cost
+  of the event loop.
 
 One round = time from the "go" sent to the sender until all n payloads are in. Output (one
 JSON object): ``project_gbps`` and ``raw_gbps`` (median over ``--repeats`` rounds after one
@@ -79,6 +83,11 @@ def add_parser(subparsers: Any) -> None:
         "--no-payload-checks",
         action="store_true",
         help="leave out RoundCollector.offer (for attribution only; the PS always checks)",
+    )
+    p.add_argument(
+        "--raw-loop",
+        action="store_true",
+        help="also measure raw recv_into on the event loop (no parsing) in every trial",
     )
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -163,6 +172,81 @@ def bench_raw(n: int, dim: int, repeats: int) -> tuple[list[Sample], int]:
         if proc.is_alive():
             proc.kill()
     return times, n * frame_bytes
+
+
+# ----------------------------------------------------------------------------- raw on the loop
+
+
+class _RawReader(asyncio.BufferedProtocol):
+    """One connection of the ``raw_loop`` path: lends the rest of its frame buffer, counts
+    complete frames, parses nothing."""
+
+    def __init__(self, state: _RawLoopState) -> None:
+        self.state = state
+        self.buf = memoryview(bytearray(state.frame_bytes))
+        self.filled = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.state.readers.append(self)
+        if len(self.state.readers) == self.state.n:
+            self.state.connected.set()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buf[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.filled += nbytes
+        if self.filled == self.state.frame_bytes:
+            self.filled = 0
+            self.state.left -= 1
+            if self.state.left == 0:
+                self.state.done.set()
+
+
+class _RawLoopState:
+    def __init__(self, n: int, frame_bytes: int) -> None:
+        self.n = n
+        self.frame_bytes = frame_bytes
+        self.readers: list[_RawReader] = []
+        self.connected = asyncio.Event()
+        self.done = asyncio.Event()
+        self.left = n
+
+
+async def _bench_raw_loop_async(n: int, dim: int, repeats: int) -> list[Sample]:
+    loop = asyncio.get_running_loop()
+    state = _RawLoopState(n, len(_frame(0, np.zeros(dim, np.float32))))
+    server = await loop.create_server(lambda: _RawReader(state), "127.0.0.1", 0, backlog=n)
+    port = server.sockets[0].getsockname()[1]
+    proc, pipe = _start_sender(port, n, dim, repeats + 1)
+    times = []
+    try:
+        await state.connected.wait()
+        await loop.run_in_executor(None, pipe.recv)  # connected
+        for r in range(repeats + 1):
+            state.left, state.done = n, asyncio.Event()
+            cpu0, faults0 = _cpu_faults()
+            t0 = time.perf_counter()
+            pipe.send("go")
+            await asyncio.wait_for(state.done.wait(), 120)
+            wall = time.perf_counter() - t0
+            cpu1, faults1 = _cpu_faults()
+            if r:
+                times.append(Sample(wall, cpu1 - cpu0, faults1 - faults0))
+        pipe.send("close")
+    finally:
+        server.close()
+        await loop.run_in_executor(None, proc.join, 10)
+        if proc.is_alive():
+            proc.kill()
+    return times
+
+
+def bench_raw_loop(n: int, dim: int, repeats: int, loop: str = "uvloop") -> list[Sample]:
+    """One sample per timed round of ``recv_into`` on the event loop (no parsing)."""
+    from draco.net.eventloop import run_with_loop
+
+    return list(run_with_loop(lambda: _bench_raw_loop_async(n, dim, repeats), loop))
 
 
 # ----------------------------------------------------------------------------- project path
@@ -351,13 +435,20 @@ def _summary(samples: list[Sample], nbytes: int) -> dict[str, Any]:
 
 
 def measure(
-    n: int, dim: int, repeats: int, loop: str = "uvloop", trials: int = 1, checks: bool = True
+    n: int,
+    dim: int,
+    repeats: int,
+    loop: str = "uvloop",
+    trials: int = 1,
+    checks: bool = True,
+    raw_loop: bool = False,
 ) -> dict[str, Any]:
     """Both paths, same bytes; ``trials`` times, alternating which path goes first.
 
     Each trial is a raw measurement and a project measurement (``repeats`` timed rounds
     each, fresh sender processes); its ratio is project / raw of the median round times.
-    Alternating the order cancels a load that drifts during the run.
+    Alternating the order cancels a load that drifts during the run. ``raw_loop``: a third
+    measurement per trial, raw ``recv_into`` on the event loop (first or last, alternating).
     """
     if n < 1 or dim < 1 or repeats < 1 or trials < 1:
         raise ConfigError(
@@ -369,14 +460,29 @@ def measure(
     raw_all: list[Sample] = []
     project_all: list[Sample] = []
     nbytes = 0
+    loop_all: list[Sample] = []
     for t in range(trials):
+        loop_times: list[Sample] = []
+        if raw_loop and t % 2 == 1:
+            loop_times = bench_raw_loop(n, dim, repeats, loop)
         if t % 2 == 0:
             raw_times, nbytes = bench_raw(n, dim, repeats)
             project_times = bench_project(n, dim, repeats, loop, checks)
         else:
             project_times = bench_project(n, dim, repeats, loop, checks)
             raw_times, nbytes = bench_raw(n, dim, repeats)
+        if raw_loop and t % 2 == 0:
+            loop_times = bench_raw_loop(n, dim, repeats, loop)
         raw, project = _summary(raw_times, nbytes), _summary(project_times, nbytes)
+        extra: dict[str, Any] = {}
+        if loop_times:
+            on_loop = _summary(loop_times, nbytes)
+            extra = {
+                "ratio_vs_raw_loop": round(project["gbps"] / on_loop["gbps"], 4),
+                "raw_loop_gbps": _sig(on_loop["gbps"]),
+                "raw_loop_cpu_ms": round(on_loop["cpu_ms"], 3),
+            }
+            loop_all += loop_times
         per_trial.append(
             {
                 "ratio": round(project["gbps"] / raw["gbps"], 4),
@@ -387,6 +493,7 @@ def measure(
                 "project_minflt": project["minflt"],
                 "project_offer_ms": round(project["offer_ms"], 3),
                 "raw_minflt": raw["minflt"],
+                **extra,
             }
         )
         raw_all += raw_times
@@ -396,6 +503,14 @@ def measure(
     def med(key: str) -> float:
         return round(statistics.median(tr[key] for tr in per_trial), 4)
 
+    on_loop_summary: dict[str, Any] = {}
+    if raw_loop:
+        on_loop_summary = {
+            "raw_loop_gbps": _sig(statistics.median(tr["raw_loop_gbps"] for tr in per_trial)),
+            "ratio_vs_raw_loop": med("ratio_vs_raw_loop"),
+            "raw_loop_cpu_ms_per_round": med("raw_loop_cpu_ms"),
+            "raw_loop_seconds": [round(s.wall, 6) for s in loop_all],
+        }
     return {
         "benchmark": "net",
         "project_gbps": _sig(statistics.median(tr["project_gbps"] for tr in per_trial)),
@@ -427,6 +542,7 @@ def measure(
         "per_trial": per_trial,
         "project_seconds": [round(s.wall, 6) for s in project_all],
         "raw_seconds": [round(s.wall, 6) for s in raw_all],
+        **on_loop_summary,
     }
 
 
@@ -436,7 +552,13 @@ def run(args: argparse.Namespace) -> int:
 
         return bench_vote.run(args)
     result = measure(
-        args.workers, args.dim, args.repeats, args.loop, args.trials, not args.no_payload_checks
+        args.workers,
+        args.dim,
+        args.repeats,
+        args.loop,
+        args.trials,
+        not args.no_payload_checks,
+        args.raw_loop,
     )
     if args.json:
         print(json.dumps(result))
@@ -450,5 +572,11 @@ def run(args: argparse.Namespace) -> int:
             f"{result['project_cpu_ms_per_round']:.1f} ms vs "
             f"{result['raw_cpu_ms_per_round']:.1f} ms"
         )
+        if args.raw_loop:
+            print(
+                f"raw recv_into on the {args.loop} loop: {result['raw_loop_gbps']:.2f} GB/s, "
+                f"project / that {result['ratio_vs_raw_loop']:.2f}, receiver CPU per round "
+                f"{result['raw_loop_cpu_ms_per_round']:.1f} ms"
+            )
         print(json.dumps(result))
     return 0

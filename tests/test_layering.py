@@ -24,7 +24,16 @@ def _imports(path: Path) -> set[str]:
 TORCH_TASKS = ROOT / "draco" / "tasks" / "torch"
 CORE_FILES = sorted((ROOT / "draco" / "core").glob("*.py"))
 SANS_IO_FILES = [
-    ROOT / "draco" / "net" / f for f in ("frames.py", "messages.py", "protocol.py", "auth.py")
+    ROOT / "draco" / "net" / f
+    for f in (
+        "frames.py",
+        "wireformat.py",
+        "framedecoder.py",
+        "arraypool.py",
+        "messages.py",
+        "protocol.py",
+        "auth.py",
+    )
 ]
 
 

@@ -514,6 +514,13 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     )
 }
 
+# Per message type, the header keys its frame carries besides "type": built once, as
+# dataclasses.fields() builds a tuple on every call and from_wire runs once per frame.
+_HEADER_KEYS: dict[type, frozenset[str]] = {
+    cls: frozenset(f.name for f in fields(cls)) - frozenset(cls.tensor_fields)
+    for cls in MESSAGE_TYPES.values()
+}
+
 
 def to_wire(msg: Message) -> tuple[dict[str, Any], tuple[np.ndarray, ...]]:
     """Split a message into its msgpack header map and its tensors (in wire order).
@@ -556,8 +563,8 @@ def from_wire(header: Mapping[str, Any], tensors: Sequence[np.ndarray]) -> Messa
     if cls is None:
         known = ", ".join(sorted(MESSAGE_TYPES))
         raise RemoteProtocolError(f"unknown message type {type_name!r} (known: {known})")
-    scalar_names = {f.name for f in fields(cls)} - set(cls.tensor_fields)
-    keys = set(header) - {"type"}
+    scalar_names = _HEADER_KEYS[cls]
+    keys = header.keys() - {"type"}
     if keys != scalar_names:
         missing = sorted(scalar_names - keys)
         extra = sorted(str(k) for k in keys - scalar_names)

@@ -43,6 +43,17 @@ def test_bench_net_trials_alternate_and_report_each_ratio() -> None:
     assert len(result["loadavg_before"]) == len(result["loadavg_after"]) == 3
 
 
+def test_bench_net_raw_loop_baseline_reports_its_own_ratio() -> None:
+    result = bench_net.measure(2, 500, 2, trials=2, raw_loop=True)
+    assert len(result["raw_loop_seconds"]) == 4 and result["raw_loop_gbps"] > 0
+    for t in result["per_trial"]:
+        assert t["ratio_vs_raw_loop"] == pytest.approx(
+            t["project_gbps"] / t["raw_loop_gbps"], rel=1e-2
+        )
+        assert t["raw_loop_cpu_ms"] > 0
+    assert "raw_loop_gbps" not in bench_net.measure(2, 500, 1)
+
+
 def test_bench_net_without_payload_checks_spends_no_time_in_offer() -> None:
     result = bench_net.measure(2, 500, 2, checks=False)
     assert result["payload_checks"] is False and result["ratio"] > 0

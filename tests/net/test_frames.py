@@ -253,8 +253,8 @@ def test_get_buffer_lends_the_final_array_during_a_body() -> None:
     arr = np.arange(10_000, dtype=np.float32)
     head, body = encode_frame({"type": "x"}, [arr])
     dec = FrameDecoder(Limits())
-    # Outside a body the scratch buffer is sized to the bytes still needed.
-    assert len(dec.get_buffer(65536)) == PREFIX_SIZE
+    # Between frames a read may take the prefix, a usual header and the first body bytes.
+    assert len(dec.get_buffer(65536)) == 4096
     dec.buffer_updated(0)
     dec.receive_data(bytes(head))
     view = dec.get_buffer(65536)
@@ -275,6 +275,67 @@ def test_get_buffer_header_read_stops_at_the_header() -> None:
     buf[:PREFIX_SIZE] = head[:PREFIX_SIZE]
     dec.buffer_updated(PREFIX_SIZE)
     assert len(dec.get_buffer(-1)) == len(head) - PREFIX_SIZE
+
+
+@pytest.mark.parametrize("read", [1, 7, 24, 4095, 4096, 10**6])
+def test_buffered_reads_of_any_size_around_the_read_ahead(read: int) -> None:
+    """Reads that take everything lent (the 4 KiB read between frames included), byte by
+    byte, or cut at the prefix: small frames several to a read, a header longer than the
+    read-ahead, and body bytes of a frame in the read that carried its header."""
+    rng = np.random.default_rng(read)
+    big = rng.standard_normal(5000).astype(np.float32)  # 20 KB: the body outlives the read
+    tensors = sample_tensors(rng)
+    stream = b"".join(
+        [
+            join(encode_frame({"type": "small"})),
+            join(encode_frame({"type": "big"}, [big])),
+            join(encode_frame({"type": "long", "pad": "p" * 6000}, tensors)),  # 6 KB header
+            join(encode_frame({"type": "small"})),
+            join(encode_frame({"type": "big"}, [big])),
+        ]
+    )
+    frames = decode_buffered(stream, [read], pool=ArrayPool(10**6))
+    assert [f.header["type"] for f in frames] == ["small", "big", "long", "small", "big"]
+    np.testing.assert_array_equal(frames[1].tensors[0], big)
+    np.testing.assert_array_equal(frames[4].tensors[0], big)
+    for got, want in zip(frames[2].tensors, tensors, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert frames[2].header["pad"] == "p" * 6000
+    assert sum(f.wire_bytes for f in frames) == len(stream)
+
+
+def test_limits_apply_to_a_frame_read_ahead_with_the_one_before() -> None:
+    """The read between frames may carry the next frame too: its declarations are checked
+    against the limits in force when it is parsed (after the first frame was taken), and a
+    frame over them is refused whole, on the buffered path as on receive_data."""
+    first = join(encode_frame({"type": "a"}))
+    second = join(encode_frame({"type": "b"}, [np.ones(3, np.float32)]))
+    dec = FrameDecoder(Limits().pre_auth())
+    buf = dec.get_buffer(-1)
+    assert len(buf) >= len(first + second)
+    buf[: len(first + second)] = first + second
+    dec.buffer_updated(len(first + second))
+    frame = dec.next_frame()
+    assert frame is not None and frame.header == {"type": "a"}
+    with pytest.raises(RemoteProtocolError, match="before authentication"):
+        dec.next_frame()  # still pre-auth limits: no tensor bytes at all
+
+
+def test_buffered_read_ahead_refuses_an_oversized_declaration_before_allocating() -> None:
+    allocations: list[tuple[int, ...]] = []
+
+    def allocate(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        allocations.append(shape)
+        return np.empty(shape, dtype)
+
+    data = join(encode_frame({"type": "x"}, [np.ones(100, np.float32)]))
+    dec = FrameDecoder(Limits(max_tensor_bytes=399), allocate=allocate)
+    buf = dec.get_buffer(-1)
+    buf[: len(data)] = data  # the whole frame in one read-ahead
+    dec.buffer_updated(len(data))
+    with pytest.raises(RemoteProtocolError, match="max_tensor_bytes"):
+        dec.next_frame()
+    assert allocations == []
 
 
 # -- the allocate hook and ArrayPool ---------------------------------------------------------
@@ -321,6 +382,27 @@ def test_array_pool_keeps_at_most_max_bytes() -> None:
     assert ArrayPool(0)(np.dtype("<f4"), (10,)).shape == (10,)
     with pytest.raises(ConfigError):
         ArrayPool(-1)
+
+
+def test_array_pool_hands_arrays_out_in_turn_and_skips_one_in_use() -> None:
+    pool = ArrayPool(10**6)
+    f4 = np.dtype("<f4")
+    held = [pool(f4, (10,)) for _ in range(3)]
+    addresses = [_address(a) for a in held]
+    del held
+    # Free again: handed out in turn, starting after the last one given (the first).
+    a = pool(f4, (10,))
+    b = pool(f4, (10,))
+    assert [_address(a), _address(b)] == addresses[:2]
+    # Next in turn is the third; the first is still held, so after the third comes a new one.
+    c = pool(f4, (10,))
+    d = pool(f4, (10,))
+    assert _address(c) == addresses[2] and _address(d) not in addresses
+    del b
+    # The search wraps around past the held first array to the free second one.
+    e = pool(f4, (10,))
+    assert _address(e) == addresses[1] and _address(a) == addresses[0]
+    assert pool.reused == 4
 
 
 def test_pooled_decoder_never_overwrites_a_frame_still_in_use() -> None:
@@ -556,9 +638,9 @@ def test_caller_misuse_is_a_local_error() -> None:
     dec = FrameDecoder(Limits())
     with pytest.raises(LocalProtocolError):
         dec.buffer_updated(1)
-    dec.get_buffer(-1)
+    lent = len(dec.get_buffer(-1))
     with pytest.raises(LocalProtocolError):
-        dec.buffer_updated(PREFIX_SIZE + 1)
+        dec.buffer_updated(lent + 1)
     dec.receive_data(b"")
     dec.receive_data(b"")  # EOF twice is harmless
     with pytest.raises(LocalProtocolError):
