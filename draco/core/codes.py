@@ -318,7 +318,7 @@ def locator_condition(n: int, s: int) -> float:
 def pgz_condition(n: int, s: int) -> float:
     """Condition number of the s x s Vandermonde matrix of s nodes adjacent on the circle.
 
-    The Peterson-Gorenstein-Zierler error locator (``draco.core.locator._pgz_ranking``)
+    The Peterson-Gorenstein-Zierler error locator (``draco.core.locator_fit.pgz_ranking``)
     solves a Toeplitz system that factors through this matrix twice; it is the decoder's
     best start for many liars spread over the circle, and its accuracy from rounded
     payloads degrades with this number (e.g. 2e8 at n = 38, s = 18; 3e15 at n = 68, s = 28).
