@@ -1,0 +1,90 @@
+"""What the ``draco-bench`` subcommands share: their parser plumbing, a median timer, and
+the machine a measurement ran on (to be reported next to every figure)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SETTLE", "add_subcommand", "machine", "median_seconds", "standalone"]
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: Seconds of pause before a timed measurement (``median_seconds``).
+SETTLE = 0.25
+
+
+def add_subcommand(
+    subparsers: Any, name: str, help_: str, doc: str | None, add_arguments: AddArguments, run: Run
+) -> argparse.ArgumentParser:
+    """Add ``draco-bench NAME`` (its module docstring ``doc`` as the description)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help_, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def standalone(
+    name: str, doc: str | None, add_arguments: AddArguments, run: Run, argv: list[str] | None
+) -> int:
+    """Run one subcommand on its own (``python -m draco.cli.bench_NAME``, the tests)."""
+    parser = argparse.ArgumentParser(prog=f"draco-bench {name}", description=doc)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls after a pause and one untimed warm-up call.
+
+    The pause (``SETTLE`` seconds) lets OpenBLAS's worker threads stop spinning after the
+    previous measurement's BLAS calls: measured, a spinning worker slowed the next
+    ``X.mean`` from 6.3 to 16 ms on the 2-core machine (which would flatter every ratio).
+    """
+    time.sleep(SETTLE)
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine() -> dict[str, Any]:
+    """The machine as a measurement saw it: versions, CPU, usable cores, 1-minute load,
+    BLAS thread variables."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "cores_usable": usable,
+        # Other processes compete for the cores: read the timings next to these.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "blas_threads_env": {k: os.environ.get(k) for k in _THREAD_VARS},
+    }
