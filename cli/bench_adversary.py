@@ -21,7 +21,6 @@ on every family. The machine's load is recorded at the start and the end.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from draco.cli.bench_common import add_subcommand, machine, median_seconds, standalone
+from draco.cli import bench_common as common
 from draco.core.lies import ERROR_BOUND, LIE_FAMILIES, apply_lie, honest_gradients, judge_decode
 from draco.errors import DracoError
 
@@ -40,7 +39,7 @@ CODES = ("repetition", "cyclic")
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``adversary`` subcommand to ``draco-bench``'s subparsers."""
-    return add_subcommand(
+    return common.add_subcommand(
         subparsers,
         "adversary",
         "both codes against every lie family: refusals, silent errors, framed workers",
@@ -51,11 +50,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=45, help="n (default 45)")
+    common.add_problem_flags(parser)
     parser.add_argument("--adversaries", type=int, default=5, help="s, liars present (5)")
-    parser.add_argument(
-        "--dim", type=int, default=1_033_510, help="gradient length d (default 1033510)"
-    )
     parser.add_argument("--trials", type=int, default=3, help="trials per family (default 3)")
     parser.add_argument(
         "--families",
@@ -67,13 +63,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--codes", nargs="+", default=list(CODES), choices=CODES, help="codes (default both)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="data and liar seed (default 0)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    common.add_seed_json_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark standalone (the flags of ``draco-bench adversary``)."""
-    return standalone("adversary", __doc__, _add_arguments, run, argv)
+    return common.standalone("adversary", __doc__, _add_arguments, run, argv)
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -101,7 +96,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """
     from draco.core.codes import make_code
 
-    machine_at_start = machine()
+    machine_at_start = common.machine()
     n, s, d = args.workers, args.adversaries, args.dim
     started = time.perf_counter()
     codes = {name: make_code(name, n, s) for name in args.codes}
@@ -111,7 +106,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         rng = np.random.default_rng([args.seed, trial])
         grads = honest_gradients(n, d, rng)
         exact = grads.sum(axis=0, dtype=np.float64)
-        mean_times.append(median_seconds(partial(grads.mean, axis=0), 3))
+        mean_times.append(common.median_seconds(partial(grads.mean, axis=0), 3))
         for name, code in codes.items():
             payloads = {j: code.encode(j, grads[list(code.partitions_of(j))]) for j in range(n)}
             for family in args.families:
@@ -214,7 +209,7 @@ def _report(
             "(median of 3 after a warm-up, every trial)",
         },
         "machine": machine_at_start,
-        "load_average_1min_at_end": machine()["load_average_1min"],
+        "load_average_1min_at_end": common.machine()["load_average_1min"],
         "numpy_mean_seconds": mean_seconds,
         "goals": {"repetition_max_ratio": 1.5, "cyclic_max_ratio": 4.0, "failures": 0},
         "failures": failures,
@@ -249,12 +244,9 @@ def _table(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``draco-bench adversary``; returns the exit status (1 on a failure)."""
-    problem = _check(args)
-    if problem:
-        print(f"draco-bench adversary: {problem}", file=sys.stderr)
+    report = common.checked_run("adversary", args, _check, measure, _table)
+    if report is None:
         return 2
-    report = measure(args)
-    print(json.dumps(report) if args.json else _table(report))
     return 1 if report["failures"] else 0
 
 

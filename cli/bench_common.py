@@ -4,16 +4,27 @@ the machine a measurement ran on (to be reported next to every figure)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SETTLE", "add_subcommand", "machine", "median_seconds", "standalone"]
+__all__ = [
+    "SETTLE",
+    "add_problem_flags",
+    "add_seed_json_flags",
+    "add_subcommand",
+    "checked_run",
+    "machine",
+    "median_seconds",
+    "standalone",
+]
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -42,6 +53,38 @@ def standalone(
     parser = argparse.ArgumentParser(prog=f"draco-bench {name}", description=doc)
     add_arguments(parser)
     return run(parser.parse_args(argv))
+
+
+def checked_run(
+    name: str,
+    args: argparse.Namespace,
+    check: Callable[[argparse.Namespace], str | None],
+    measure: Callable[[argparse.Namespace], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+) -> dict[str, Any] | None:
+    """A subcommand's run: ``check`` the flags (a problem is one line on stderr, and None),
+    ``measure``, print the report as one JSON object (``--json``) or as ``table``."""
+    problem = check(args)
+    if problem:
+        print(f"draco-bench {name}: {problem}", file=sys.stderr)
+        return None
+    report = measure(args)
+    print(json.dumps(report) if args.json else table(report))
+    return report
+
+
+def add_problem_flags(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` n and ``--dim`` d of the decode benchmarks (the paper's fc network)."""
+    parser.add_argument("--workers", type=int, default=45, help="n (default 45)")
+    parser.add_argument(
+        "--dim", type=int, default=1_033_510, help="gradient length d (default 1033510)"
+    )
+
+
+def add_seed_json_flags(parser: argparse.ArgumentParser) -> None:
+    """``--seed`` of the data and the liars, ``--json`` for one JSON object."""
+    parser.add_argument("--seed", type=int, default=0, help="data and liar seed (default 0)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -33,7 +33,6 @@ at n = 45, d = 1033510: about 0.9 GB; at d = 11173962 (ResNet-18, with
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
@@ -43,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from draco.cli.bench_common import add_subcommand, machine, median_seconds, standalone
+from draco.cli import bench_common as common
 from draco.core import aggregators
 from draco.core.attacks import make_attack
 from draco.errors import DracoError
@@ -59,7 +58,7 @@ SLOWEST = "sparse1_same"
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``decode`` subcommand to ``draco-bench``'s subparsers."""
-    return add_subcommand(
+    return common.add_subcommand(
         subparsers,
         "decode",
         "time DRACO's decoders against numpy's mean and robust aggregators",
@@ -70,10 +69,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=45, help="n (default 45)")
-    parser.add_argument(
-        "--dim", type=int, default=1_033_510, help="gradient length d (default 1033510)"
-    )
+    common.add_problem_flags(parser)
     parser.add_argument(
         "--adversaries",
         type=int,
@@ -84,7 +80,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=int, default=5, help="timed runs per method; median reported (5)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="data and liar seed (default 0)")
     parser.add_argument(
         "--families",
         nargs="+",
@@ -98,12 +93,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time only numpy's mean and the two codes (the aggregators take minutes at "
         "ResNet-18 size, d = 11173962)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    common.add_seed_json_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark standalone (the flags of ``draco-bench decode``)."""
-    return standalone("decode", __doc__, _add_arguments, run, argv)
+    return common.standalone("decode", __doc__, _add_arguments, run, argv)
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -151,7 +146,7 @@ def _bench_codes(
             result = code.decode(received, rng=np.random.default_rng([seed, s]))
             err = float(np.linalg.norm(result.gradient - truth) / np.linalg.norm(truth))
             decode_rng = np.random.default_rng([seed, s, 1])
-            entry["seconds"] = median_seconds(
+            entry["seconds"] = common.median_seconds(
                 partial(code.decode, received, rng=decode_rng), repeats
             )
             entry["payload_dtype"] = np.dtype(code.payload_dtype).str
@@ -175,7 +170,9 @@ def _bench_aggregators(X: np.ndarray, s: int, repeats: int) -> list[dict[str, An
             continue
         entry: dict[str, Any] = {"method": name, "adversaries": s}
         try:
-            entry["seconds"] = median_seconds(partial(aggregators.aggregate, name, X, s), repeats)
+            entry["seconds"] = common.median_seconds(
+                partial(aggregators.aggregate, name, X, s), repeats
+            )
         except DracoError as exc:
             entry["seconds"] = None
             entry["error"] = str(exc)
@@ -187,7 +184,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement and return the report (the JSON object)."""
     from draco.core.codes import make_code  # the DRACO codes (imported late: optional here)
 
-    machine_at_start = machine()
+    machine_at_start = common.machine()
     n, d = args.workers, args.dim
     rng = np.random.default_rng(args.seed)
     # Step 1: one set of partition gradients, shared by every s.
@@ -207,7 +204,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "method": "numpy_mean",
                 "adversaries": s,
-                "seconds": median_seconds(partial(X.mean, axis=0), args.repeats),
+                "seconds": common.median_seconds(partial(X.mean, axis=0), args.repeats),
             }
         ]
         mean_seconds = rows[0]["seconds"]
@@ -238,7 +235,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "the same s",
         },
         "machine": machine_at_start,
-        "load_average_1min_at_end": machine()["load_average_1min"],
+        "load_average_1min_at_end": common.machine()["load_average_1min"],
         "goals": {"repetition_decode_max_ratio": 1.5, "cyclic_decode_max_ratio": 4.0},
         "results": results,
         "total_seconds": time.perf_counter() - started,
@@ -270,16 +267,7 @@ def _table(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``draco-bench decode``; returns the exit status."""
-    problem = _check(args)
-    if problem:
-        print(f"draco-bench decode: {problem}", file=sys.stderr)
-        return 2
-    report = measure(args)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(_table(report))
-    return 0
+    return 2 if common.checked_run("decode", args, _check, measure, _table) is None else 0
 
 
 if __name__ == "__main__":
