@@ -110,7 +110,7 @@ def make_code(name: str, n_workers: int, n_adversaries: int, **options: Any) -> 
         unknown = set(options) - {"stride", "payload_dtype"}
         cls = CyclicCode
     elif name == "none":
-        from draco.core.baseline import UncodedCode  # lazy: baseline imports this package
+        from draco.core.baseline import UncodedCode  # only the baseline needs the aggregators
 
         return UncodedCode(n_workers, n_adversaries, **options)
     else:
