@@ -21,7 +21,6 @@ on every family. The machine's load is recorded at the start and the end.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from draco.cli.bench_decode import _machine, _time
+from draco.cli import bench_common as common
 from draco.core.lies import ERROR_BOUND, LIE_FAMILIES, apply_lie, honest_gradients, judge_decode
 from draco.errors import DracoError
 
@@ -40,23 +39,19 @@ CODES = ("repetition", "cyclic")
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``adversary`` subcommand to ``draco-bench``'s subparsers."""
-    parser = subparsers.add_parser(
+    return common.add_subcommand(
+        subparsers,
         "adversary",
-        help="both codes against every lie family: refusals, silent errors, framed workers",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "both codes against every lie family: refusals, silent errors, framed workers",
+        __doc__,
+        _add_arguments,
+        run,
     )
-    _add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=45, help="n (default 45)")
+    common.add_problem_flags(parser)
     parser.add_argument("--adversaries", type=int, default=5, help="s, liars present (5)")
-    parser.add_argument(
-        "--dim", type=int, default=1_033_510, help="gradient length d (default 1033510)"
-    )
     parser.add_argument("--trials", type=int, default=3, help="trials per family (default 3)")
     parser.add_argument(
         "--families",
@@ -68,15 +63,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--codes", nargs="+", default=list(CODES), choices=CODES, help="codes (default both)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="data and liar seed (default 0)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    common.add_seed_json_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark standalone (the flags of ``draco-bench adversary``)."""
-    parser = argparse.ArgumentParser(prog="draco-bench adversary", description=__doc__)
-    _add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return common.standalone("adversary", __doc__, _add_arguments, run, argv)
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -93,10 +85,18 @@ def _check(args: argparse.Namespace) -> str | None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every trial and return the report (the JSON object)."""
+    """Run every trial and return the report (the JSON object).
+
+    1. Per trial: SGD-like partition gradients (n, d) float32, their exact sum in float64,
+       and the time of ``grads.mean(axis=0)`` (the reference).
+    2. Per code: every worker's payload, encoded for real.
+    3. Per lie family: s liars drawn, their lie applied, the decode judged and timed
+       (``_try_family``), accumulated in one row per (code, family).
+    4. Medians, ratios to the mean, failures (``_report``).
+    """
     from draco.core.codes import make_code
 
-    machine_at_start = _machine()
+    machine_at_start = common.machine()
     n, s, d = args.workers, args.adversaries, args.dim
     started = time.perf_counter()
     codes = {name: make_code(name, n, s) for name in args.codes}
@@ -106,51 +106,80 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         rng = np.random.default_rng([args.seed, trial])
         grads = honest_gradients(n, d, rng)
         exact = grads.sum(axis=0, dtype=np.float64)
-        mean_times.append(_time(partial(grads.mean, axis=0), 3))
+        mean_times.append(common.median_seconds(partial(grads.mean, axis=0), 3))
         for name, code in codes.items():
             payloads = {j: code.encode(j, grads[list(code.partitions_of(j))]) for j in range(n)}
             for family in args.families:
-                key = (name, family)
-                row = rows.setdefault(
-                    key,
-                    {
-                        "code": name,
-                        "family": family,
-                        "trials": 0,
-                        "refused": 0,
-                        "silent": 0,
-                        "framed": 0,
-                        "worst_relative_error": 0.0,
-                        "liars_named": 0,
-                        "liars": 0,
-                        "seconds": [],
-                        "refusals": [],
-                    },
-                )
+                row = rows.setdefault((name, family), _new_row(name, family))
                 frng = np.random.default_rng([args.seed, trial, LIE_FAMILIES.index(family)])
-                liars = sorted(int(j) for j in frng.choice(n, size=s, replace=False))
-                try:
-                    sent = apply_lie(family, code, payloads, liars, frng)
-                except DracoError as exc:  # pragma: no cover - a family that cannot apply
-                    row["refusals"].append(f"lie not applied: {exc}")
-                    continue
-                time.sleep(0.05)  # let BLAS threads of the previous decode settle
-                outcome = judge_decode(code, sent, exact, liars, frng)
-                del sent
-                row["trials"] += 1
-                row["seconds"].append(outcome.seconds)
-                row["liars"] += len(liars)
-                row["liars_named"] += len(outcome.located)
-                row["framed"] += int(bool(outcome.framed))
-                if outcome.refused is not None:
-                    row["refused"] += 1
-                    row["refusals"].append(outcome.refused[:200])
-                else:
-                    row["silent"] += int(outcome.silent)
-                    row["worst_relative_error"] = max(row["worst_relative_error"], outcome.error)
+                _try_family(row, code, payloads, exact, family, s, frng)
             del payloads
         del grads
-    mean_seconds = statistics.median(mean_times)
+    out = _report(args, rows, statistics.median(mean_times), machine_at_start)
+    out["total_seconds"] = time.perf_counter() - started
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return out
+
+
+def _new_row(code: str, family: str) -> dict[str, Any]:
+    """The counters of one (code, family) over the trials."""
+    return {
+        "code": code,
+        "family": family,
+        "trials": 0,
+        "refused": 0,
+        "silent": 0,
+        "framed": 0,
+        "worst_relative_error": 0.0,
+        "liars_named": 0,
+        "liars": 0,
+        "seconds": [],
+        "refusals": [],
+    }
+
+
+def _try_family(
+    row: dict[str, Any],
+    code: Any,
+    payloads: dict[int, np.ndarray],
+    exact: np.ndarray,
+    family: str,
+    s: int,
+    frng: np.random.Generator,
+) -> None:
+    """Step 3 for one trial: s liars (drawn from ``frng``) tell the family's lie; the decode
+    is judged against ``exact`` (d,) float64 and timed; ``row`` counts the outcome."""
+    n = len(payloads)
+    liars = sorted(int(j) for j in frng.choice(n, size=s, replace=False))
+    try:
+        sent = apply_lie(family, code, payloads, liars, frng)
+    except DracoError as exc:  # pragma: no cover - a family that cannot apply
+        row["refusals"].append(f"lie not applied: {exc}")
+        return
+    time.sleep(0.05)  # let BLAS threads of the previous decode settle
+    outcome = judge_decode(code, sent, exact, liars, frng)
+    del sent
+    row["trials"] += 1
+    row["seconds"].append(outcome.seconds)
+    row["liars"] += len(liars)
+    row["liars_named"] += len(outcome.located)
+    row["framed"] += int(bool(outcome.framed))
+    if outcome.refused is not None:
+        row["refused"] += 1
+        row["refusals"].append(outcome.refused[:200])
+    else:
+        row["silent"] += int(outcome.silent)
+        row["worst_relative_error"] = max(row["worst_relative_error"], outcome.error)
+
+
+def _report(
+    args: argparse.Namespace,
+    rows: dict[tuple[str, str], dict[str, Any]],
+    mean_seconds: float,
+    machine_at_start: dict[str, Any],
+) -> dict[str, Any]:
+    """Step 4: each row's median decode time and ratio to the mean; the failures and the
+    worst ratio per code; the parameters and goals."""
     results = []
     for row in rows.values():
         times = row.pop("seconds")
@@ -170,9 +199,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "adversary",
         "parameters": {
-            "workers": n,
-            "adversaries": s,
-            "dim": d,
+            "workers": args.workers,
+            "adversaries": args.adversaries,
+            "dim": args.dim,
             "trials": args.trials,
             "seed": args.seed,
             "error_bound": ERROR_BOUND,
@@ -180,14 +209,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "(median of 3 after a warm-up, every trial)",
         },
         "machine": machine_at_start,
-        "load_average_1min_at_end": _machine()["load_average_1min"],
+        "load_average_1min_at_end": common.machine()["load_average_1min"],
         "numpy_mean_seconds": mean_seconds,
         "goals": {"repetition_max_ratio": 1.5, "cyclic_max_ratio": 4.0, "failures": 0},
         "failures": failures,
         "worst_ratio_to_mean": worst,
         "results": results,
-        "total_seconds": time.perf_counter() - started,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
 
 
@@ -217,12 +244,9 @@ def _table(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``draco-bench adversary``; returns the exit status (1 on a failure)."""
-    problem = _check(args)
-    if problem:
-        print(f"draco-bench adversary: {problem}", file=sys.stderr)
+    report = common.checked_run("adversary", args, _check, measure, _table)
+    if report is None:
         return 2
-    report = measure(args)
-    print(json.dumps(report) if args.json else _table(report))
     return 1 if report["failures"] else 0
 
 

@@ -33,11 +33,7 @@ at n = 45, d = 1033510: about 0.9 GB; at d = 11173962 (ResNet-18, with
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -46,14 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from draco.cli import bench_common as common
 from draco.core import aggregators
 from draco.core.attacks import make_attack
 from draco.errors import DracoError
 
 DEFAULT_ADVERSARIES = (1, 3, 5)
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 CODES = ("repetition", "cyclic")
-_SETTLE = 0.25
 ATTACK = "constant"
 #: The lie family that cost the cyclic decoder the most time in ``draco-bench adversary``
 #: (benchmarks/results.md): a lie on one coordinate, which the fast path's sample misses,
@@ -63,22 +58,18 @@ SLOWEST = "sparse1_same"
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``decode`` subcommand to ``draco-bench``'s subparsers."""
-    parser = subparsers.add_parser(
+    return common.add_subcommand(
+        subparsers,
         "decode",
-        help="time DRACO's decoders against numpy's mean and robust aggregators",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "time DRACO's decoders against numpy's mean and robust aggregators",
+        __doc__,
+        _add_arguments,
+        run,
     )
-    _add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=45, help="n (default 45)")
-    parser.add_argument(
-        "--dim", type=int, default=1_033_510, help="gradient length d (default 1033510)"
-    )
+    common.add_problem_flags(parser)
     parser.add_argument(
         "--adversaries",
         type=int,
@@ -89,7 +80,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=int, default=5, help="timed runs per method; median reported (5)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="data and liar seed (default 0)")
     parser.add_argument(
         "--families",
         nargs="+",
@@ -103,58 +93,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time only numpy's mean and the two codes (the aggregators take minutes at "
         "ResNet-18 size, d = 11173962)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    common.add_seed_json_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark standalone (the flags of ``draco-bench decode``)."""
-    parser = argparse.ArgumentParser(prog="draco-bench decode", description=__doc__)
-    _add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-def _time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls after a pause and one untimed warm-up call.
-
-    The pause (_SETTLE seconds) lets OpenBLAS's worker threads stop spinning after the
-    previous measurement's BLAS calls: measured, a spinning worker slowed the next
-    ``X.mean`` from 6.3 to 16 ms on the 2-core machine (which would flatter every ratio).
-    """
-    time.sleep(_SETTLE)
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _machine() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 1
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": model,
-        "cpu_count": os.cpu_count(),
-        "cores_usable": usable,
-        # Other processes compete for the cores: read the timings next to these.
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "blas_threads_env": {k: os.environ.get(k) for k in _THREAD_VARS},
-    }
+    return common.standalone("decode", __doc__, _add_arguments, run, argv)
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -202,7 +146,9 @@ def _bench_codes(
             result = code.decode(received, rng=np.random.default_rng([seed, s]))
             err = float(np.linalg.norm(result.gradient - truth) / np.linalg.norm(truth))
             decode_rng = np.random.default_rng([seed, s, 1])
-            entry["seconds"] = _time(partial(code.decode, received, rng=decode_rng), repeats)
+            entry["seconds"] = common.median_seconds(
+                partial(code.decode, received, rng=decode_rng), repeats
+            )
             entry["payload_dtype"] = np.dtype(code.payload_dtype).str
             entry["relative_error"] = err
             entry["liars_located"] = sorted(result.adversaries) == sorted(int(j) for j in liars)
@@ -224,7 +170,9 @@ def _bench_aggregators(X: np.ndarray, s: int, repeats: int) -> list[dict[str, An
             continue
         entry: dict[str, Any] = {"method": name, "adversaries": s}
         try:
-            entry["seconds"] = _time(partial(aggregators.aggregate, name, X, s), repeats)
+            entry["seconds"] = common.median_seconds(
+                partial(aggregators.aggregate, name, X, s), repeats
+            )
         except DracoError as exc:
             entry["seconds"] = None
             entry["error"] = str(exc)
@@ -236,7 +184,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement and return the report (the JSON object)."""
     from draco.core.codes import make_code  # the DRACO codes (imported late: optional here)
 
-    machine_at_start = _machine()
+    machine_at_start = common.machine()
     n, d = args.workers, args.dim
     rng = np.random.default_rng(args.seed)
     # Step 1: one set of partition gradients, shared by every s.
@@ -256,7 +204,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "method": "numpy_mean",
                 "adversaries": s,
-                "seconds": _time(partial(X.mean, axis=0), args.repeats),
+                "seconds": common.median_seconds(partial(X.mean, axis=0), args.repeats),
             }
         ]
         mean_seconds = rows[0]["seconds"]
@@ -287,7 +235,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "the same s",
         },
         "machine": machine_at_start,
-        "load_average_1min_at_end": _machine()["load_average_1min"],
+        "load_average_1min_at_end": common.machine()["load_average_1min"],
         "goals": {"repetition_decode_max_ratio": 1.5, "cyclic_decode_max_ratio": 4.0},
         "results": results,
         "total_seconds": time.perf_counter() - started,
@@ -319,16 +267,7 @@ def _table(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``draco-bench decode``; returns the exit status."""
-    problem = _check(args)
-    if problem:
-        print(f"draco-bench decode: {problem}", file=sys.stderr)
-        return 2
-    report = measure(args)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(_table(report))
-    return 0
+    return 2 if common.checked_run("decode", args, _check, measure, _table) is None else 0
 
 
 if __name__ == "__main__":

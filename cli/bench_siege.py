@@ -36,16 +36,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from draco.cli.bench_common import add_subcommand
 from draco.errors import ConfigError
+from draco.net.auth import issue_tokens, write_secret, write_token_file
+from draco.ps.rundir import read_metrics
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    """Add the ``siege`` subcommand to ``draco-bench``'s subparsers."""
+    add_subcommand(
+        subparsers,
         "siege",
-        help="rounds/s of an honest run alone vs. under a flood of idle connections",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "rounds/s of an honest run alone vs. under a flood of idle connections",
+        __doc__,
+        _add_arguments,
+        run,
     )
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=15, help="logical workers (one process)")
     p.add_argument("--adversaries", type=int, default=2, help="s of the repetition code")
     p.add_argument("--rounds", type=int, default=300, help="rounds per run")
@@ -57,7 +66,6 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--flood-pause", type=float, default=0.2, help="seconds before replacing")
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
-    p.set_defaults(func=run)
 
 
 # ----------------------------------------------------------------------------- the flood
@@ -132,16 +140,40 @@ def _fds(pid: int) -> int:
         return 0
 
 
-def one_run(args: argparse.Namespace, folder: Path, flood: int) -> dict[str, Any]:
-    """One honest run, optionally under a flood of ``flood`` idle connections."""
-    from draco.net.auth import issue_tokens, write_secret, write_token_file
-    from draco.ps.rundir import read_metrics
+class _Sampler:
+    """Every 0.2 s in a thread: the PS's RSS (MB) and open fds, and the CPU seconds of the PS
+    and of the flood process so far (their maxima are what the run reports)."""
 
+    def __init__(self, ps_pid: int, flood_pid: int | None) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self.cpu = {"ps": 0.0, "flood": 0.0}
+        self._pids = (ps_pid, flood_pid)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _loop(self) -> None:
+        ps_pid, flood_pid = self._pids
+        while not self._done.wait(0.2):
+            self.samples.append((_rss_mb(ps_pid), _fds(ps_pid)))
+            self.cpu["ps"] = max(self.cpu["ps"], _cpu_seconds(ps_pid))
+            if flood_pid is not None:
+                self.cpu["flood"] = max(self.cpu["flood"], _cpu_seconds(flood_pid))
+
+
+def _start_ps(
+    args: argparse.Namespace, folder: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], Path]:
+    """Credentials in ``folder``, then ``draco-ps`` on any free port; (process, tokens)."""
     folder.mkdir(parents=True)
     secret, tokens = folder / "secret", folder / "tokens"
     write_token_file(tokens, issue_tokens(write_secret(secret), range(args.workers)))
     ready, run_dir = folder / "ready.json", folder / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     ps = subprocess.Popen(
         _cmd(
             "ps", "--port", 0, "--ready-file", ready, "--secret-file", secret, "--run-dir",
@@ -151,38 +183,53 @@ def one_run(args: argparse.Namespace, folder: Path, flood: int) -> dict[str, Any
         ),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+    return ps, tokens
+
+
+def _ps_port(ps: subprocess.Popen[str], ready: Path) -> int:
+    """The PS's port from its ready file; ConfigError if it died or took over 60 s."""
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if ps.poll() is not None or time.monotonic() > deadline:
+            err = ps.stderr.read() if ps.stderr else ""
+            raise ConfigError(f"draco-ps did not start: {err}")
+        time.sleep(0.05)
+    return int(json.loads(ready.read_text())["port"])
+
+
+def _start_flood(args: argparse.Namespace, port: int, flood: int, stop: Any) -> Any:
+    """The flood's child process, once it holds its ``flood`` connections."""
     spawn = mp.get_context("spawn")
-    stop, flooded = spawn.Event(), spawn.Event()
+    flooded = spawn.Event()
+    child = spawn.Process(
+        target=_flood_child,
+        args=("127.0.0.1", port, flood, args.flood_pause, flooded, stop),
+        daemon=True,
+    )
+    child.start()
+    if not flooded.wait(60):
+        raise ConfigError("the flood did not start")
+    return child
+
+
+def one_run(args: argparse.Namespace, folder: Path, flood: int) -> dict[str, Any]:
+    """One honest run, optionally under a flood of ``flood`` idle connections.
+
+    1. Start the PS (``_start_ps``), wait for its port; 2. start the flood, if any, and the
+    sampler; 3. run the one worker process to the end; 4. stop the flood and the sampler;
+    5. the rate over the metrics after ``--warmup``, the sampled maxima, the admission
+    counters and the model's sha256.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    ps, tokens = _start_ps(args, folder, env)
+    stop = mp.get_context("spawn").Event()
     child = None
-    samples: list[tuple[float, int]] = []
-    cpu = {"ps": 0.0, "flood": 0.0}
-    sampling = threading.Event()
+    sampler: _Sampler | None = None
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if ps.poll() is not None or time.monotonic() > deadline:
-                err = ps.stderr.read() if ps.stderr else ""
-                raise ConfigError(f"draco-ps did not start: {err}")
-            time.sleep(0.05)
-        port = int(json.loads(ready.read_text())["port"])
+        port = _ps_port(ps, folder / "ready.json")
         if flood:
-            child = spawn.Process(
-                target=_flood_child,
-                args=("127.0.0.1", port, flood, args.flood_pause, flooded, stop),
-                daemon=True,
-            )
-            child.start()
-            if not flooded.wait(60):
-                raise ConfigError("the flood did not start")
-
-        def sample() -> None:
-            while not sampling.wait(0.2):
-                samples.append((_rss_mb(ps.pid), _fds(ps.pid)))
-                cpu["ps"] = max(cpu["ps"], _cpu_seconds(ps.pid))
-                if child is not None and child.pid is not None:
-                    cpu["flood"] = max(cpu["flood"], _cpu_seconds(child.pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
+            child = _start_flood(args, port, flood, stop)
+        sampler = _Sampler(ps.pid, child.pid if child is not None else None)
         sampler.start()
         worker = subprocess.run(
             _cmd(
@@ -198,7 +245,8 @@ def one_run(args: argparse.Namespace, folder: Path, flood: int) -> dict[str, Any
                 f"{ps.stderr.read() if ps.stderr else ''} {worker.stderr}"
             )
     finally:
-        sampling.set()
+        if sampler is not None:
+            sampler.stop()
         stop.set()
         if child is not None:
             child.join(20)
@@ -207,15 +255,21 @@ def one_run(args: argparse.Namespace, folder: Path, flood: int) -> dict[str, Any
         if ps.poll() is None:
             ps.kill()
             ps.wait(10)
+    return _run_result(args, folder / "run", sampler)
+
+
+def _run_result(args: argparse.Namespace, run_dir: Path, sampler: _Sampler) -> dict[str, Any]:
+    """Step 5 of ``one_run``."""
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["round"] >= args.warmup]
     wall = sum(float(r["wall_seconds"]) for r in records)
     summary = json.loads((run_dir / "summary.json").read_text())
+    samples = sampler.samples
     return {
         "rounds_per_second": len(records) / wall if wall > 0 else float("nan"),
         "max_rss_mb": round(max((s[0] for s in samples), default=0.0), 1),
         "max_fds": max((s[1] for s in samples), default=0),
-        "ps_cpu_seconds": round(cpu["ps"], 2),
-        "flood_cpu_seconds": round(cpu["flood"], 2),
+        "ps_cpu_seconds": round(sampler.cpu["ps"], 2),
+        "flood_cpu_seconds": round(sampler.cpu["flood"], 2),
         "admission": summary.get("admission", {}),
         "model_sha256": summary["model_sha256"],
     }

@@ -93,7 +93,7 @@ async def _workers_async(host: str, port: int, n: int, s: int, dim: int) -> None
     from draco.net.frames import PROTOCOL_VERSION, Limits
     from draco.net.protocol import Connection, Role
     from draco.net.server_state import retain_freed_memory
-    from draco.net.worker import _ClientProtocol
+    from draco.net.worker_client import ClientProtocol
 
     # This one process stands for P hosts and receives P parameter vectors per round: keep
     # their freed buffers mapped so each round does not page-fault P x d x 4 fresh bytes
@@ -113,7 +113,7 @@ async def _workers_async(host: str, port: int, n: int, s: int, dim: int) -> None
 
     async def one(j: int) -> None:
         limits = Limits(max_tensor_bytes=dim * 4, max_tensors=1, max_ndim=1)
-        proto = _ClientProtocol(Connection(Role.CLIENT, limits))
+        proto = ClientProtocol(Connection(Role.CLIENT, limits))
         await loop.create_connection(lambda: proto, host, port)
         await proto.send(m.Hello(protocol_version=PROTOCOL_VERSION, worker_id=j))
         ch = await proto.next()

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -231,129 +232,165 @@ def _n_workers_of(run_dir: Path) -> int:
     raise ConfigError(f"{run_dir / 'config.json'} does not say how many workers the run has")
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What ``launch`` starts: the run directory, its credentials and the PS's own flags."""
+
+    run_dir: Path
+    n_workers: int
+    secret_path: Path
+    tokens_path: Path
+    ps_flags: list[str]  # before the user's flags: --resume, or the demo's defaults + --run-dir
+    shared: argparse.Namespace  # the pass-through flags this launcher reads (_shared_parser)
+
+
+def _resume_plan(args: argparse.Namespace, passthrough: list[str]) -> _Plan:
+    """``--resume RUN_DIR``: the saved run's worker count and the credentials it holds."""
+    if args.run_dir is not None and args.run_dir != args.resume:
+        raise ConfigError("give either --resume RUN_DIR or --run-dir, not both")
+    run_dir = args.resume
+    n_workers = _n_workers_of(run_dir)
+    secret_path, tokens_path = run_dir / SECRET_NAME, run_dir / TOKENS_NAME
+    if not secret_path.exists() or not tokens_path.exists():
+        raise ConfigError(
+            f"cannot resume {run_dir}: its {SECRET_NAME} / {TOKENS_NAME} files are missing "
+            "(it was not started by draco-run)"
+        )
+    shared, _ = _shared_parser().parse_known_args(passthrough)
+    return _Plan(run_dir, n_workers, secret_path, tokens_path, ["--resume", str(run_dir)], shared)
+
+
+def _new_plan(args: argparse.Namespace, passthrough: list[str]) -> _Plan:
+    """A new run: the demonstration's defaults under the user's flags, fresh credentials."""
+    run_dir = args.run_dir or _default_run_dir()
+    if (run_dir / "config.json").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+            "or pick another --run-dir"
+        )
+    # A plug-in task replaces the demonstration's --model.
+    user, _ = _shared_parser().parse_known_args(passthrough)
+    plugin = user.task is not None or user.task_file is not None
+    defaults = [x for k, v in DEMO_FLAGS if not (plugin and k == "--model") for x in (k, v)]
+    shared, _ = _shared_parser().parse_known_args(defaults + passthrough)
+    if shared.adversaries == 0 and user.attack is None:
+        defaults += ["--attack", "none"]  # no liars asked for: the default attack goes too
+    n_workers = int(shared.workers)
+    if n_workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {n_workers}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    secret_path, tokens_path = make_credentials(run_dir, n_workers)
+    ps_flags = [*defaults, "--run-dir", str(run_dir)]
+    return _Plan(run_dir, n_workers, secret_path, tokens_path, ps_flags, shared)
+
+
+def _worker_argvs(plan: _Plan, address: str, procs: int, extra: list[str]) -> list[list[str]]:
+    """One ``draco-worker`` command per process, the logical workers split evenly."""
+    return [
+        [
+            sys.executable,
+            "-m",
+            "draco.cli.worker",
+            "--ps",
+            address,
+            "--id",
+            str(first),
+            "--count",
+            str(count),
+            "--token-file",
+            str(plan.tokens_path),
+            *extra,
+        ]
+        for first, count in split_workers(plan.n_workers, procs)
+    ]
+
+
+def _ps_address(ready: Path, ps: subprocess.Popen[bytes]) -> str:
+    """``HOST:PORT`` the workers dial, once the PS is ready (a wildcard becomes loopback)."""
+    host, port = wait_ready(ready, ps, READY_TIMEOUT)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _supervise(ps: subprocess.Popen[bytes], workers: list[subprocess.Popen[bytes]]) -> int:
+    """Wait for the PS, reporting failed worker processes; the PS's exit status.
+
+    DracoError when every worker process has failed (the PS is stopped: nobody is left to
+    compute, so it would only wait for its join timeout). After the PS's Bye the workers
+    get ``WORKER_GRACE`` seconds to leave on their own, then are stopped.
+    """
+    reported: set[int] = set()
+    while ps.poll() is None:
+        for w in workers:
+            status = w.poll()
+            if status not in (None, 0) and w.pid not in reported:
+                reported.add(w.pid)
+                print(
+                    f"{PROG}: a worker process (pid {w.pid}) exited with status {status}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if len(reported) == len(workers):
+            with _signals_ignored():
+                stop_children([ps], grace=PS_GRACE)
+            raise DracoError("every worker process failed (see their errors above)")
+        time.sleep(0.1)
+    deadline = time.monotonic() + WORKER_GRACE
+    for w in workers:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            w.wait(timeout=max(0.0, deadline - time.monotonic()))
+    stop_children(workers, grace=2.0)
+    return int(ps.returncode)
+
+
 def launch(args: argparse.Namespace, passthrough: list[str]) -> int:
-    """Start the PS and the workers, wait for the PS; its exit status."""
+    """Start the PS and the workers, wait for the PS; its exit status.
+
+    1. Check the flags; plan a resumed run (``_resume_plan``) or a new one (``_new_plan``:
+       the run directory, the demo's defaults, fresh credentials).
+    2. Start the PS with ``--port 0 --ready-file``; wait for its address.
+    3. Start the worker processes (TLS CA and plug-in allowance passed on).
+    4. Supervise until the PS exits; on a signal stop the PS first, then the workers.
+    """
     if args.worker_procs < 1:
         raise ConfigError(f"--worker-procs must be >= 1, got {args.worker_procs}")
-    shared, _ = _shared_parser().parse_known_args(passthrough)
+    given, _ = _shared_parser().parse_known_args(passthrough)
     for flag in ("port", "ready_file", "secret_file"):
-        if getattr(shared, flag) is not None:
+        if getattr(given, flag) is not None:
             raise ConfigError(
                 f"draco-run chooses --{flag.replace('_', '-')} itself; do not pass it"
             )
     if args.resume is not None:
-        if args.run_dir is not None and args.run_dir != args.resume:
-            raise ConfigError("give either --resume RUN_DIR or --run-dir, not both")
-        run_dir = args.resume
-        n_workers = _n_workers_of(run_dir)
-        secret_path, tokens_path = run_dir / SECRET_NAME, run_dir / TOKENS_NAME
-        if not secret_path.exists() or not tokens_path.exists():
-            raise ConfigError(
-                f"cannot resume {run_dir}: its {SECRET_NAME} / {TOKENS_NAME} files are missing "
-                "(it was not started by draco-run)"
-            )
-        ps_flags = ["--resume", str(run_dir)]
+        plan = _resume_plan(args, passthrough)
     else:
-        run_dir = args.run_dir or _default_run_dir()
-        if (run_dir / "config.json").exists():
-            raise ConfigError(
-                f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
-                "or pick another --run-dir"
-            )
-        # A plug-in task replaces the demonstration's --model.
-        user, _ = _shared_parser().parse_known_args(passthrough)
-        plugin = user.task is not None or user.task_file is not None
-        defaults = [x for k, v in DEMO_FLAGS if not (plugin and k == "--model") for x in (k, v)]
-        shared, _ = _shared_parser().parse_known_args(defaults + passthrough)
-        if (
-            shared.adversaries == 0
-            and _shared_parser().parse_known_args(passthrough)[0].attack is None
-        ):
-            defaults += ["--attack", "none"]  # no liars asked for: the default attack goes too
-        n_workers = int(shared.workers)
-        if n_workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {n_workers}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        secret_path, tokens_path = make_credentials(run_dir, n_workers)
-        ps_flags = [*defaults, "--run-dir", str(run_dir)]
-    ready = run_dir / READY_NAME
+        plan = _new_plan(args, passthrough)
+    ready = plan.run_dir / READY_NAME
     with contextlib.suppress(FileNotFoundError):
         ready.unlink()
     loop_flags = ["--loop", args.loop] if args.loop else []
     ps_argv = [
-        sys.executable,
-        "-m",
-        "draco.cli.ps",
-        *ps_flags,
-        *passthrough,
-        *loop_flags,
-        "--port",
-        "0",
-        "--ready-file",
-        str(ready),
-        "--secret-file",
-        str(secret_path),
+        *(sys.executable, "-m", "draco.cli.ps", *plan.ps_flags, *passthrough, *loop_flags),
+        *("--port", "0", "--ready-file", str(ready), "--secret-file", str(plan.secret_path)),
     ]
-    print(f"{PROG}: run directory {run_dir}", flush=True)
-    children: list[subprocess.Popen[bytes]] = []
+    print(f"{PROG}: run directory {plan.run_dir}", flush=True)
     ps = _spawn(ps_argv)
-    children.append(ps)
+    children: list[subprocess.Popen[bytes]] = [ps]
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        host, port = wait_ready(ready, ps, READY_TIMEOUT)
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        address = _ps_address(ready, ps)
+        shared = plan.shared
         tls = []
         if shared.tls_ca or shared.tls_cert:
             tls = ["--tls-ca", str(shared.tls_ca or shared.tls_cert)]
         # The one operator of this machine named the task: its workers may run it.
-        allow = _saved_allow(run_dir) if args.resume is not None else _plugin_allow(shared)
-        for first, count in split_workers(n_workers, args.worker_procs):
-            worker_argv = [
-                sys.executable,
-                "-m",
-                "draco.cli.worker",
-                "--ps",
-                address,
-                "--id",
-                str(first),
-                "--count",
-                str(count),
-                "--token-file",
-                str(tokens_path),
-                *loop_flags,
-                *tls,
-                *allow,
-            ]
-            workers.append(_spawn(worker_argv))
+        allow = _saved_allow(plan.run_dir) if args.resume is not None else _plugin_allow(shared)
+        for argv in _worker_argvs(plan, address, args.worker_procs, [*loop_flags, *tls, *allow]):
+            workers.append(_spawn(argv))
         children.extend(workers)
-        reported: set[int] = set()
-        while ps.poll() is None:
-            for w in workers:
-                status = w.poll()
-                if status not in (None, 0) and w.pid not in reported:
-                    reported.add(w.pid)
-                    print(
-                        f"{PROG}: a worker process (pid {w.pid}) exited with status {status}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            if len(reported) == len(workers):
-                # Nobody is left to compute: do not wait for the PS's join timeout.
-                with _signals_ignored():
-                    stop_children([ps], grace=PS_GRACE)
-                raise DracoError("every worker process failed (see their errors above)")
-            time.sleep(0.1)
-        status = ps.returncode
-        # The PS said Bye: the workers are leaving on their own; stragglers get stopped.
-        deadline = time.monotonic() + WORKER_GRACE
-        for w in workers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                w.wait(timeout=max(0.0, deadline - time.monotonic()))
-        stop_children(workers, grace=2.0)
-        print(f"{PROG}: run directory {run_dir}", flush=True)
-        return int(status)
+        status = _supervise(ps, workers)
+        print(f"{PROG}: run directory {plan.run_dir}", flush=True)
+        return status
     except (_Interrupted, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
         print(f"{PROG}: stopping (signal {signum})", file=sys.stderr, flush=True)

@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Run K logical DRACO workers (ids I..I+K-1) against a parameter server.",
     )
+    _add_identity_flags(p)
+    _add_retry_flags(p)
+    _add_task_policy_flags(p)
+    _add_connection_flags(p)
+    return p
+
+
+def _add_identity_flags(p: argparse.ArgumentParser) -> None:
+    """Which PS, which worker ids, whose credentials, and a persistent attack."""
     p.add_argument("--ps", required=True, metavar="HOST:PORT", help="the parameter server")
     p.add_argument(
         "--id",
@@ -95,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="persistently malicious: apply this attack every round (experiments only)",
     )
+
+
+def _add_retry_flags(p: argparse.ArgumentParser) -> None:
+    """How long to keep reaching the PS, and to keep being turned away before a Welcome."""
     p.add_argument(
         "--connect-timeout",
         type=float,
@@ -110,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep retrying, with backoff, connections the PS closes before welcoming us "
         "(its handshake slots are full, a handshake timed out) this long (120)",
     )
+
+
+def _add_task_policy_flags(p: argparse.ArgumentParser) -> None:
+    """What this operator lets the PS make the worker run: plug-ins, device, option sizes."""
     p.add_argument(
         "--allow-task",
         action="append",
@@ -138,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=metavar,
             help=f"refuse a task whose options (from the PS) {help_} ({default})",
         )
+
+
+def _add_connection_flags(p: argparse.ArgumentParser) -> None:
+    """The connection itself: request bound, event loop, TLS, log level."""
     p.add_argument(
         "--max-outstanding-requests",
         type=int,
@@ -152,7 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mTLS)")
     p.add_argument("--tls-key", type=Path, default=None, help="client private key (mTLS)")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    return p
 
 
 def load_tokens(path: Path, first_id: int, count: int) -> dict[int, bytes]:

@@ -181,3 +181,126 @@ def test_no_import_circles() -> None:
         if m not in state:
             visit(m, [m])
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+# -- size: no module over ~600 lines, no function over ~80 lines of code (issue 14) ----------
+
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80  # lines of code: not blank, not only a comment, not the docstring
+
+# Exempt while other helpers of issue 14 rewrite them on their own branches (the round
+# engine's move into draco/ps/: net/rounds.py, net/server.py, ps/, cli/ps.py; the ingest
+# path: net/frames.py). Each entry must still be over the limit: when a merge brings one
+# under it, test_size_allow_lists_are_current fails until the entry is removed here.
+LONG_MODULES_ALLOWED = {
+    "draco/net/frames.py": "ingest helper's file (issue 14)",
+    "draco/net/rounds.py": "engine helper's file (moves into draco/ps/, issue 14)",
+    "draco/net/server.py": "engine helper's file (moves into draco/ps/, issue 14)",
+}
+LONG_FUNCTIONS_ALLOWED = {
+    "cli/ps.py::build_parser": "engine helper's file (issue 14)",
+    "draco/net/rounds.py::RoundEngine.finish": "engine helper's file (issue 14)",
+    "draco/net/server.py::ParameterServer._run_attempt": "engine helper's file (issue 14)",
+    "draco/ps/config.py::PSConfig.__post_init__": "engine helper's file (issue 14)",
+}
+
+SIZED_FILES = sorted((ROOT / "draco").rglob("*.py")) + sorted((ROOT / "cli").glob("*.py"))
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def _code_lines(source: str) -> set[int]:
+    """Line numbers that hold a token of code (blank and comment-only lines hold none)."""
+    import io
+    import tokenize
+
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
+    lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in skip and tok.type != tokenize.ENDMARKER:
+            lines.update(range(tok.start[0], tok.end[0] + 1))
+    return lines
+
+
+def function_sizes(path: Path) -> dict[str, int]:
+    """``Class.method`` / ``function`` -> lines of code of its body and signature, its
+    docstring left out (nested functions count towards the function that holds them)."""
+    source = path.read_text()
+    code = _code_lines(source)
+    sizes: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                span = set(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+                first = child.body[0] if child.body else None
+                if (
+                    isinstance(first, ast.Expr)
+                    and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)
+                ):
+                    span -= set(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+                name = prefix + child.name
+                sizes[name] = max(sizes.get(name, 0), len(span & code))
+                visit(child, name + ".")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, prefix + child.name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(source, filename=str(path)), "")
+    return sizes
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in SIZED_FILES if _rel(p) not in LONG_MODULES_ALLOWED], ids=_rel
+)
+def test_modules_stay_under_600_lines(path: Path) -> None:
+    # A newcomer should find each concept in one file they can read: split by job instead.
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{_rel(path)} has {lines} lines (> {MAX_MODULE_LINES})"
+
+
+@pytest.mark.parametrize("path", SIZED_FILES, ids=_rel)
+def test_functions_stay_under_80_lines_of_code(path: Path) -> None:
+    # A longer function is several steps: extract them as named functions.
+    long = {
+        name: n
+        for name, n in function_sizes(path).items()
+        if n > MAX_FUNCTION_LINES and f"{_rel(path)}::{name}" not in LONG_FUNCTIONS_ALLOWED
+    }
+    assert not long, f"{_rel(path)}: functions over {MAX_FUNCTION_LINES} lines of code: {long}"
+
+
+def test_size_allow_lists_are_current() -> None:
+    stale = [
+        rel
+        for rel in LONG_MODULES_ALLOWED
+        if not (ROOT / rel).exists()
+        or len((ROOT / rel).read_text().splitlines()) <= MAX_MODULE_LINES
+    ]
+    for entry in LONG_FUNCTIONS_ALLOWED:
+        rel, name = entry.split("::")
+        sizes = function_sizes(ROOT / rel) if (ROOT / rel).exists() else {}
+        if sizes.get(name, 0) <= MAX_FUNCTION_LINES:
+            stale.append(entry)
+    assert not stale, f"now within the limits (or gone): remove from the allow-lists: {stale}"
+
+
+def test_function_sizes_counts_code_not_docstrings_or_comments(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "class A:\n"
+        "    def f(self):\n"
+        '        """Doc\n\n        more doc.\n        """\n'
+        "        # a comment\n"
+        "\n"
+        "        x = 1\n"
+        "        def g():\n"
+        "            return (1,\n"
+        "                    2)\n"
+        "        return x\n"
+    )
+    assert function_sizes(source) == {"A.f": 6, "A.f.g": 3}

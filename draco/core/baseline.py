@@ -22,8 +22,8 @@ Conventions (docs/architecture.md, "Codes"):
   the momentum is kept by the PS per worker id over the payloads it received, not by the
   workers, so a liar's payloads are smoothed too (in the paper a liar sends any vector as
   its momentum; the PS-side EMA of a constant is that constant after a few rounds). The
-  state is checkpointed (``state_dict`` / ``load_state_dict``); ``momentum=0`` with
-  ``center="zero"`` is the stateless one-shot rule.
+  state (``draco.core.clipping.ClippingState``) is checkpointed (``state_dict`` /
+  ``load_state_dict``); ``momentum=0`` with ``center="zero"`` is the stateless one-shot rule.
 
 Example::
 
@@ -42,6 +42,7 @@ import numpy as np
 
 from draco.core.aggregators import AGGREGATORS, aggregate, option_names, takes_f
 from draco.core.blas_threads import single_blas_thread
+from draco.core.clipping import ClippingState
 from draco.core.decoder_types import DecodeResult
 from draco.errors import ConfigError, DecodeError
 
@@ -103,17 +104,11 @@ class UncodedCode:
                     f"aggregator option {key}={value!r} must be a number, string, bool or None "
                     f"(options are sent to the workers)"
                 )
-        self._momentum = 0.0
-        self._previous_center = False
+        # centered_clipping's state across rounds: worker momenta and the previous aggregate
+        # (an empty state for the other rules, which keep none).
+        self._clipping = ClippingState()
         if aggregator == "centered_clipping":
-            beta = options.pop("momentum", 0.9)
-            if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
-                raise ConfigError(f"centered_clipping: momentum must lie in [0, 1), got {beta!r}")
-            self._momentum = float(beta)
-            center = options.get("center", "previous")
-            if center == "previous":
-                options.pop("center", None)
-                self._previous_center = True
+            self._clipping = ClippingState.from_options(options)
         f = options.pop("f", n_adversaries)
         if "f" in aggregator_options and not takes_f(aggregator):
             raise ConfigError(f"aggregator {aggregator!r} takes no f")
@@ -131,9 +126,6 @@ class UncodedCode:
         self.f = f
         self._rule_options = options
         self.options: dict[str, Any] = {"aggregator": aggregator, **aggregator_options}
-        # centered_clipping's state across rounds: worker momenta and the previous aggregate.
-        self._momenta: dict[int, np.ndarray] = {}
-        self._center: np.ndarray | None = None
         # Dry run on n one-dimensional rows: rejects f too large for n and bad option values
         # now, at configuration time, rather than in the first round.
         aggregate(aggregator, np.zeros((self.n_workers, 1), np.float32), f, **options)
@@ -231,20 +223,13 @@ class UncodedCode:
         stateful = self.aggregator == "centered_clipping"
         options = dict(self._rule_options)
         momenta: dict[int, np.ndarray] = {}
-        if stateful and self._momentum > 0:
-            beta = np.float32(self._momentum)
-            for j in usable:
-                m = received[j] * (np.float32(1.0) - beta)
-                old = self._momenta.get(j)
-                if old is not None and old.shape == m.shape:
-                    m += beta * old
-                momenta[j] = m.astype(np.float32, copy=False)
-            X = np.stack([momenta[j] for j in usable])
+        if stateful:
+            X, momenta = self._clipping.rows(received, usable)
+            center = self._clipping.center(d)
+            if center is not None:
+                options["center"] = center
         else:
             X = np.stack([received[j] for j in usable])
-        center = self._center if stateful and self._previous_center else None
-        if center is not None and center.shape == (d,):
-            options["center"] = center
         try:
             # One OpenBLAS thread, as for the cyclic decode (draco/core/blas_threads.py): on
             # shared cores the threaded BLAS calls of the distance-based rules stall (the
@@ -259,8 +244,7 @@ class UncodedCode:
                 f"{exc}"
             ) from exc
         if stateful:
-            self._momenta.update(momenta)
-            self._center = np.array(agg, dtype=np.float32)
+            self._clipping.commit(momenta, agg)
         gradient = (agg * np.float32(self.n_partitions)).astype(np.float32, copy=False)
         return DecodeResult(gradient=gradient, adversaries=frozenset(), erasures=erasures)
 
@@ -268,24 +252,11 @@ class UncodedCode:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The aggregation state as named arrays (empty for the stateless rules)."""
-        out: dict[str, np.ndarray] = {}
-        if self._center is not None:
-            out["cc_center"] = self._center.copy()
-        if self._momenta:
-            ids = sorted(self._momenta)
-            out["cc_momentum_ids"] = np.array(ids, dtype=np.int64)
-            out["cc_momenta"] = np.stack([self._momenta[j] for j in ids])
-        return out
+        return self._clipping.state_dict()
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore ``state_dict()`` output (a checkpoint of a resumed run)."""
-        center = state.get("cc_center")
-        self._center = None if center is None else np.array(center, dtype=np.float32)
-        self._momenta = {}
-        ids, rows = state.get("cc_momentum_ids"), state.get("cc_momenta")
-        if ids is not None and rows is not None:
-            for j, row in zip(np.asarray(ids).tolist(), np.asarray(rows, np.float32), strict=True):
-                self._momenta[int(j)] = row.copy()
+        self._clipping.load_state_dict(state)
 
     def _check_worker(self, worker: int) -> None:
         if isinstance(worker, bool) or not isinstance(worker, (int, np.integer)):

@@ -1,14 +1,27 @@
-"""What the decoders share: their result, the payload check, the cyclic decoder's tolerances."""
+"""What the codes and decoders share: the ``Code`` interface, its argument checks, the
+decode result, the payload check, the cyclic decoder's tolerances."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from draco.core.projection import PROJECTION_CHUNK
+from draco.errors import ConfigError
 
-__all__ = ["CyclicDecoderConfig", "DecodeResult", "all_finite", "well_formed"]
+__all__ = [
+    "Code",
+    "CyclicDecoderConfig",
+    "DecodeResult",
+    "all_finite",
+    "check_counts",
+    "check_grads",
+    "check_worker",
+    "well_formed",
+]
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,65 @@ class DecodeResult:
     gradient: np.ndarray
     adversaries: frozenset[int]
     erasures: frozenset[int]
+
+
+@runtime_checkable
+class Code(Protocol):
+    """The interface every code offers (docs/architecture.md, "Codes")."""
+
+    name: str
+    n_workers: int
+    n_adversaries: int
+    n_partitions: int
+    redundancy: int
+    assignment: np.ndarray
+    payload_dtype: np.dtype
+    options: dict[str, Any]
+
+    def partitions_of(self, worker: int) -> tuple[int, ...]: ...
+
+    def encode(self, worker: int, grads: np.ndarray) -> np.ndarray: ...
+
+    def ready(self, received: Mapping[int, np.ndarray]) -> bool: ...
+
+    def decode(
+        self, received: Mapping[int, np.ndarray], rng: np.random.Generator | None = None
+    ) -> DecodeResult: ...
+
+
+def check_worker(code: Code, worker: int) -> None:
+    """ValueError unless ``worker`` is one of ``code``'s ids 0..n-1 (a caller's bug)."""
+    if not 0 <= int(worker) < code.n_workers:
+        raise ValueError(f"worker {worker} out of range 0..{code.n_workers - 1}")
+
+
+def check_counts(name: str, n_workers: object, n_adversaries: object) -> tuple[int, int]:
+    """(n, s) as ints; ConfigError unless they are integers with s >= 0 and n >= 2s+1."""
+    for label, value in (("n_workers", n_workers), ("n_adversaries", n_adversaries)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ConfigError(f"code {name!r}: {label} must be an integer, got {value!r}")
+    n, s = int(n_workers), int(n_adversaries)  # type: ignore[call-overload]
+    if s < 0:
+        raise ConfigError(f"code {name!r}: n_adversaries must be >= 0, got {s}")
+    if n < 2 * s + 1 or n < 1:
+        raise ConfigError(
+            f"code {name!r} with {s} adversaries needs at least 2s+1 = {2 * s + 1} workers, "
+            f"got {n}: add workers or lower --adversaries"
+        )
+    return n, s
+
+
+def check_grads(code: Code, worker: int, grads: np.ndarray) -> np.ndarray:
+    """``grads`` as an array of shape (len(partitions_of(worker)), d); ValueError if not."""
+    check_worker(code, worker)
+    grads = np.asarray(grads)
+    r = len(code.partitions_of(worker))
+    if grads.ndim != 2 or grads.shape[0] != r:
+        raise ValueError(
+            f"worker {worker} must encode {r} partition gradients of shape ({r}, d), "
+            f"got shape {grads.shape}"
+        )
+    return grads
 
 
 def all_finite(x: np.ndarray) -> bool:

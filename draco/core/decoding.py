@@ -2,7 +2,8 @@
 
 Both decoders return the SUM over all partitions of the partition gradients, name the workers
 located as lying, and raise :class:`draco.errors.DecodeError` instead of returning a sum they
-cannot vouch for. The codes themselves (assignment, encoding) live in ``draco.core.codes``.
+cannot vouch for. The codes themselves (assignment, encoding) are built by
+``draco.core.codes.make_code``.
 
 References
 ----------
@@ -23,7 +24,8 @@ The implementation is split by job; this module gathers the public API:
 - ``draco.core.decoder_types``: ``DecodeResult``, ``CyclicDecoderConfig``;
 - ``draco.core.vote``: the repetition code's majority vote;
 - ``draco.core.projection``: secret projections of the cyclic payloads;
-- ``draco.core.locator``: the cyclic locator (PGZ, refits, naming);
+- ``draco.core.locator``: the cyclic locator (PGZ, refits, naming; its search in
+  ``draco.core.locator_search``, its linear algebra in ``draco.core.locator_fit``);
 - ``draco.core.weights``: recovery and check weights, node powers;
 - ``draco.core.cyclic_decoder``: the cyclic decode (fast path, full path, recovery pass).
 """

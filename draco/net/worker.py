@@ -20,13 +20,11 @@ Each logical worker ``j`` (ids ``first_id .. first_id + count - 1``) runs this l
        older one is not answered: the PS then asks another member).
     5. Bye -> done; a dropped connection -> back to 1 (rejoin at the next round).
 
-Gradients are computed one at a time in ONE compute thread for the whole process (torch uses
-one thread per process, and the event loop stays responsive for the other connections). The
-logical workers of a process share partition gradients through a per-round cache: in the
-repetition code every member of a group computes the same partitions, and the computation is
-deterministic, so computing partition k once per (round, params) gives every holder the bit
-identical gradient it would have computed itself. ``compute_seconds`` still reports what the
-worker's own partitions cost, cached or not, so the metrics keep the code's real load.
+This module is the connection loop (steps 1, 2 and 5, and the dispatch of step 4). The
+gradient job of step 4 (one compute thread per process, gradients shared between the logical
+workers of a process) is ``draco.net.worker_compute``; the digest vote's side
+(``Digest``, held payloads, ``PayloadRequest``) is ``draco.net.worker_digest``; the asyncio
+client protocol and the mapping of the PS's errors, ``draco.net.worker_client``.
 
 Errors that retrying cannot fix are final (no endless retry): a refused credential
 (``AuthError``), another protocol version (``VersionMismatchError``), a bad configuration
@@ -40,33 +38,15 @@ Welcome. One logical worker's final error never stops the others of its process.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import json
 import logging
 import random
 import socket
 import ssl
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
-
-import numpy as np
 
 from draco.core.attacks import make_attack
-from draco.core.codes import make_code
-from draco.core.decoding import bitwise_equal
-from draco.core.digests import DEFAULT_DIGEST_BYTES, check_digest_bytes, payload_digest
-from draco.errors import (
-    AuthError,
-    ConfigError,
-    DracoError,
-    ProtocolError,
-    RemoteProtocolError,
-    SeatTakenError,
-    VersionMismatchError,
-)
+from draco.errors import AuthError, ConfigError, DracoError, RemoteProtocolError, SeatTakenError
 from draco.net import messages as m
 from draco.net.auth import handshake_mac
 from draco.net.frames import PROTOCOL_VERSION, Limits
@@ -74,13 +54,21 @@ from draco.net.protocol import (
     MAX_OUTSTANDING_REQUESTS,
     Connection,
     Role,
-    State,
     check_outstanding_requests,
 )
-from draco.net.stream import ConnectionProtocol
-from draco.tasks.contract import Task
+from draco.net.worker_client import (
+    NOT_TLS_REASONS,
+    ClientProtocol,
+    Dropped,
+    Retryable,
+    error_to_exception,
+    speaks_tls,
+)
+from draco.net.worker_compute import Compute, RoundSetup, round_payload, setup_from_welcome
+from draco.net.worker_digest import HeldPayloads, answer_request, send_digest
 from draco.tasks.plugins import TaskOptionLimits
-from draco.tasks.registry import make_task
+
+__all__ = ["LogicalWorker", "WorkerOptions", "run_workers"]
 
 log = logging.getLogger("draco.worker")
 
@@ -88,13 +76,6 @@ log = logging.getLogger("draco.worker")
 # ``connect``): attempt a waits uniform(0.5, 1) * min(CAP, BASE * 2**a) seconds.
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
-# Digest-first vote: payloads kept for PayloadRequests, newest attempts only. The PS asks for
-# the current attempt's payload only; one more covers a request crossing the next RoundStart.
-HELD_PAYLOADS = 2
-# OpenSSL's reasons when the bytes received are not TLS (a plain-text peer).
-_NOT_TLS_REASONS = frozenset(
-    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
-)
 
 
 @dataclass(frozen=True)
@@ -155,221 +136,11 @@ class WorkerOptions:
         check_outstanding_requests(self.max_outstanding_requests)
 
 
-class _Compute:
-    """The process's single compute thread, its task cache and its partition-gradient cache.
-
-    Everything that touches a task runs in the one thread, so the caches need no locks.
-    """
-
-    def __init__(self, share_gradients: bool, options: WorkerOptions | None = None) -> None:
-        # ``options``: the operator's task policy (allowlist, device, option limits); None
-        # keeps the defaults (built-in tasks only, CPU).
-        self.allowed_tasks = options.allowed_tasks if options else frozenset()
-        self.device = options.device if options else "cpu"
-        self.option_limits = options.task_option_limits if options else TaskOptionLimits()
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="draco-compute"
-        )
-        self.share = share_gradients
-        self._tasks: dict[str, Task] = {}
-        # (task key, flip_labels) -> (round, params, {partition: (gradient row, seconds)})
-        self._grads: dict[tuple[str, bool], tuple[int, np.ndarray, dict[int, Any]]] = {}
-        # Digest vote: (digest key, size) -> [(payload, digest)] for the newest key only. The
-        # members of a group in this process send bit-identical payloads: one hash, then a
-        # byte comparison (~5x cheaper) for each of the others.
-        self._digests: dict[tuple[bytes, int], list[tuple[np.ndarray, bytes]]] = {}
-
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, fn, *args)
-
-    def task(self, spec: dict[str, Any]) -> tuple[str, Task]:
-        # Runs in the compute thread: loading a data set must not stall the event loop.
-        key = json.dumps(spec, sort_keys=True)
-        if key not in self._tasks:
-            self._tasks[key] = make_task(
-                spec,
-                allowed=self.allowed_tasks,
-                device=self.device,
-                option_limits=self.option_limits,
-            )
-        return key, self._tasks[key]
-
-    def gradients(
-        self,
-        key: str,
-        params: np.ndarray,
-        round_index: int,
-        partitions: Sequence[int],
-        flip_labels: bool,
-    ) -> tuple[np.ndarray, float]:
-        """Rows for ``partitions`` ((r, d) float32) and the CPU seconds they cost to compute."""
-        task = self._tasks[key]
-        # Thread CPU time, not wall time: many workers sharing a few cores must not inflate
-        # it (this runs in the one compute thread; torch computes on it with one thread).
-        if not self.share:
-            t0 = time.thread_time()
-            g = task.partition_gradients(params, round_index, partitions, flip_labels=flip_labels)
-            return g, time.thread_time() - t0
-        slot = self._grads.get((key, flip_labels))
-        # Reuse only for the very same round AND parameters: a worker that rejoined late may be
-        # on another round than its neighbours in this process.
-        if slot is None or slot[0] != round_index or not np.array_equal(slot[1], params):
-            slot = (round_index, params.copy(), {})
-            self._grads[(key, flip_labels)] = slot
-        done = slot[2]
-        todo = [k for k in partitions if k not in done]
-        if todo:
-            t0 = time.thread_time()
-            g = task.partition_gradients(params, round_index, todo, flip_labels=flip_labels)
-            per = (time.thread_time() - t0) / len(todo)
-            for row, k in enumerate(todo):
-                done[k] = (g[row], per)
-        rows = np.stack([done[k][0] for k in partitions]).astype(np.float32, copy=False)
-        return rows, float(sum(done[k][1] for k in partitions))
-
-    def digest(self, payload: np.ndarray, key: bytes, size: int) -> bytes:
-        """``payload_digest(payload, key, size)``, shared between equal payloads of a round."""
-        payload = np.ascontiguousarray(payload)  # bitwise_equal compares memory
-        slot = (bytes(key), int(size))
-        if slot not in self._digests:
-            self._digests = {slot: []}  # a new round's key: the old digests are useless
-        seen = self._digests[slot]
-        for other, digest in seen:
-            if bitwise_equal(other, payload):
-                return digest
-        digest = payload_digest(payload, key, size)
-        seen.append((payload, digest))
-        return digest
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-class _Dropped(Exception):
-    """The connection closed or broke before the run ended: reconnect."""
-
-
-class _ClientProtocol(ConnectionProtocol):
-    """The worker's side of a connection (``draco.net.stream``): parsed messages go to
-    ``events``; ``None`` marks the end of the connection. ``conn.last_round_start`` (the newest
-    RoundStart read) lets the worker drop a computation that a newer RoundStart made stale.
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        super().__init__(conn)
-        self.events: asyncio.Queue[m.Message | None] = asyncio.Queue()
-        self.transport: asyncio.Transport | None = None
-        self.error: BaseException | None = None
-        self._can_write = asyncio.Event()
-        self._can_write.set()
-        self._closed = False
-
-    # -- asyncio callbacks -----------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Small control frames must not wait for Nagle's timer.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._can_write.set()
-        if exc is not None and self.error is None:
-            self.error = exc
-        self._finish()
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._can_write.clear()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._can_write.set()
-
-    # -- ConnectionProtocol ----------------------------------------------------------------
-    @property
-    def stopped(self) -> bool:
-        return self._closed
-
-    def on_message(self, msg: m.Message, wire_bytes: int) -> None:
-        self.events.put_nowait(msg)
-
-    def on_violation(self, exc: ProtocolError) -> None:
-        self._fail(exc)
-
-    def on_closed(self) -> None:
-        self._finish()
-
-    # -- helpers ---------------------------------------------------------------------------
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        if self.transport is not None:
-            # Tell the PS why (one Error is still allowed after a protocol error), then go.
-            code = m.error_code_for(exc)
-            with contextlib.suppress(ProtocolError):
-                self.transport.writelines(self.conn.send(m.Error(code, str(exc)[:4000])))
-            self.transport.close()
-        self._finish()
-
-    def _finish(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.events.put_nowait(None)
-
-    async def send(self, msg: m.Message) -> None:
-        """Queue ``msg``, then wait while the transport's buffer is full.
-
-        On a connection that has ended this is a no-op: what ended it (a Bye, an Error, the
-        drop) is still in ``events`` and the next ``next()`` reports it.
-        """
-        if self._closed or self.transport is None or self.transport.is_closing():
-            return
-        if self.conn.state in (State.CLOSED, State.ERROR):
-            return
-        self.transport.writelines(self.conn.send(msg))
-        await self._can_write.wait()
-
-    async def next(self) -> m.Message:
-        event = await self.events.get()
-        if event is None:
-            err = self.error
-            if isinstance(err, VersionMismatchError):
-                raise err
-            raise _Dropped(f"connection closed{f': {err}' if err else ''}")
-        return event
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _error_to_exception(worker_id: int, err: m.Error) -> DracoError:
-    """Map the PS's Error message to the exception the user sees."""
-    text = f"worker {worker_id}: the parameter server refused us ({err.code}): {err.message}"
-    if err.code == m.ErrorCode.VERSION_MISMATCH:
-        return VersionMismatchError(text + " (install the same draco version on both sides)")
-    if err.code == m.ErrorCode.AUTH_FAILED:
-        return AuthError(text + " (is --token-file the one `draco-ps keys` issued for this id?)")
-    if err.code == m.ErrorCode.SEAT_TAKEN:
-        # Final at start; retried after a drop of our own (the PS may not have seen it yet).
-        return SeatTakenError(text + " (is another draco-worker running with this --id?)")
-    if err.code == m.ErrorCode.TIMEOUT:
-        return _Retryable(text)
-    return RemoteProtocolError(text)
-
-
-class _Retryable(DracoError):
-    """The PS closed the connection for a reason a new connection may not have."""
-
-
 class LogicalWorker:
     """One worker id: its connection life cycle and its rounds."""
 
     def __init__(
-        self, worker_id: int, token: bytes, options: WorkerOptions, compute: _Compute
+        self, worker_id: int, token: bytes, options: WorkerOptions, compute: Compute
     ) -> None:
         self.id = worker_id
         self.token = token
@@ -397,12 +168,12 @@ class LogicalWorker:
             try:
                 if await self._session(proto):
                     return
-                reason: BaseException = _Dropped("connection closed")
+                reason: BaseException = Dropped("connection closed")
             except SeatTakenError as exc:
                 if not welcomed_before:
                     raise  # a second process with our id: final
                 reason = exc  # the PS has not yet noticed our own dropped connection
-            except (_Dropped, _Retryable) as exc:
+            except (Dropped, Retryable) as exc:
                 reason = exc
             finally:
                 proto.close()
@@ -415,7 +186,7 @@ class LogicalWorker:
                 if silent and self.options.ssl_context is None and not probed:
                     # Closed without a word: a TLS parameter server drops a plain Hello so.
                     probed = True
-                    if await _speaks_tls(self.options.host, self.options.port):
+                    if await speaks_tls(self.options.host, self.options.port):
                         raise ConfigError(
                             f"worker {self.id}: the parameter server at {self.options.host}:"
                             f"{self.options.port} speaks TLS and we do not: pass --tls-ca "
@@ -431,7 +202,7 @@ class LogicalWorker:
             log.warning("worker %d: %s; reconnecting in %.2f s", self.id, reason, delay)
             await asyncio.sleep(max(0.0, min(delay, join_deadline - loop.time())))
 
-    async def _connect(self) -> _ClientProtocol:
+    async def _connect(self) -> ClientProtocol:
         """Connect within ``connect_timeout`` with jittered exponential backoff."""
         opts = self.options
         loop = asyncio.get_running_loop()
@@ -445,7 +216,7 @@ class LogicalWorker:
             conn = Connection(
                 Role.CLIENT, opts.limits, max_outstanding_requests=opts.max_outstanding_requests
             )
-            proto = _ClientProtocol(conn)
+            proto = ClientProtocol(conn)
             try:
                 await asyncio.wait_for(
                     loop.create_connection(
@@ -465,7 +236,7 @@ class LogicalWorker:
                     f"cannot resolve the parameter server's host {opts.host!r}: {exc}"
                 ) from exc
             except ssl.SSLError as exc:
-                if exc.reason in _NOT_TLS_REASONS:
+                if exc.reason in NOT_TLS_REASONS:
                     raise ConfigError(
                         f"worker {self.id}: the parameter server at {opts.host}:{opts.port} "
                         "does not speak TLS (it answered in plain text): drop --tls-ca/"
@@ -487,31 +258,13 @@ class LogicalWorker:
             "(is draco-ps running there? check --ps)"
         )
 
-    async def _session(self, proto: _ClientProtocol) -> bool:
-        """Handshake then rounds. True when the PS ended the run; raises _Dropped to retry."""
-        # The handshake is bounded (a port that accepts but never answers is not a PS);
-        # the rounds are not: a PS may wait long for the other workers to join.
-        limit = self.options.connect_timeout
-        try:
-            msg = await asyncio.wait_for(self._handshake(proto), limit)
-        except asyncio.TimeoutError:
-            raise _Retryable(f"no handshake reply within {limit:g} s") from None
-        if isinstance(msg, m.Error):
-            return self._ended_by(msg)
-        if isinstance(msg, m.Bye):
-            log.info("worker %d: the PS ended the run (%s)", self.id, msg.reason)
-            return True
-        if not isinstance(msg, m.Welcome):
-            raise RemoteProtocolError(f"worker {self.id}: expected Welcome, got {msg!r}")
-        try:
-            setup = await self._setup(msg.config)
-        except ConfigError as exc:
-            # Final for us; tell the PS why before going, so its operator sees it too.
-            await proto.send(m.Error(m.ErrorCode.REFUSED_CONFIG, str(exc)[:4000]))
-            raise
-        self.welcomed = self._session_welcomed = True
-        log.info("worker %d: joined (partitions %s)", self.id, setup.partitions)
-        held: dict[tuple[int, int], np.ndarray] = {}  # digest vote: payloads kept for requests
+    async def _session(self, proto: ClientProtocol) -> bool:
+        """Handshake then rounds. True when the PS ended the run; raises Dropped to retry."""
+        welcome = await self._join(proto)
+        if isinstance(welcome, bool):
+            return welcome
+        setup = welcome
+        held = HeldPayloads()  # digest vote: payloads kept for the PS's requests
         while True:
             msg = await proto.next()
             if isinstance(msg, m.Bye):
@@ -524,29 +277,49 @@ class LogicalWorker:
                 continue
             if not isinstance(msg, m.RoundStart):
                 raise RemoteProtocolError(f"worker {self.id}: unexpected {type(msg).__name__}")
-            if self._superseded(msg, proto):
-                continue  # a newer round or attempt is already queued: this one is stale
-            payload, seconds = await self._round(setup, msg)
-            if self._superseded(msg, proto):
-                continue  # the PS moved on while we computed; a late payload is useless
-            if msg.digest_key:
-                key = (msg.round_index, msg.attempt)
-                digest = await self.compute.run(
-                    self.compute.digest, payload, msg.digest_key, setup.digest_bytes
-                )
-                held[key] = payload
-                for old in sorted(held)[:-HELD_PAYLOADS]:
-                    del held[old]
-                await proto.send(
-                    m.Digest(
-                        round_index=msg.round_index,
-                        attempt=msg.attempt,
-                        digest=digest,
-                        compute_seconds=seconds,
-                    )
-                )
-                self.rounds_sent += 1
-                continue
+            await self._answer_round(proto, setup, msg, held)
+
+    async def _join(self, proto: ClientProtocol) -> RoundSetup | bool:
+        """Handshake and Welcome: the session's setup, or True/False when the PS ended the
+        run instead (``_ended_by``)."""
+        # The handshake is bounded (a port that accepts but never answers is not a PS);
+        # the rounds are not: a PS may wait long for the other workers to join.
+        limit = self.options.connect_timeout
+        try:
+            msg = await asyncio.wait_for(self._handshake(proto), limit)
+        except asyncio.TimeoutError:
+            raise Retryable(f"no handshake reply within {limit:g} s") from None
+        if isinstance(msg, m.Error):
+            return self._ended_by(msg)
+        if isinstance(msg, m.Bye):
+            log.info("worker %d: the PS ended the run (%s)", self.id, msg.reason)
+            return True
+        if not isinstance(msg, m.Welcome):
+            raise RemoteProtocolError(f"worker {self.id}: expected Welcome, got {msg!r}")
+        try:
+            setup = await setup_from_welcome(
+                self.compute, self.id, msg.config, self.options.attack, self.options.device
+            )
+        except ConfigError as exc:
+            # Final for us; tell the PS why before going, so its operator sees it too.
+            await proto.send(m.Error(m.ErrorCode.REFUSED_CONFIG, str(exc)[:4000]))
+            raise
+        self.welcomed = self._session_welcomed = True
+        log.info("worker %d: joined (partitions %s)", self.id, setup.partitions)
+        return setup
+
+    async def _answer_round(
+        self, proto: ClientProtocol, setup: RoundSetup, msg: m.RoundStart, held: HeldPayloads
+    ) -> None:
+        """Compute the round's payload and send it (or its digest), unless superseded."""
+        if self._superseded(msg, proto):
+            return  # a newer round or attempt is already queued: this one is stale
+        payload, seconds = await round_payload(self.compute, setup, self.id, msg)
+        if self._superseded(msg, proto):
+            return  # the PS moved on while we computed; a late payload is useless
+        if msg.digest_key:
+            await send_digest(proto, self.compute, msg, payload, seconds, setup.digest_bytes, held)
+        else:
             await proto.send(
                 m.Gradient(
                     round_index=msg.round_index,
@@ -555,45 +328,31 @@ class LogicalWorker:
                     attempt=msg.attempt,
                 )
             )
-            self.rounds_sent += 1
+        self.rounds_sent += 1
 
     async def _answer_request(
-        self,
-        proto: _ClientProtocol,
-        msg: m.PayloadRequest,
-        held: dict[tuple[int, int], np.ndarray],
+        self, proto: ClientProtocol, msg: m.PayloadRequest, held: HeldPayloads
     ) -> None:
-        """Send the requested payload, at most once per (round, attempt).
-
-        Not answered: a payload no longer (or never) held, one already sent (popped from
-        ``held``: an honest PS asks a worker once per attempt, so a repeated request is a
-        flood, which must not make us upload d floats per tiny request), and a request the
-        connection forgot (more than ``max_outstanding_requests`` outstanding). A skipped
-        request costs a counter, not a log line each (a flood must not flood the log).
-        """
-        key = (msg.round_index, msg.attempt)
-        payload = held.pop(key, None)
-        if payload is None or not proto.conn.is_requested(*key):
-            self.requests_skipped += 1
-            if self.requests_skipped == 1:
-                log.info(
-                    "worker %d: not answering the payload request for round %d attempt %d "
-                    "(not held, already sent, or forgotten); further ones are only counted",
-                    self.id,
-                    msg.round_index,
-                    msg.attempt,
-                )
+        """Answer a PayloadRequest (``worker_digest.answer_request``) and count it. A skipped
+        request costs a counter, not a log line each (a flood must not flood the log)."""
+        if await answer_request(proto, msg, held):
+            self.payloads_sent += 1
             return
-        await proto.send(
-            m.Payload(round_index=msg.round_index, attempt=msg.attempt, payload=payload)
-        )
-        self.payloads_sent += 1
+        self.requests_skipped += 1
+        if self.requests_skipped == 1:
+            log.info(
+                "worker %d: not answering the payload request for round %d attempt %d "
+                "(not held, already sent, or forgotten); further ones are only counted",
+                self.id,
+                msg.round_index,
+                msg.attempt,
+            )
 
-    def _superseded(self, msg: m.RoundStart, proto: _ClientProtocol) -> bool:
+    def _superseded(self, msg: m.RoundStart, proto: ClientProtocol) -> bool:
         """A newer (round, attempt) has been read: answering ``msg`` would be useless."""
         return (msg.round_index, msg.attempt) < proto.conn.last_round_start
 
-    async def _handshake(self, proto: _ClientProtocol) -> m.Message:
+    async def _handshake(self, proto: ClientProtocol) -> m.Message:
         """Hello -> Challenge -> Auth; returns the PS's answer (Welcome, Error or Bye)."""
         await proto.send(m.Hello(protocol_version=PROTOCOL_VERSION, worker_id=self.id))
         msg = await proto.next()
@@ -609,119 +368,7 @@ class LogicalWorker:
                 "worker %d: the parameter server is shutting down: %s", self.id, err.message
             )
             return True
-        raise _error_to_exception(self.id, err)
-
-    async def _setup(self, config: dict[str, Any]) -> _Setup:
-        try:
-            n, s = int(config["n_workers"]), int(config["n_adversaries"])
-            code = make_code(str(config["code"]), n, s, **dict(config.get("code_options") or {}))
-            partitions = tuple(int(k) for k in config["partitions"])
-            spec = dict(config["task"])
-            seed = int(config.get("seed", 0))
-            attack_options = dict(config.get("attack_options") or {})
-            digest_bytes = check_digest_bytes(
-                int(config.get("digest_bytes", DEFAULT_DIGEST_BYTES)), "Welcome digest_bytes"
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RemoteProtocolError(f"worker {self.id}: malformed Welcome config: {exc}") from exc
-        self._check_vote(code)
-        if tuple(code.partitions_of(self.id)) != partitions:
-            raise RemoteProtocolError(
-                f"worker {self.id}: the PS assigned partitions {partitions} but the code "
-                f"{code.name!r} gives {tuple(code.partitions_of(self.id))}"
-            )
-        key, task = await self.compute.run(self.compute.task, spec)
-        if "dim" in config and int(config["dim"]) != task.dim:
-            raise ConfigError(
-                f"worker {self.id}: the task has {task.dim} parameters, the PS expects "
-                f"{config['dim']} (different package versions?)"
-            )
-        persistent = make_attack(self.options.attack) if self.options.attack else None
-        return _Setup(
-            code, partitions, key, task, n, s, seed, persistent, attack_options, digest_bytes
-        )
-
-    def _check_vote(self, code: Any) -> None:
-        """A non-CPU device needs the tolerance vote (see draco.tasks.torch.device)."""
-        device = self.options.device
-        if device == "cpu":
-            return
-        if code.name == "repetition" and getattr(code, "rtol", None) is None:
-            raise ConfigError(
-                f"worker {self.id}: --device {device} cannot give bit-identical gradients "
-                "across workers, and the PS runs the repetition code's exact vote: restart "
-                "draco-ps with --vote tolerance, or run this worker with --device cpu"
-            )
-        if code.name == "cyclic":
-            log.warning(
-                "worker %d: --device %s with the cyclic code: its decoder refuses a round "
-                "whose honest payloads disagree beyond its measured noise floor",
-                self.id,
-                device,
-            )
-
-    async def _round(self, setup: _Setup, msg: m.RoundStart) -> tuple[np.ndarray, float]:
-        """Gradient, encode and (maybe) attack for one round."""
-        attack = setup.persistent
-        attack_seed: Any = [setup.seed, msg.round_index, self.id]
-        if msg.attack is not None:
-            attack = make_attack(msg.attack, **setup.attack_options)
-            attack_seed = msg.attack_seed
-        flip = attack is not None and attack.data_attack
-        params = np.asarray(msg.params, dtype=np.float32)
-        grads, seconds = await self.compute.run(
-            self.compute.gradients, setup.key, params, msg.round_index, setup.partitions, flip
-        )
-        payload = setup.code.encode(self.id, grads)
-        if attack is not None and not attack.data_attack:
-            if attack.omniscient:
-                # Omniscient attacks are simulated at the PS; a worker cannot see the others.
-                log.warning("worker %d: ignoring omniscient attack %s", self.id, attack.name)
-            else:
-                payload = attack.apply(
-                    payload,
-                    rng=np.random.default_rng(attack_seed),
-                    n_workers=setup.n,
-                    n_adversaries=setup.s,
-                )
-        return payload, seconds
-
-
-@dataclass(frozen=True)
-class _Setup:
-    code: Any
-    partitions: tuple[int, ...]
-    key: str
-    task: Task
-    n: int
-    s: int
-    seed: int
-    persistent: Any
-    attack_options: dict[str, Any] = field(default_factory=dict)
-    digest_bytes: int = DEFAULT_DIGEST_BYTES
-
-
-async def _speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool:
-    """True if ``host:port`` completes (or refuses with a TLS alert) a TLS handshake.
-
-    Used only to explain a connection that a parameter server closed without a byte.
-    Certificates are not checked: nothing is sent over this connection.
-    """
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ctx, server_hostname=host), timeout
-        )
-    except ssl.SSLError as exc:
-        return exc.reason not in _NOT_TLS_REASONS and "ALERT" in str(exc.reason or "")
-    except (OSError, asyncio.TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError, ssl.SSLError):
-        await writer.wait_closed()
-    return True
+        raise error_to_exception(self.id, err)
 
 
 async def run_workers(options: WorkerOptions) -> None:
@@ -738,7 +385,12 @@ async def run_workers(options: WorkerOptions) -> None:
             f"attack {options.attack!r} needs the honest payloads of the others; run it "
             "with draco-ps --attack (simulated at the PS) instead of draco-worker --attack"
         )
-    compute = _Compute(options.share_gradients, options)
+    compute = Compute(
+        options.share_gradients,
+        allowed_tasks=options.allowed_tasks,
+        device=options.device,
+        option_limits=options.task_option_limits,
+    )
     workers = [
         LogicalWorker(wid, options.tokens[wid], options, compute) for wid in sorted(options.tokens)
     ]

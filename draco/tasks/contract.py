@@ -16,12 +16,20 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["CUSTOM_MODEL", "DEVICES", "Task", "TaskContext"]
+__all__ = ["CUSTOM_MODEL", "DEVICES", "Task", "TaskContext", "check_params"]
 
 #: The ``model`` of a plug-in task's spec; the factory is in ``spec["factory"]``.
 CUSTOM_MODEL = "custom"
 #: Devices a worker may compute on (``draco-worker --device``).
 DEVICES = ("cpu", "cuda", "mps")
+
+
+def check_params(params: np.ndarray, dim: int) -> np.ndarray:
+    """``params`` as an array of shape (dim,); ValueError naming both shapes otherwise."""
+    w = np.asarray(params)
+    if w.shape != (dim,):
+        raise ValueError(f"expected parameters of shape ({dim},), got {w.shape}")
+    return w
 
 
 @runtime_checkable

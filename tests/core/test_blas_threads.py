@@ -58,7 +58,7 @@ def test_without_openblas_it_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None
 def test_cyclic_decode_runs_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     if blas_threads.blas_threads() is None:
         pytest.skip("numpy's BLAS here is not an OpenBLAS with thread controls")
-    import draco.core.codes as codes
+    import draco.core.cyclic_code as codes
 
     seen: list[int | None] = []
     real = codes.decode_cyclic

@@ -13,24 +13,24 @@ import dataclasses
 import numpy as np
 import pytest
 
-from draco.core import locator
+from draco.core import locator_search
 from draco.core.codes import CyclicCode, adjacent_workers
 from draco.core.decoder_types import CyclicDecoderConfig
 from draco.core.lies import ERROR_BOUND, run_trial
 
 
 def count_naming_fits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record, per decode, how many fits the naming step (``_Search.name``) made."""
+    """Record, per decode, how many fits the naming step (``Search.name``) made."""
     spent: list[int] = []
-    real_name = locator._Search.name
+    real_name = locator_search.Search.name
 
-    def name(self: locator._Search, *args: object) -> locator.Location:
+    def name(self: locator_search.Search, *args: object) -> locator_search.Location:
         before = self.fits
         out = real_name(self, *args)  # type: ignore[arg-type]
         spent.append(self.fits - before)
         return out
 
-    monkeypatch.setattr(locator._Search, "name", name)
+    monkeypatch.setattr(locator_search.Search, "name", name)
     return spent
 
 

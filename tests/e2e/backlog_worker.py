@@ -17,12 +17,14 @@ from typing import ClassVar
 from draco.net import messages as m
 from draco.net import worker as w
 from draco.net.auth import read_token_file
+from draco.net.worker_client import ClientProtocol
+from draco.net.worker_compute import Compute
 
 
 class BacklogWorker(w.LogicalWorker):
     superseded: ClassVar[set[tuple[int, int]]] = set()
 
-    def _superseded(self, msg: m.RoundStart, proto: w._ClientProtocol) -> bool:
+    def _superseded(self, msg: m.RoundStart, proto: ClientProtocol) -> bool:
         if super()._superseded(msg, proto):
             self.superseded.add((msg.round_index, msg.attempt))
         return False  # answer it anyway
@@ -32,7 +34,7 @@ async def main(address: str, worker_id: int, token_file: Path) -> None:
     host, port = address.rsplit(":", 1)
     token = read_token_file(token_file)[worker_id]
     options = w.WorkerOptions(host=host, port=int(port), tokens={worker_id: token})
-    compute = w._Compute(share_gradients=True)
+    compute = Compute(share_gradients=True)
     worker = BacklogWorker(worker_id, token, options, compute)
     try:
         await worker.run()

@@ -18,11 +18,12 @@ import signal
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from draco.net import messages as m
 from draco.net import worker as w
 from draco.net.auth import read_token_file
+from draco.net.worker_client import ClientProtocol
+from draco.net.worker_compute import Compute
+from draco.net.worker_digest import HeldPayloads
 
 
 class StallWorker(w.LogicalWorker):
@@ -32,9 +33,9 @@ class StallWorker(w.LogicalWorker):
 
     async def _answer_request(
         self,
-        proto: w._ClientProtocol,
+        proto: ClientProtocol,
         msg: m.PayloadRequest,
-        held: dict[tuple[int, int], np.ndarray],
+        held: HeldPayloads,
     ) -> None:
         if not StallWorker.stalled and msg.round_index >= self.stall_round:
             StallWorker.stalled = True
@@ -48,7 +49,7 @@ async def main(address: str, first: int, count: int, token_file: Path) -> None:
     tokens = read_token_file(token_file)
     ids = range(first, first + count)
     options = w.WorkerOptions(host=host, port=int(port), tokens={j: tokens[j] for j in ids})
-    compute = w._Compute(share_gradients=True)
+    compute = Compute(share_gradients=True)
     workers = [StallWorker(j, tokens[j], options, compute) for j in ids]
     try:
         await asyncio.gather(*(x.run() for x in workers))

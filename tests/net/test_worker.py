@@ -474,9 +474,9 @@ def test_equal_payloads_of_a_round_share_one_digest() -> None:
     from unittest import mock
 
     from draco.core import digests
-    from draco.net import worker
+    from draco.net import worker_compute as worker
 
-    compute = worker._Compute(share_gradients=True)
+    compute = worker.Compute(share_gradients=True)
     try:
         key, other_key = b"k" * 32, b"q" * 32
         x = np.arange(1000, dtype=np.float32)
@@ -508,6 +508,7 @@ async def test_a_ps_flooding_payload_requests_gets_each_held_payload_once(cap: i
     forgotten on arrival and never answered (cap 16), one within the bound is (cap 4096)."""
     from draco.core.digests import payload_digest
     from draco.net import worker as w
+    from draco.net.worker_compute import Compute
 
     flood = 2000
     seen: dict[str, Any] = {}
@@ -538,7 +539,7 @@ async def test_a_ps_flooding_payload_requests_gets_each_held_payload_once(cap: i
 
     async with fake_ps(script) as (port, _):
         options = _options(port, range(1), max_outstanding_requests=cap)
-        compute = w._Compute(share_gradients=True)
+        compute = Compute(share_gradients=True)
         worker = w.LogicalWorker(0, options.tokens[0], options, compute)
         try:
             await asyncio.wait_for(worker.run(), TIMEOUT)

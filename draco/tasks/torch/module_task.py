@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, default_collate
 
 from draco.errors import ConfigError
-from draco.tasks.contract import TaskContext
+from draco.tasks.contract import TaskContext, check_params
 from draco.tasks.sampler import PartitionSampler
 from draco.tasks.torch.device import check_device, configure_torch
 from draco.tasks.torch.models import bind_flat_storage
@@ -215,9 +215,7 @@ class ModuleTask:
             torch.manual_seed(seed)
 
     def _check_params(self, params: np.ndarray) -> torch.Tensor:
-        w = np.asarray(params)
-        if w.shape != (self._dim,):
-            raise ValueError(f"expected parameters of shape ({self._dim},), got {w.shape}")
+        w = check_params(params, self._dim)
         return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
 
     def partition_gradients(
@@ -230,22 +228,10 @@ class ModuleTask:
     ) -> np.ndarray:
         """Gradient of each partition's mean loss.
 
-        Parameters
-        ----------
-        params : np.ndarray
-            float32, shape (dim,).
-        round_index : int
-            Round t (selects the samples and the torch seed with the partition).
-        partitions : sequence of int
-            Partition ids k in [0, n_partitions).
-        flip_labels : bool
-            The ``label_flip`` attack (see the class docstring).
-
-        Returns
-        -------
-        np.ndarray
-            float32, shape (len(partitions), dim); bit-identical for the same arguments on
-            the same device type.
+        ``Task.partition_gradients``: params (dim,) float32 -> (len(partitions), dim)
+        float32, bit-identical for the same arguments on the same device type; round t
+        selects the samples and the torch seed with the partition; ``flip_labels`` is the
+        ``label_flip`` attack (see the class docstring).
         """
         w = self._check_params(params)
         out = np.empty((len(partitions), self._dim), dtype=np.float32)

@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from draco.errors import ConfigError
+from draco.tasks.contract import check_params
 from draco.tasks.running_stats import RunningStats
 from draco.tasks.sampler import PartitionSampler
 from draco.tasks.torch.data import Dataset
@@ -293,27 +294,13 @@ class TorchTask:
     ) -> np.ndarray:
         """Mean cross-entropy gradient of each partition's batch (and its BN statistics).
 
-        Parameters
-        ----------
-        params : np.ndarray
-            float32, shape (dim,).
-        round_index : int
-            Round t (selects the samples with the partition index).
-        partitions : sequence of int
-            Partition ids k, each in [0, n_partitions).
-        flip_labels : bool
-            Train on y -> C-1-y (the ``label_flip`` attack).
-
-        Returns
-        -------
-        np.ndarray
-            float32, shape (len(partitions), dim); bit-identical for the same arguments.
-            Row i: the gradient (n_params entries), then per BN layer the batch mean (C),
-            unbiased batch variance (C) and 0 (see the module docstring).
+        ``Task.partition_gradients``: params (dim,) float32 -> (len(partitions), dim)
+        float32, bit-identical for the same arguments; round t selects the samples with the
+        partition index; ``flip_labels`` trains on y -> C-1-y (the ``label_flip`` attack).
+        Row i: the gradient (n_params entries), then per BN layer the batch mean (C),
+        unbiased batch variance (C) and 0 (see the module docstring).
         """
-        w = np.asarray(params)
-        if w.shape != (self._dim,):
-            raise ValueError(f"expected parameters of shape ({self._dim},), got {w.shape}")
+        w = check_params(params, self._dim)
         out = np.empty((len(partitions), self._dim), dtype=np.float32)
         out_t = torch.from_numpy(out)
         eng = self._grad
@@ -350,9 +337,7 @@ class TorchTask:
         dict
             ``{"test_accuracy": float in [0, 1], "test_loss": float}``.
         """
-        w = np.asarray(params)
-        if w.shape != (self._dim,):
-            raise ValueError(f"expected parameters of shape ({self._dim},), got {w.shape}")
+        w = check_params(params, self._dim)
         eng = self._eval
         n = int(self._test_y.numel())
         correct = 0
