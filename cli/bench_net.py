@@ -434,6 +434,46 @@ def _summary(samples: list[Sample], nbytes: int) -> dict[str, Any]:
     }
 
 
+def _one_trial(
+    t: int, n: int, dim: int, repeats: int, loop: str, checks: bool, raw_loop: bool
+) -> tuple[dict[str, Any], list[Sample], list[Sample], list[Sample], int]:
+    """Trial ``t`` of ``measure``: raw and project (and raw on the loop), the order
+    alternating with ``t``. Returns (the trial's figures, raw, project and on-loop samples,
+    bytes per round)."""
+    loop_times: list[Sample] = []
+    if raw_loop and t % 2 == 1:
+        loop_times = bench_raw_loop(n, dim, repeats, loop)
+    if t % 2 == 0:
+        raw_times, nbytes = bench_raw(n, dim, repeats)
+        project_times = bench_project(n, dim, repeats, loop, checks)
+    else:
+        project_times = bench_project(n, dim, repeats, loop, checks)
+        raw_times, nbytes = bench_raw(n, dim, repeats)
+    if raw_loop and t % 2 == 0:
+        loop_times = bench_raw_loop(n, dim, repeats, loop)
+    raw, project = _summary(raw_times, nbytes), _summary(project_times, nbytes)
+    extra: dict[str, Any] = {}
+    if loop_times:
+        on_loop = _summary(loop_times, nbytes)
+        extra = {
+            "ratio_vs_raw_loop": round(project["gbps"] / on_loop["gbps"], 4),
+            "raw_loop_gbps": _sig(on_loop["gbps"]),
+            "raw_loop_cpu_ms": round(on_loop["cpu_ms"], 3),
+        }
+    trial = {
+        "ratio": round(project["gbps"] / raw["gbps"], 4),
+        "project_gbps": _sig(project["gbps"]),
+        "raw_gbps": _sig(raw["gbps"]),
+        "project_cpu_ms": round(project["cpu_ms"], 3),
+        "raw_cpu_ms": round(raw["cpu_ms"], 3),
+        "project_minflt": project["minflt"],
+        "project_offer_ms": round(project["offer_ms"], 3),
+        "raw_minflt": raw["minflt"],
+        **extra,
+    }
+    return trial, raw_times, project_times, loop_times, nbytes
+
+
 def measure(
     n: int,
     dim: int,
@@ -462,42 +502,13 @@ def measure(
     nbytes = 0
     loop_all: list[Sample] = []
     for t in range(trials):
-        loop_times: list[Sample] = []
-        if raw_loop and t % 2 == 1:
-            loop_times = bench_raw_loop(n, dim, repeats, loop)
-        if t % 2 == 0:
-            raw_times, nbytes = bench_raw(n, dim, repeats)
-            project_times = bench_project(n, dim, repeats, loop, checks)
-        else:
-            project_times = bench_project(n, dim, repeats, loop, checks)
-            raw_times, nbytes = bench_raw(n, dim, repeats)
-        if raw_loop and t % 2 == 0:
-            loop_times = bench_raw_loop(n, dim, repeats, loop)
-        raw, project = _summary(raw_times, nbytes), _summary(project_times, nbytes)
-        extra: dict[str, Any] = {}
-        if loop_times:
-            on_loop = _summary(loop_times, nbytes)
-            extra = {
-                "ratio_vs_raw_loop": round(project["gbps"] / on_loop["gbps"], 4),
-                "raw_loop_gbps": _sig(on_loop["gbps"]),
-                "raw_loop_cpu_ms": round(on_loop["cpu_ms"], 3),
-            }
-            loop_all += loop_times
-        per_trial.append(
-            {
-                "ratio": round(project["gbps"] / raw["gbps"], 4),
-                "project_gbps": _sig(project["gbps"]),
-                "raw_gbps": _sig(raw["gbps"]),
-                "project_cpu_ms": round(project["cpu_ms"], 3),
-                "raw_cpu_ms": round(raw["cpu_ms"], 3),
-                "project_minflt": project["minflt"],
-                "project_offer_ms": round(project["offer_ms"], 3),
-                "raw_minflt": raw["minflt"],
-                **extra,
-            }
+        trial, raw_times, project_times, loop_times, nbytes = _one_trial(
+            t, n, dim, repeats, loop, checks, raw_loop
         )
+        per_trial.append(trial)
         raw_all += raw_times
         project_all += project_times
+        loop_all += loop_times
     ratios = [tr["ratio"] for tr in per_trial]
 
     def med(key: str) -> float:
