@@ -219,6 +219,11 @@ class UncodedCode:
         usable = sorted(
             int(j) for j, p in candidates.items() if p.shape[0] == d and bool(np.isfinite(p).all())
         )
+        if not usable:  # every payload of the right length holds NaN/Inf
+            raise DecodeError(
+                f"code 'none': no usable payload among {len(received)} received (every "
+                f"{d}-long payload holds NaN/Inf)"
+            )
         erasures = frozenset(range(self.n_workers)) - frozenset(usable)
         stateful = self.aggregator == "centered_clipping"
         options = dict(self._rule_options)

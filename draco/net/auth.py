@@ -38,6 +38,7 @@ from draco.net.messages import MAX_WORKER_ID, NONCE_BYTES
 __all__ = [
     "MIN_SECRET_BYTES",
     "NONCE_BYTES",
+    "NOT_TLS_REASONS",
     "SECRET_BYTES",
     "TOKEN_BYTES",
     "client_ssl_context",
@@ -59,6 +60,11 @@ MIN_SECRET_BYTES = 32  # shortest secret accepted from a file
 TOKEN_BYTES = 32  # HMAC-SHA256 output
 _TOKEN_LABEL = b"draco-worker-token-v1"
 _AUTH_LABEL = b"draco-auth-v1"
+# OpenSSL's reasons when the bytes received are not a TLS record (a plain-text peer): both
+# shells tell "the peer does not speak TLS" apart from a failed handshake with them.
+NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
+)
 
 
 def _id_bytes(worker_id: int) -> bytes:

@@ -1,13 +1,6 @@
 """Sans-IO framing: bytes in, frames out; frames in, byte chunks out. No asyncio, no sockets.
 
-A frame (full spec with byte offsets in ``docs/protocol.md``)::
-
-    prefix   24 bytes, network byte order, struct "!4sHHIQI":
-             magic b"DRCO" | version u16 | flags u16 (0) | header_len u32 |
-             tensor_bytes u64 | n_tensors u32
-    header   header_len bytes: one msgpack map {"type": str, <fields>..., "tensors": [desc...]}
-             desc = {"dtype": "<f4", "shape": [d, ...], "nbytes": int}
-    tensors  tensor_bytes raw bytes: the tensors' C-order bytes, back to back, in desc order
+The frame's layout is in ``draco.net.wireformat`` (byte offsets in ``docs/protocol.md``).
 
 The public face of three modules, one job each:
 

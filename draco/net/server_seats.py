@@ -22,11 +22,6 @@ from draco.net.peer import Peer
 from draco.net.server_ready import EarlyClose
 from draco.net.server_state import log, source_of
 
-# OpenSSL's reasons when the bytes received are not a TLS record (a plain-text client).
-_NOT_TLS_REASONS = frozenset(
-    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
-)
-
 
 class Seats(EarlyClose):
     """The ``PeerHandler`` side of connections: admission, handshake, seats, violations."""
@@ -66,7 +61,7 @@ class Seats(EarlyClose):
         if peer.closed:
             return  # evicted or timed out: already counted
         hint = ""
-        if isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS_REASONS:
+        if isinstance(exc, ssl.SSLError) and exc.reason in auth.NOT_TLS_REASONS:
             hint = " (the client does not speak TLS: a worker without --tls-ca?)"
         self._admission_log(
             logging.INFO, "tls", "TLS handshake with %s failed: %s%s", peer.peername, exc, hint

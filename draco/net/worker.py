@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from draco.core.attacks import make_attack
 from draco.errors import AuthError, ConfigError, DracoError, RemoteProtocolError, SeatTakenError
 from draco.net import messages as m
-from draco.net.auth import handshake_mac
+from draco.net.auth import NOT_TLS_REASONS, handshake_mac
 from draco.net.frames import PROTOCOL_VERSION, Limits
 from draco.net.protocol import (
     MAX_OUTSTANDING_REQUESTS,
@@ -57,7 +57,6 @@ from draco.net.protocol import (
     check_outstanding_requests,
 )
 from draco.net.worker_client import (
-    NOT_TLS_REASONS,
     ClientProtocol,
     Dropped,
     Retryable,

@@ -23,22 +23,17 @@ from draco.errors import (
     VersionMismatchError,
 )
 from draco.net import messages as m
+from draco.net.auth import NOT_TLS_REASONS
 from draco.net.protocol import Connection, State
 from draco.net.stream import ConnectionProtocol
 
 __all__ = [
-    "NOT_TLS_REASONS",
     "ClientProtocol",
     "Dropped",
     "Retryable",
     "error_to_exception",
     "speaks_tls",
 ]
-
-# OpenSSL's reasons when the bytes received are not TLS (a plain-text peer).
-NOT_TLS_REASONS = frozenset(
-    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
-)
 
 
 class Dropped(Exception):

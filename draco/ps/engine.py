@@ -68,6 +68,15 @@ def _nonfinite(payloads: Mapping[int, np.ndarray], among: Iterable[int]) -> set[
     return {j for j in among if j in payloads and not all_finite(payloads[j])}
 
 
+def _diverged_hint(n_nonfinite: int, n_received: int, s: int) -> str:
+    """What a failed round means when more payloads are NaN/Inf than liars can send."""
+    return (
+        f"; {n_nonfinite} of {n_received} payloads are NaN/Inf, more than the {s} liars the "
+        "code allows: honest workers computed non-finite gradients, so the model has most "
+        "likely diverged (a smaller --lr, or a defence that keeps the liars out)"
+    )
+
+
 @dataclass
 class EngineTotals:
     """Counters over the whole run (checkpointed)."""
@@ -382,6 +391,8 @@ class RoundEngine:
         # only the decode's erasures are read; after a failed decode, every payload (rare).
         erased_ids = set(result.erasures) if result is not None and not error else set(rnd.received)
         nonfinite = _nonfinite(rnd.received, sorted(erased_ids))
+        if error and len(nonfinite) > self.code.n_adversaries:
+            error += _diverged_hint(len(nonfinite), len(rnd.received), self.code.n_adversaries)
         t1 = self._clock()
         if result is not None and not error:
             # Step 3: the decoded SUM over partitions -> the mean over the global batch.

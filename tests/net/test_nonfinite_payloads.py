@@ -172,6 +172,32 @@ def test_baseline_nan_is_an_erasure() -> None:
     assert rec.ok and rec.erasures == (3,) and ready[-1]
 
 
+@pytest.mark.parametrize("aggregator", ["mean", "median", "krum", "centered_clipping"])
+def test_a_diverged_model_is_named_when_more_payloads_are_nan_than_liars_can_send(
+    aggregator: str,
+) -> None:
+    """Every honest gradient of a diverged model is NaN (the mean under ``reverse``): the
+    round fails with a DecodeError (not a ValueError out of the aggregator: the receive path
+    no longer screens NaN), and its error says why instead of only "no usable payload"."""
+    code = make_code("none", 7, 1, aggregator=aggregator)
+    params, honest = _lstsq(code)
+    sent = {j: np.full(DIM, np.nan, np.float32) for j in honest(params)}
+    rec, _ = _run(_engine(code, params), sent, list(sent), screened=False)
+    assert not rec.ok and "7 of 7 payloads are NaN/Inf" in rec.error
+    assert "diverged" in rec.error
+
+
+def test_nan_payloads_within_the_liars_budget_do_not_claim_divergence() -> None:
+    code = make_code("repetition", 15, 2)
+    params, honest = _lstsq(code)
+    sent = honest(params)
+    for j in (0, 1):  # s = 2 NaN payloads: liars can send those
+        sent[j] = np.full(DIM, np.nan, np.float32)
+    sent[5] = np.full(DIM, 5.0, np.float32)  # and a lie in another group: still decodes
+    rec, _ = _run(_engine(code, params), sent, list(sent), screened=False)
+    assert rec.ok and "diverged" not in rec.error
+
+
 # ----------------------------------------------------------------------------- cyclic
 
 
