@@ -170,8 +170,9 @@ class CyclicDecoderConfig:
         Most least-squares fits the locator spends proving that subtle suspects lie
         (``locate_cyclic`` step 5; a gross lie needs none). A proof left unfinished names
         nobody: the suspect stays out of the sum (or goes back in if its prediction is sharp
-        and the kept rows stay consistent), so the decoded sum and the rule that no honest
-        worker is named do not depend on it; only how many subtle liars get named does.
+        and the kept rows stay consistent), so the sum's error bound and the rule that no
+        honest worker is named hold whatever its value; it decides how many subtle liars
+        get named (and, through the put-back, the sum's rounding).
         It bounds what a liar can make the PS spend on one decode (each fit costs about
         1 ms at n = 45 and 5 ms at n = 100 on one core).
     """
