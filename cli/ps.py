@@ -16,7 +16,8 @@ Continue an interrupted run from its newest checkpoint (same final model)::
 
 stdout: one progress line per round, then the summary as JSON. Exit status: 0 for a
 completed run, 1 when the run failed (too many failed rounds, no worker joined), 2 for a
-usage error, 130 / 143 when stopped by SIGINT / SIGTERM.
+usage error, 3 when the model diverged (NaN/Inf; summary.json says so: ``"status":
+"diverged"``, and the run cannot be resumed), 130 / 143 when stopped by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations

@@ -67,13 +67,21 @@ from draco.net.protocol import Connection, Role
 from draco.net.server_rounds import RoundDriver
 from draco.net.server_state import (
     EXIT_COMPLETED,
+    EXIT_DIVERGED,
     EXIT_FAILED,
     RunHooks,
     log,
     retain_freed_memory,
 )
 
-__all__ = ["EXIT_COMPLETED", "EXIT_FAILED", "ParameterServer", "RunHooks", "RunOutcome"]
+__all__ = [
+    "EXIT_COMPLETED",
+    "EXIT_DIVERGED",
+    "EXIT_FAILED",
+    "ParameterServer",
+    "RunHooks",
+    "RunOutcome",
+]
 
 # CPython's GIL switch interval while serving, seconds. The helper thread (decode, cyclic
 # ready) runs Python between its numpy calls; at the default 5 ms the event loop can wait that
@@ -85,7 +93,7 @@ GIL_SWITCH_INTERVAL = 0.001
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """How ``serve`` ended: ``exit_code`` 0 only for a completed run."""
+    """How ``serve`` ended: ``exit_code`` 0 only for a completed run, 3 for a diverged one."""
 
     exit_code: int
     reason: str
@@ -93,6 +101,11 @@ class RunOutcome:
     @property
     def completed(self) -> bool:
         return self.exit_code == EXIT_COMPLETED
+
+    @property
+    def diverged(self) -> bool:
+        """The model diverged: a final outcome (rerunning retraces the same steps)."""
+        return self.exit_code == EXIT_DIVERGED
 
 
 class ParameterServer(RoundDriver):
@@ -190,6 +203,10 @@ class ParameterServer(RoundDriver):
             await self._run_round()
         if self._stop_reason is not None:
             return RunOutcome(self._stop_code, self._stop_reason)
+        if self.engine.diverged:
+            return RunOutcome(
+                EXIT_DIVERGED, f"round {self.engine.next_round}: {self.engine.diverged}"
+            )
         if self.engine.stopped:
             return RunOutcome(EXIT_FAILED, self._stopped_reason())
         return RunOutcome(EXIT_COMPLETED, f"completed {self.engine.rounds} rounds")

@@ -67,6 +67,8 @@ class RoundDriver(PayloadFetch):
             if result.ok:
                 break
             last_error = result.error
+            if engine.diverged:
+                break  # a retry would recompute the same gradients: the run ends here
             now = time.perf_counter()
             self._warn_failed(result, absent, silent)
             if absent or silent:

@@ -40,6 +40,7 @@ log = logging.getLogger("draco.ps")
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1  # too many failed rounds, no worker joined, or an internal error
+EXIT_DIVERGED = 3  # the model diverged (NaN/Inf): the run ended with a summary
 
 # Codes whose ``ready`` is a cheap byte comparison and may run on the event loop; any other
 # code's check runs in the helper thread (the cyclic one projects every payload: O(n d)).

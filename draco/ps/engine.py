@@ -32,6 +32,12 @@ shell says it was an honest try (``finish(..., count_failure=True)``: every work
 connected); after ``max_failed_rounds`` counted failures in a row the engine stops
 (``engine.stopped``). Attempts made while workers were missing are bounded by the shell's
 clock instead (``--rejoin-timeout``).
+
+A DIVERGED model stops the run at once (``engine.diverged`` says why; no retries, since a
+retry recomputes the same gradients from the same parameters): an update that would make
+the parameters NaN/Inf (refused: ``params`` keep the last finite model), or an attempt with
+more NaN/Inf payloads than the code's s liars can send (the honest workers' own gradients
+are non-finite).
 """
 
 from __future__ import annotations
@@ -190,6 +196,7 @@ class RoundEngine:
         self._clock = clock
         self.current: RoundCollector | None = None
         self.attempt = 0  # attempts of next_round so far (failed ones)
+        self.diverged = ""  # why the model diverged ("" while it has not): the run ends
 
     # -- state
 
@@ -200,8 +207,8 @@ class RoundEngine:
 
     @property
     def stopped(self) -> bool:
-        """Too many consecutive failed rounds: the run cannot go on."""
-        return self.totals.consecutive_failures >= self.max_failed_rounds
+        """Too many consecutive failed rounds, or a diverged model: the run cannot go on."""
+        return bool(self.diverged) or self.totals.consecutive_failures >= self.max_failed_rounds
 
     @property
     def done(self) -> bool:
@@ -393,11 +400,21 @@ class RoundEngine:
         nonfinite = _nonfinite(rnd.received, sorted(erased_ids))
         if error and len(nonfinite) > self.code.n_adversaries:
             error += _diverged_hint(len(nonfinite), len(rnd.received), self.code.n_adversaries)
+            self.diverged = error
         t1 = self._clock()
         if result is not None and not error:
             # Step 3: the decoded SUM over partitions -> the mean over the global batch.
             mean_grad = gradient.astype(np.float32, copy=False) / np.float32(self.code.n_partitions)
-            self.params = self.sgd.step(self.params, mean_grad)
+            stepped = self.sgd.step(self.params, mean_grad)
+            if all_finite(stepped):
+                self.params = stepped
+            else:
+                # A finite gradient overflowed the parameters: keep the last finite model
+                # (the optimizer's momentum may hold Inf now, but the run ends here).
+                error = self.diverged = (
+                    "the update would make the parameters NaN/Inf (overflow): the model has "
+                    "diverged (a smaller --lr, or a defence that keeps the liars out)"
+                )
         t2 = self._clock()
         c2 = time.thread_time()
         return _Decoded(

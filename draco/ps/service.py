@@ -41,6 +41,7 @@ class RunResult:
     """How a run ended: ``exit_code`` 0 only for a completed run (then ``summary`` is set).
 
     ``exit_code``: 0 completed, 1 failed (too many failed rounds, no worker joined),
+    3 diverged (the model went NaN/Inf: ``summary`` is set, with ``status`` "diverged"),
     130 / 143 stopped by SIGINT / SIGTERM. ``reason``: why, in words.
     """
 
@@ -75,6 +76,13 @@ def prepare(config: PSConfig) -> tuple[PSConfig, RunState]:
     rundir = RunDir(config.run_dir, resume=config.resume)
     if not config.resume:
         return config, RunState(rundir)
+    summary = rundir.read_summary()
+    if summary is not None and summary.get("status") == "diverged":
+        raise ConfigError(
+            f"{config.run_dir} ended with a diverged model at round {summary.get('rounds')} "
+            f"({summary.get('diverged', 'NaN/Inf')}); resuming would retrace the same steps: "
+            "start a new run instead"
+        )
     config = config.with_run_of(_read_saved_config(rundir))
     return config, RunState(rundir, rundir.latest_checkpoint())
 
@@ -176,8 +184,9 @@ def _summary(
     evals: dict[str, float],
     admission: dict[str, int],
 ) -> dict[str, Any]:
-    """summary.json of a completed run."""
+    """summary.json of a completed run (``status`` "completed") or a diverged one."""
     return {
+        "status": "diverged" if engine.diverged else "completed",
         "rounds": engine.next_round,
         "test_accuracy": evals.get("test_accuracy"),
         "test_loss": evals.get("test_loss"),
@@ -201,6 +210,7 @@ def _summary(
         "attack_options": dict(config.attack_options),
         "seed": config.seed,
         **recorder.cluster_summary(),
+        **({"diverged": engine.diverged} if engine.diverged else {}),
     }
 
 
@@ -256,6 +266,13 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> RunResult:
     evals = await loop.run_in_executor(
         None, lambda: recorder.close(engine, final_eval=outcome.completed)
     )
+    if outcome.diverged:
+        # A final outcome, kept like a completed run's (draco-experiment does not rerun it);
+        # no checkpoint: resuming would retrace the same steps (``prepare`` refuses it).
+        summary = _summary(config, engine, recorder, evals, server.admission.counters)
+        if state.rundir is not None:
+            state.rundir.write_summary(summary)
+        return RunResult(outcome.exit_code, outcome.reason, summary)
     if not outcome.completed:
         return RunResult(outcome.exit_code, outcome.reason, None)
     await loop.run_in_executor(None, recorder.save_checkpoint, engine)

@@ -187,6 +187,46 @@ def test_a_diverged_model_is_named_when_more_payloads_are_nan_than_liars_can_sen
     assert "diverged" in rec.error
 
 
+def test_a_diverged_model_stops_the_run_at_its_first_attempt() -> None:
+    """A retry would recompute the same NaN gradients from the same parameters: the engine
+    stops at once (``max_failed_rounds`` is not spent), keeping its model."""
+    code = make_code("none", 7, 1, aggregator="mean")
+    params, honest = _lstsq(code)
+    engine = _engine(code, params, max_failed_rounds=5)
+    _run(engine, honest(params), range(7), screened=False)  # one good round first
+    before = engine.params.copy()
+    sent = {j: np.full(DIM, np.nan, np.float32) for j in range(7)}
+    rec, _ = _run(engine, sent, range(7), screened=False)
+    assert not rec.ok and engine.diverged == rec.error and "diverged" in rec.error
+    assert engine.stopped and engine.finished and engine.totals.consecutive_failures == 1
+    assert np.array_equal(engine.params, before) and engine.next_round == 1
+
+
+def test_s_nan_payloads_do_not_stop_the_run() -> None:
+    """Up to s NaN payloads are liars' business: the round still decodes, no divergence."""
+    code = make_code("repetition", 15, 2)
+    params, honest = _lstsq(code)
+    engine = _engine(code, params)
+    sent = honest(params)
+    sent[0] = sent[1] = np.full(DIM, np.nan, np.float32)
+    rec, _ = _run(engine, sent, range(15), screened=False)
+    assert rec.ok and not engine.diverged and not engine.stopped
+
+
+def test_an_update_that_overflows_the_model_is_refused_and_ends_the_run() -> None:
+    """Finite payloads whose mean overflows float32 parameters: the update is not applied
+    (the last finite model stays, never a NaN one) and the run ends as diverged."""
+    code = make_code("none", 7, 1, aggregator="mean")
+    params, _ = _lstsq(code)
+    params = np.full_like(params, np.float32(3.4e38))  # float32 max: 3.403e38
+    engine = _engine(code, params)
+    sent = {j: np.full(DIM, -1e37, np.float32) for j in range(7)}  # their sum is finite
+    rec, _ = _run(engine, sent, range(7), screened=False)
+    assert not rec.ok and "NaN/Inf" in rec.error and engine.diverged == rec.error
+    assert engine.stopped and np.array_equal(engine.params, params)
+    assert np.isfinite(engine.params).all()
+
+
 def test_nan_payloads_within_the_liars_budget_do_not_claim_divergence() -> None:
     code = make_code("repetition", 15, 2)
     params, honest = _lstsq(code)

@@ -23,7 +23,7 @@ from draco.net import auth
 from draco.net import messages as m
 from draco.net.frames import MAGIC, PREFIX, PROTOCOL_VERSION, Limits, encode_frame
 from draco.net.protocol import CLOSED, NEED_DATA, Connection, Role
-from draco.net.server import ParameterServer
+from draco.net.server import EXIT_DIVERGED, ParameterServer
 from draco.ps.config import PSConfig, ServerLimits
 from draco.ps.engine import RoundEngine
 from draco.ps.optim import SGD, SGDConfig
@@ -173,9 +173,11 @@ async def honest_worker(
     misbehave: Callable[[int, np.ndarray], Any] | None = None,
     delay: float = 0.0,
     nan: bool = False,
+    offset: float = 0.0,
 ) -> int:
     """Serve rounds until Bye; ``misbehave(t, y)`` may return a replacement (msg or bytes);
-    ``nan`` answers every RoundStart with a NaN payload (an erasure)."""
+    ``nan`` answers every RoundStart with a NaN payload (an erasure), ``offset`` with the
+    honest payload plus ``offset`` (a finite lie)."""
     client = await Client.connect(server)
     welcome = await client.handshake(j)
     assert isinstance(welcome, m.Welcome), welcome
@@ -191,6 +193,7 @@ async def honest_worker(
         y = worker_payload(task, code, j, ev, cfg)
         if nan:
             y = y * np.nan
+        y = y + np.float32(offset) if offset else y
         out: Any = m.Gradient(
             round_index=ev.round_index, payload=y, compute_seconds=0.001, attempt=ev.attempt
         )
@@ -520,13 +523,35 @@ async def test_failed_attempts_with_every_worker_connected_stop_the_run() -> Non
     await server.start()
     w0 = server.engine.params.copy()
     tasks = [asyncio.create_task(honest_worker(server, task, 0))]
-    # Workers 1 and 2 answer every attempt, but with NaN payloads: erasures, honestly tried.
-    tasks += [asyncio.create_task(honest_worker(server, task, j, nan=True)) for j in (1, 2)]
+    # Workers 1 and 2 answer every attempt, one with NaN (an erasure), one with a finite lie:
+    # no two agree, honestly tried. (Two NaN payloads at s = 1 would be a diverged model,
+    # which ends the run at its first attempt: test_nonfinite_payloads.py.)
+    tasks.append(asyncio.create_task(honest_worker(server, task, 1, nan=True)))
+    tasks.append(asyncio.create_task(honest_worker(server, task, 2, offset=1.0)))
     outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
     await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
     assert outcome.exit_code == 1 and "--max-failed-rounds 2" in outcome.reason
     # One record for the round, with its attempts: the same round was retried.
     assert [(r["round"], r["failed"], r["attempts"]) for r in rec.records] == [(0, True, 2)]
+    assert server.engine.params.tobytes() == w0.tobytes()
+
+
+async def test_a_diverged_model_ends_the_run_at_its_first_attempt() -> None:
+    """Every worker answers NaN (what honest workers compute from a diverged model): more
+    non-finite payloads than s liars can send. A retry would recompute the same NaN, so the
+    run ends at once with exit status 3 (EXIT_DIVERGED), the model untouched."""
+    rec = Recorder()
+    server, task = make_server(
+        n=3, s=1, rounds=5, hooks=rec, round_timeout=0.3, max_failed_rounds=5
+    )
+    await server.start()
+    w0 = server.engine.params.copy()
+    tasks = [asyncio.create_task(honest_worker(server, task, j, nan=True)) for j in range(3)]
+    outcome = await asyncio.wait_for(server.serve(), TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert outcome.exit_code == EXIT_DIVERGED and outcome.diverged
+    assert "round 0" in outcome.reason and "diverged" in outcome.reason
+    assert [(r["round"], r["failed"], r["attempts"]) for r in rec.records] == [(0, True, 1)]
     assert server.engine.params.tobytes() == w0.tobytes()
 
 
