@@ -36,8 +36,8 @@ clock instead (``--rejoin-timeout``).
 A DIVERGED model stops the run at once (``engine.diverged`` says why; no retries, since a
 retry recomputes the same gradients from the same parameters): an update that would make
 the parameters NaN/Inf (refused: ``params`` keep the last finite model), or an attempt with
-more NaN/Inf payloads than the code's s liars can send (the honest workers' own gradients
-are non-finite).
+more NaN/Inf payloads than the code's s liars can send, or (digest vote) a NaN/Inf payload
+verified against s+1 equal digests: the honest workers' own gradients are non-finite.
 """
 
 from __future__ import annotations
@@ -401,6 +401,15 @@ class RoundEngine:
         if error and len(nonfinite) > self.code.n_adversaries:
             error += _diverged_hint(len(nonfinite), len(rnd.received), self.code.n_adversaries)
             self.diverged = error
+        elif error and rnd.digest_mode:
+            # A verified payload is backed by s+1 equal digests, so an honest worker sent it.
+            bad = sorted(g for g, y in rnd.verified.items() if not all_finite(y))
+            if bad:
+                error = self.diverged = (
+                    f"{error}; the payloads of repetition groups {bad} are NaN/Inf and each "
+                    "has s+1 equal digests behind it: honest workers computed non-finite "
+                    "gradients, so the model has most likely diverged (a smaller --lr)"
+                )
         t1 = self._clock()
         if result is not None and not error:
             # Step 3: the decoded SUM over partitions -> the mean over the global batch.

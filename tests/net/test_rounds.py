@@ -412,6 +412,32 @@ def _run_digest_round(
     return engine.finish(rnd, wait_seconds=0.0)
 
 
+@pytest.mark.parametrize("vote", ["full", "digest"])
+def test_a_diverged_model_ends_the_run_in_either_vote(vote: str) -> None:
+    """Every honest gradient of a NaN model is NaN. The full vote sees more NaN payloads
+    than s; the digest vote sees only one fetched payload per group, but each is backed by
+    s+1 equal digests, so an honest worker sent it. Either way: diverged at once."""
+    n, s = 15, 2
+    task = _task(n)
+    engine = _engine(make_code("repetition", n, s), task, vote=vote, max_failed_rounds=5)
+    engine.params = np.full(DIM, np.nan, np.float32)
+    rec = (_run_digest_round if vote == "digest" else _run_round)(engine, task)
+    assert not rec.ok and "diverged" in rec.error and engine.diverged == rec.error
+    assert engine.stopped and engine.totals.consecutive_failures == 1
+
+
+def test_liars_cannot_fake_a_divergence_under_the_digest_vote() -> None:
+    """s liars per group digest and deliver NaN: their digests never make a majority, so
+    nothing non-finite is verified and the round decodes."""
+    n, s = 15, 2
+    task = _task(n)
+    engine = _engine(
+        make_code("repetition", n, s), task, vote="digest", attack=make_attack("constant")
+    )
+    rec = _run_digest_round(engine, task, forge=lambda y: np.full_like(y, np.nan))
+    assert rec.ok and not engine.diverged and rec.adversaries_located
+
+
 @pytest.mark.parametrize(
     "attack", [None, "constant", "reverse", "gaussian", "sign_flip", "alie", "ipm", "colluding"]
 )
