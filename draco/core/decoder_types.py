@@ -175,6 +175,15 @@ class CyclicDecoderConfig:
         get named (and, through the put-back, the sum's rounding).
         It bounds what a liar can make the PS spend on one decode (each fit costs about
         1 ms at n = 45 and 5 ms at n = 100 on one core).
+    search_fits : int
+        Most least-squares fits the locator's search for a consistent suspect set may spend
+        (``locate_cyclic`` steps 2-4; step 5 has ``naming_fits`` of its own). Its swaps and
+        beam cost O(tau^3) fits in the worst case (about 10^6 at n = 100, s = 35); no lie
+        family in ``draco.core.lies`` needs more than about 330 (n = 45, s = 5) or 100
+        (n = 100, s = 35). A search cut short keeps the best set found so far: it is
+        accepted only if it is consistent (step 4's safety argument holds for any set of at
+        most tau suspects), otherwise the decode fails and the round is retried. So the
+        bound can cost a round, never a wrong sum.
     """
 
     unit: float = 2.0**-24
@@ -187,6 +196,7 @@ class CyclicDecoderConfig:
     rounding: float = 2.2e-8
     max_error: float = 1e-5
     naming_fits: int = 200
+    search_fits: int = 2000
 
     @classmethod
     def for_dtype(cls, dtype: np.dtype, s: int) -> CyclicDecoderConfig:

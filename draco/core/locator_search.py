@@ -84,6 +84,8 @@ class Search:
         self.where = circle[rows.clean].astype(int)  # each clean row's place on the circle
         self.kept_forced: set[int] = set()
         self.fits = 0  # fits so far (``name`` bounds its share: config.naming_fits)
+        # ``search`` stops proposing sets at this many fits (config.search_fits).
+        self.search_stop = config.search_fits
 
     def fit(self, sus: Sequence[int]) -> Fit:
         self.fits += 1
@@ -98,12 +100,19 @@ class Search:
     def top(score: np.ndarray, count: int) -> list[int]:
         return [int(i) for i in np.argsort(-score, kind="stable")[:count]]
 
+    @property
+    def out_of_fits(self) -> bool:
+        """The search has spent its fits (``config.search_fits``): keep the best so far."""
+        return self.fits >= self.search_stop
+
     def concentrate(self, sus: list[int]) -> Candidate:
         # Step 3: each step lowers the trimmed misfit; stop when the set repeats.
         seen: set[tuple[int, ...]] = set()
         f = self.fit(sus)
         start = (sus, f)
-        while tuple(sorted(sus)) not in seen and len(seen) < 4 * self.tau + 8:
+        while (
+            tuple(sorted(sus)) not in seen and len(seen) < 4 * self.tau + 8 and not self.out_of_fits
+        ):
             seen.add(tuple(sorted(sus)))
             nxt = self.top(f.score, len(sus))
             if set(nxt) == set(sus):
@@ -124,7 +133,11 @@ class Search:
         # through the n - 2s best rows) and take the worst rows against that fit.
         seen: set[tuple[int, ...]] = set()
         best = (sus, f)
-        while len(seen) < 4 * self.tau + 8 and f.residual > self.config.factor:
+        while (
+            len(seen) < 4 * self.tau + 8
+            and f.residual > self.config.factor
+            and not self.out_of_fits
+        ):
             seen.add(tuple(sorted(sus)))
             nxt = self.top(f.score, len(sus))
             if tuple(sorted(nxt)) in seen and self.wide > len(sus):
@@ -139,7 +152,7 @@ class Search:
     def greedy(self) -> list[int]:
         sus: list[int] = []
         f = self.fit(sus)
-        while f.residual > self.config.factor and len(sus) < self.tau:
+        while f.residual > self.config.factor and len(sus) < self.tau and not self.out_of_fits:
             cand = np.argsort(-f.score, kind="stable")
             sus.append(next(int(i) for i in cand if int(i) not in sus))
             f = self.fit(sus)
@@ -228,6 +241,9 @@ class Search:
         # Steps 2-4: the most consistent candidate of size <= tau that keeps kept_forced.
         # No suspect at all when every row fits (most rounds): the decode then depends on
         # the payloads only, not on the secret projection (reproducible bit for bit).
+        # Every step below stops at config.search_fits fits (``out_of_fits``): swaps and the
+        # beam cost O(tau^3) fits at worst, and liars choose their lies.
+        self.search_stop = self.fits + self.config.search_fits
         nobody: Candidate = ([], self.fit([]))
         if nobody[1].residual <= _SETTLED:
             return nobody
@@ -238,16 +254,16 @@ class Search:
             cand = self.concentrate(start())
             if chosen is None or cand[1].residual < chosen[1].residual:
                 chosen = cand
-            if chosen[1].residual <= _SETTLED:
+            if chosen[1].residual <= _SETTLED or self.out_of_fits:
                 break
         assert chosen is not None
-        if chosen[1].residual > factor and 0 < tau < self.m:
+        if chosen[1].residual > factor and 0 < tau < self.m and not self.out_of_fits:
             arc = self._best_arc()
             if arc is not None and arc[1].residual < chosen[1].residual:
                 chosen = arc
         if chosen[1].residual > _SETTLED and 0 < tau < self.m:
-            chosen = self.swaps(*chosen, rounds)
-        if chosen[1].residual > factor and 0 < tau < self.m:
+            chosen = self.swaps(*chosen, rounds, stop_at=self.search_stop)
+        if chosen[1].residual > factor and 0 < tau < self.m and not self.out_of_fits:
             chosen = min(chosen, self.beam(chosen[0]), key=lambda c: c[1].residual)
         return chosen
 
@@ -274,10 +290,16 @@ class Search:
         by_angle = np.argsort(self.where, kind="stable")
         m, tau = self.m, self.tau
         arcs = [[int(by_angle[(a + i) % m]) for i in range(tau)] for a in range(m)]
-        arcs = [arc for arc in arcs if not self.kept_forced.intersection(arc)]
-        if not arcs:
-            return None
-        return self.concentrate(min(arcs, key=lambda a: self.fit(a).residual))
+        best: Candidate | None = None
+        for arc in arcs:
+            if self.kept_forced.intersection(arc):
+                continue
+            if self.out_of_fits:
+                break
+            f = self.fit(arc)
+            if best is None or f.residual < best[1].residual:
+                best = (arc, f)
+        return None if best is None else self.concentrate(best[0])
 
     def beam(self, seed: list[int]) -> Candidate:
         # Step 4c, the last resort: forward selection by the residual itself (not by the
@@ -296,14 +318,14 @@ class Search:
             for sus, _f in layer:
                 for i in pool - set(sus):
                     key = tuple(sorted([*sus, i]))
-                    if key not in grown:
+                    if key not in grown and not self.out_of_fits:
                         grown[key] = (list(key), self.fit(list(key)))
             layer = sorted(grown.values(), key=lambda c: c[1].residual)[:_BEAM]
             if not layer:
                 break
             if layer[0][1].residual < best[1].residual:
                 best = layer[0]
-            if best[1].residual <= _SETTLED:
+            if best[1].residual <= _SETTLED or self.out_of_fits:
                 break
         return best
 

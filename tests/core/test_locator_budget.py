@@ -79,3 +79,62 @@ def test_no_naming_budget_changes_the_sum_not_the_safety(family: str, seed: int)
         assert not outcome.framed
     none, default = outcomes[0], outcomes[CyclicDecoderConfig().naming_fits]
     assert none.located <= default.located
+
+
+def count_search_fits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record, per decode, how many fits the search (``Search.search``, steps 2-4) made."""
+    spent: list[int] = []
+    real_search = locator_search.Search.search
+
+    def search(self: locator_search.Search, rounds: int) -> locator_search.Candidate:
+        before = self.fits
+        out = real_search(self, rounds)
+        spent.append(self.fits - before)
+        return out
+
+    monkeypatch.setattr(locator_search.Search, "search", search)
+    return spent
+
+
+#: Lie families whose decodes need a real search at n = 45, s = 5 (tens to ~330 fits);
+#: the others settle in 2 fits.
+SEARCHED = ["tiny1e-6", "tiny1e-5", "structured"]
+
+
+@pytest.mark.parametrize("budget", [1, 8, 40])
+def test_a_search_cut_short_costs_the_round_never_the_sum(
+    monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    """search_fits far below what these lies need: every decode either refuses (the round
+    is retried) or returns a sum within the bound, never names an honest worker, and the
+    search stops within two fits of its budget, which it does reach."""
+    spent = count_search_fits(monkeypatch)
+    code = cyclic(45, 5, search_fits=budget)
+    refused = 0
+    for family in SEARCHED:
+        for seed in range(2):
+            rng = np.random.default_rng(seed)
+            liars = adjacent_liars(code, rng) if seed == 0 else sorted(rng.choice(45, 5, False))
+            outcome = run_trial(code, family, 512, rng, liars=[int(j) for j in liars])
+            assert outcome.refused is not None or outcome.error <= ERROR_BOUND
+            assert not outcome.framed
+            refused += outcome.refused is not None
+    assert budget <= max(spent) <= budget + 2
+    if budget <= 8:  # too few fits to find the liars of the tiny lies: refused, not wrong
+        assert refused
+
+
+def test_the_default_search_budget_is_far_above_what_any_lie_family_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bound is a guard, not a tuning knob: at the paper's size no family comes within
+    a quarter of it, so it never turns a decodable round into a failed one."""
+    spent = count_search_fits(monkeypatch)
+    code = CyclicCode(45, 5)
+    for family in SEARCHED:
+        rng = np.random.default_rng(1)
+        outcome = run_trial(code, family, 512, rng, liars=sorted(rng.choice(45, 5, False)))
+        assert outcome.refused is None and outcome.error <= ERROR_BOUND
+    assert spent and max(spent) < code.decoder.search_fits / 4
+    # The budget does bind somewhere when lowered: the search above did real work.
+    assert max(spent) > 8
