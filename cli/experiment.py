@@ -51,76 +51,17 @@ one failed (the others still ran), 2 for a bad experiment file.
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from draco.cli.experiment_grid import Experiment, RunSpec, load_experiment
-from draco.cli.experiment_report import fmt, report, run_row, run_status
 from draco.errors import DracoError
+from draco.experiment.grid import load_experiment, matches
+from draco.experiment.report import report
+from draco.experiment.runner import run_all
 
 PROG = "draco-experiment"
-
-
-# ----------------------------------------------------------------------------- running
-
-
-def run_one(exp: Experiment, spec: RunSpec, timeout: float | None) -> tuple[int, float]:
-    """Run (or continue) one run through the real ``draco-run``; (exit status, wall s)."""
-    runs = exp.results / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    run_dir = runs / spec.name
-    procs = ["--worker-procs", str(exp.worker_procs)]
-    cmd = [sys.executable, "-m", "draco.cli.run"]
-    if run_status(run_dir) == "partial":
-        cmd += ["--resume", str(run_dir), *procs]
-    else:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # started but never configured: nothing to continue
-        cmd += [*spec.flags, *procs, "--run-dir", str(run_dir)]
-    t0 = time.perf_counter()
-    with open(runs / f"{spec.name}.log", "a", encoding="utf-8") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
-            rc = 124
-        except BaseException:
-            # Interrupted (Ctrl-C, SIGTERM): stop the run cleanly; its checkpoints stay and
-            # the next invocation continues it with --resume.
-            _stop(proc)
-            raise
-    return rc, time.perf_counter() - t0
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _matches(spec: RunSpec, only: list[str]) -> bool:
-    values = {"method": spec.method, "attack": spec.attack, "s": str(spec.s)}
-    values["seed"] = str(spec.seed)
-    for cond in only:
-        key, _, want = cond.partition("=")
-        if values.get(key.strip()) not in want.split(","):
-            return False
-    return True
-
-
-# ----------------------------------------------------------------------------- main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except DracoError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    todo = [r for r in exp.runs if _matches(r, args.only)]
+    todo = [r for r in exp.runs if matches(r, args.only)]
     failed = 0
 
     def terminated(signum: int, frame: Any) -> None:
@@ -167,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     try:
-        failed = _run_all(exp, todo, args.run_timeout) if not args.report_only else 0
+        failed = run_all(exp, todo, args.run_timeout) if not args.report_only else 0
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run the same command again to continue", flush=True)
         return 130
@@ -178,32 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"{PROG}: wrote {exp.results / 'table.md'}", flush=True)
     return 1 if failed else 0
-
-
-def _run_all(exp: Experiment, todo: list[RunSpec], timeout: float | None = None) -> int:
-    failed = 0
-    for i, spec in enumerate(todo, 1):
-        head = f"[{i}/{len(todo)}] {spec.name}"
-        status = run_status(exp.results / "runs" / spec.name)
-        if status == "finished":
-            print(f"{head}: finished earlier, skipped", flush=True)
-            continue
-        print(f"{head}: {'resuming' if status == 'partial' else 'running'} ...", flush=True)
-        rc, wall = run_one(exp, spec, timeout)
-        if rc != 0:
-            failed += 1
-            print(f"{head}: FAILED (exit {rc}) after {wall:.0f} s, see runs/{spec.name}.log")
-            continue
-        row = run_row(exp, spec)
-        acc = row.get("final_accuracy")
-        print(
-            f"{head}: done in {wall:.0f} s  acc {fmt(None if acc is None else 100 * acc, '.2f')}"
-            f" %  to target: {fmt(row.get('rounds_to_target'))} rounds, "
-            f"{fmt(row.get('cluster_seconds_to_target'), '.2f')} cluster s  "
-            f"liars located {fmt(row.get('liars_located'))}",
-            flush=True,
-        )
-    return failed
 
 
 if __name__ == "__main__":

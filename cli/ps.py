@@ -28,7 +28,8 @@ import logging
 import sys
 from pathlib import Path
 
-from draco.errors import ConfigError, DracoError
+from draco.errors import DracoError
+from draco.launch.credentials import issue_keys
 from draco.ps.config import (
     CODES,
     DEFAULT_VOTE_RTOL,
@@ -315,20 +316,10 @@ def build_keys_parser() -> argparse.ArgumentParser:
 
 
 def run_keys(args: argparse.Namespace) -> int:
-    from draco.net import auth
-
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    if args.create_secret:
-        secret = auth.write_secret(args.secret_file)
-    else:
-        if not args.secret_file.exists():
-            raise ConfigError(
-                f"secret file {args.secret_file} does not exist; add --create-secret to make it"
-            )
-        secret = auth.load_secret(args.secret_file)
-    tokens = auth.issue_tokens(secret, range(args.workers))
-    auth.write_token_file(args.out, tokens, overwrite=args.force)
+    """``draco-ps keys``: the tokens file from the parsed flags; exit status 0."""
+    issue_keys(
+        args.secret_file, args.workers, args.out, create_secret=args.create_secret, force=args.force
+    )
     print(f"{PROG}: wrote tokens of workers 0..{args.workers - 1} to {args.out} (mode 0600)")
     return 0
 

@@ -5,7 +5,7 @@ Example (the PS issued the tokens with ``draco-ps keys --secret-file S --workers
     draco-worker --ps 10.0.0.1:7000 --id 0 --count 8 --token-file T
     draco-worker --ps 10.0.0.1:7000 --id 8 --count 7 --token-file T
 
-Under a launcher the ids come from its environment (draco.launch_env, docs/slurm.md)::
+Under a launcher the ids come from its environment (draco.launch.env, docs/slurm.md)::
 
     srun -n 15 draco-worker --ps 10.0.0.1:7000 --token-file T     # one id per task
     srun -n 3 draco-worker --ps 10.0.0.1:7000 --workers 15 --token-file T   # 5 ids each
@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from draco.errors import ConfigError, DracoError
-from draco.launch_env import resolve_ids
+from draco.launch.credentials import load_tokens
+from draco.launch.env import resolve_ids
 from draco.net.eventloop import exit_status, on_stop_signals, run_with_loop
 from draco.net.protocol import (
     MAX_OUTSTANDING_REQUESTS,
@@ -173,22 +174,6 @@ def _add_connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mTLS)")
     p.add_argument("--tls-key", type=Path, default=None, help="client private key (mTLS)")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-
-
-def load_tokens(path: Path, first_id: int, count: int) -> dict[int, bytes]:
-    """Tokens of ids ``first_id .. first_id + count - 1`` from a ``draco-ps keys`` file."""
-    from draco.net.auth import read_token_file
-
-    tokens = read_token_file(path)
-    ids = range(first_id, first_id + count)
-    missing = [i for i in ids if i not in tokens]
-    if missing:
-        raise ConfigError(
-            f"{path} holds no token for worker id(s) {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}; it has ids "
-            f"{min(tokens, default=None)}..{max(tokens, default=None)}"
-        )
-    return {i: tokens[i] for i in ids}
 
 
 def run_coroutine(

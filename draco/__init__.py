@@ -5,9 +5,12 @@ r = 2s+1 workers, and the parameter server decodes the exact sum of the partitio
 despite up to s adversarial workers.
 
 Layout: ``draco.core`` (codes, decoders, aggregators, attacks; numpy only), ``draco.net``
-(asyncio parameter server and workers), ``draco.tasks`` (the task contract, registry and
-the torch tasks),
-``draco.cli`` (the console commands). See docs/architecture.md.
+(the wire, the asyncio parameter server and workers), ``draco.ps`` (the parameter server's
+round logic and ``run(config)``), ``draco.tasks`` (the task contract, registry and the torch
+tasks), the tools' libraries ``draco.launch`` (``draco-run``), ``draco.experiment``
+(``draco-experiment``, ``draco-plot``) and ``draco.bench`` (``draco-bench``), and
+``draco.cli`` (the console commands: argument parsing and ``main`` only). See
+docs/architecture.md.
 """
 
 __version__ = "0.1.0"

@@ -1,11 +1,11 @@
-"""Worker ids from --id/--count or a launcher's environment (draco.launch_env); no SLURM."""
+"""Worker ids from --id/--count or a launcher's environment (draco.launch.env); no SLURM."""
 
 from __future__ import annotations
 
 import pytest
 
 from draco.errors import ConfigError
-from draco.launch_env import IdRange, launcher_rank, resolve_ids
+from draco.launch.env import IdRange, launcher_rank, resolve_ids
 
 SLURM = {"SLURM_PROCID": "2", "SLURM_NTASKS": "4"}
 TORCHRUN = {"RANK": "2", "WORLD_SIZE": "4"}

@@ -293,3 +293,104 @@ def test_function_sizes_counts_code_not_docstrings_or_comments(tmp_path: Path) -
         "        return x\n"
     )
     assert function_sizes(source) == {"A.f": 6, "A.f.g": 3}
+
+
+# -- the layers of the tools: launcher, experiments, benchmarks (issue 14) --------------------
+
+#: Library packages of the console commands: each its own job, above the run's layers.
+TOOL_PACKAGES = ("draco.launch", "draco.experiment", "draco.bench")
+#: The layers a run is made of; none of them may reach up into a tool or into cli/.
+RUN_LAYERS = ("core", "net", "ps", "tasks")
+LIBRARY_FILES = sorted((ROOT / "draco").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", LIBRARY_FILES, ids=_rel)
+def test_library_never_imports_cli(path: Path) -> None:
+    # cli/ parses flags and calls the library; the library never calls back into a command.
+    mods = _in("draco.cli", _draco_modules(path))
+    assert not mods, f"{_rel(path)} imports {sorted(mods)}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in LIBRARY_FILES if p.relative_to(ROOT / "draco").parts[0] in RUN_LAYERS],
+    ids=_rel,
+)
+def test_run_layers_do_not_import_the_tools(path: Path) -> None:
+    mods = _draco_modules(path)
+    found = {m for package in TOOL_PACKAGES for m in _in(package, mods)}
+    assert not found, f"{_rel(path)} imports {sorted(found)}"
+
+
+@pytest.mark.parametrize(
+    ("package", "other"),
+    [(p, o) for p in TOOL_PACKAGES for o in TOOL_PACKAGES if p != o],
+    ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_tools_are_independent(package: str, other: str) -> None:
+    folder = ROOT.joinpath(*package.split("."))
+    assert folder.is_dir(), f"{package} is missing"
+    for path in sorted(folder.rglob("*.py")):
+        mods = _in(other, _draco_modules(path))
+        assert not mods, f"{_rel(path)} imports {sorted(mods)}"
+
+
+# -- cli/ is thin: argument parsing and main only (issue 14) ----------------------------------
+
+CLI_FILES = sorted((ROOT / "cli").glob("*.py"))
+MAX_CLI_LINES = 400  # cli/ps.py, the longest: draco-ps's ~60 flags with their help
+#: Names every cli module may define: its parser, its (sub)commands' flag groups, its main.
+CLI_FUNCTIONS = (
+    "main",
+    "build_parser",
+    "build_*_parser",
+    "add_parser",
+    "add_arguments",
+    "add_subcommand",
+    "add_*_flags",
+    "_add_*",
+)
+#: The other functions cli/ keeps, each with the reason: parsed flags into a library call.
+CLI_GLUE: dict[str, str] = {
+    "cli/ps.py::config_from_args": "the flags into a PSConfig (the task spec needs the code)",
+    "cli/ps.py::run_keys": "draco-ps keys's main: the flags into credentials.issue_keys",
+    "cli/run.py::options_from_args": "the launcher's own flags into a LaunchOptions",
+    "cli/worker.py::parse_address": "the --ps HOST:PORT flag into (host, port)",
+    "cli/worker.py::run_coroutine": "main's event loop, signals and errors into an exit status",
+    "cli/bench_common.py::standalone": "a draco-bench subcommand's parser and main on its own",
+}
+
+
+def _cli_functions(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+@pytest.mark.parametrize("path", CLI_FILES, ids=_rel)
+def test_cli_holds_parsers_and_main_only(path: Path) -> None:
+    # The logic of a command lives in a library package (draco.ps.service, draco.launch,
+    # draco.experiment, draco.bench, ...) where the tests and other programs can call it.
+    import fnmatch
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    classes = [n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    assert not classes, f"{_rel(path)} defines classes {classes}: move them to the library"
+    other = [
+        name
+        for name in _cli_functions(path)
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in CLI_FUNCTIONS)
+        and f"{_rel(path)}::{name}" not in CLI_GLUE
+    ]
+    assert not other, f"{_rel(path)}: {other} are not parsing or main: move them to the library"
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_CLI_LINES, f"{_rel(path)} has {lines} lines (> {MAX_CLI_LINES})"
+
+
+def test_cli_glue_list_is_current() -> None:
+    stale = [
+        entry
+        for entry in CLI_GLUE
+        if not (ROOT / entry.split("::")[0]).exists()
+        or entry.split("::")[1] not in _cli_functions(ROOT / entry.split("::")[0])
+    ]
+    assert not stale, f"gone: remove from CLI_GLUE: {stale}"

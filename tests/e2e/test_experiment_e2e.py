@@ -109,7 +109,7 @@ def test_tiny_experiment_interrupted_then_resumed(tmp_path: Path) -> None:
 
 
 def test_experiment_file_errors_and_dry_run(tmp_path: Path) -> None:
-    from draco.cli.experiment_grid import load_experiment
+    from draco.experiment.grid import load_experiment
 
     spec = tmp_path / "x.toml"
     spec.write_text(TINY.replace('"median"]', '"nonsense"]'), encoding="utf-8")
@@ -140,7 +140,7 @@ def test_experiment_file_errors_and_dry_run(tmp_path: Path) -> None:
 def test_distance_to_clean_from_checkpoints_then_from_its_cache(tmp_path: Path) -> None:
     import numpy as np
 
-    from draco.cli.experiment_report import VS_CLEAN_FILE, distance_to_clean
+    from draco.experiment.report import VS_CLEAN_FILE, distance_to_clean
     from draco.ps.rundir import RunDir
 
     runs = tmp_path / "runs"

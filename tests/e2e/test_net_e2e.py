@@ -267,16 +267,3 @@ def test_launcher_reports_a_ps_that_cannot_start(tmp_path: Path) -> None:
     assert "--adversaries" in err  # the PS's own message, passed through
     assert "draco-run: error: the parameter server exited" in err
     assert "Traceback" not in err
-
-
-def test_split_workers() -> None:
-    from draco.cli.run import split_workers
-
-    assert split_workers(15, 2) == [(0, 8), (8, 7)]
-    assert split_workers(2, 5) == [(0, 1), (1, 1)]
-    for n in range(1, 20):
-        for p in range(1, 6):
-            parts = split_workers(n, p)
-            counts = [c for _, c in parts]
-            assert sum(counts) == n and max(counts) - min(counts) <= 1 and min(counts) >= 1
-            assert [f for f, _ in parts] == [sum(counts[:i]) for i in range(len(parts))]

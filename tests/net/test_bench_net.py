@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from draco.bench import net
 from draco.cli import bench_net
 from draco.errors import ConfigError
 
@@ -29,7 +30,7 @@ def test_bench_net_prints_one_json_object(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_bench_net_trials_alternate_and_report_each_ratio() -> None:
-    result = bench_net.measure(2, 500, 2, trials=3)
+    result = net.measure(2, 500, 2, trials=3)
     ratios = [t["ratio"] for t in result["per_trial"]]
     assert result["ratios"] == ratios and len(ratios) == 3
     assert result["ratio"] == sorted(ratios)[1]
@@ -44,27 +45,27 @@ def test_bench_net_trials_alternate_and_report_each_ratio() -> None:
 
 
 def test_bench_net_raw_loop_baseline_reports_its_own_ratio() -> None:
-    result = bench_net.measure(2, 500, 2, trials=2, raw_loop=True)
+    result = net.measure(2, 500, 2, trials=2, raw_loop=True)
     assert len(result["raw_loop_seconds"]) == 4 and result["raw_loop_gbps"] > 0
     for t in result["per_trial"]:
         assert t["ratio_vs_raw_loop"] == pytest.approx(
             t["project_gbps"] / t["raw_loop_gbps"], rel=1e-2
         )
         assert t["raw_loop_cpu_ms"] > 0
-    assert "raw_loop_gbps" not in bench_net.measure(2, 500, 1)
+    assert "raw_loop_gbps" not in net.measure(2, 500, 1)
 
 
 def test_bench_net_without_payload_checks_spends_no_time_in_offer() -> None:
-    result = bench_net.measure(2, 500, 2, checks=False)
+    result = net.measure(2, 500, 2, checks=False)
     assert result["payload_checks"] is False and result["ratio"] > 0
     assert result["project_offer_ms_per_round"] == 0.0
 
 
 def test_bench_net_rejects_bad_sizes() -> None:
     with pytest.raises(ConfigError):
-        bench_net.measure(0, 10, 1)
+        net.measure(0, 10, 1)
     with pytest.raises(ConfigError, match="trials"):
-        bench_net.measure(2, 10, 1, trials=0)
+        net.measure(2, 10, 1, trials=0)
 
 
 @pytest.mark.parametrize("vote", ["full", "digest"])

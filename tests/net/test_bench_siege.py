@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from draco.bench import siege
 from draco.cli import bench_siege
 from draco.errors import ConfigError
 
@@ -42,6 +43,6 @@ def test_bench_siege_prints_one_json_object(capsys: pytest.CaptureFixture[str]) 
 
 def test_bench_siege_rejects_bad_sizes() -> None:
     with pytest.raises(ConfigError):
-        bench_siege.measure(_args("--rounds", "5", "--warmup", "10"))
+        siege.measure(_args("--rounds", "5", "--warmup", "10"))
     with pytest.raises(ConfigError):
-        bench_siege.measure(_args("--floods", "0"))
+        siege.measure(_args("--floods", "0"))

@@ -18,7 +18,7 @@ import torch
 from draco.cli import data as data_cli
 from draco.errors import ConfigError, DataError
 from draco.tasks.sampler import PartitionSampler
-from draco.tasks.torch import cifar
+from draco.tasks.torch import cifar, download
 from draco.tasks.torch.datasets import load_dataset
 from draco.tasks.torch.models import create_model, param_count
 from draco.tasks.torch.task import TorchTask
@@ -205,12 +205,12 @@ def test_draco_data_cifar10_downloads_and_verifies(
     www, url = http_root
     content = fake_cifar(3)
     archive = _archive(content, version)
-    name = data_cli.CIFAR_ARCHIVES[version][0]
+    name = download.CIFAR_ARCHIVES[version][0]
     (www / name).write_bytes(archive)
     digest = hashlib.sha256(archive).hexdigest()
     root = tmp_path / "data"
     lines: list[str] = []
-    folder = data_cli.download_cifar10(
+    folder = download.download_cifar10(
         root, version=version, mirrors=[url], sha256=digest, log=lines.append
     )
     ds = load_dataset("cifar10", root)
@@ -218,9 +218,9 @@ def test_draco_data_cifar10_downloads_and_verifies(
     assert folder.parent == root / "cifar10" and "verified" in lines[-1]
     # Present with the recorded archive hash: no second download.
     (www / name).unlink()
-    data_cli.download_cifar10(root, version=version, mirrors=[url], sha256=digest, log=lines.append)
+    download.download_cifar10(root, version=version, mirrors=[url], sha256=digest, log=lines.append)
     assert "holds the files" in lines[-1]
-    assert data_cli.check_dataset("cifar10", root) == []
+    assert download.check_dataset("cifar10", root) == []
 
 
 def test_draco_data_cifar10_refuses_a_wrong_archive(
@@ -231,10 +231,10 @@ def test_draco_data_cifar10_refuses_a_wrong_archive(
     (www / "cifar-10-python.tar.gz").write_bytes(archive)
     root = tmp_path / "data"
     with pytest.raises(DataError, match="does not match"):
-        data_cli.download_cifar10(root, mirrors=[url], log=lambda _: None)  # the real sum
+        download.download_cifar10(root, mirrors=[url], log=lambda _: None)  # the real sum
     assert not any((root / "cifar10" / cifar.PY_DIR).iterdir())  # nothing unverified kept
     with pytest.raises(DataError, match="larger than 100 bytes"):
-        data_cli.download_cifar10(
+        download.download_cifar10(
             root,
             mirrors=[url],
             sha256=hashlib.sha256(archive).hexdigest(),
@@ -254,7 +254,7 @@ def test_draco_data_cifar10_takes_only_the_batch_files(
     archive = _archive(fake_cifar(), "python", extra=[escape, link])
     (www / "cifar-10-python.tar.gz").write_bytes(archive)
     root = tmp_path / "deep" / "data"
-    data_cli.download_cifar10(
+    download.download_cifar10(
         root, mirrors=[url], sha256=hashlib.sha256(archive).hexdigest(), log=lambda _: None
     )
     files = sorted(p.name for p in (root / "cifar10" / cifar.PY_DIR).iterdir())
@@ -269,7 +269,7 @@ def test_draco_data_cifar10_takes_only_the_batch_files(
     bad = _archive(content, "python", extra=[link_batch])
     (www / "cifar-10-python.tar.gz").write_bytes(bad)
     with pytest.raises(DataError, match="not a batch file"):
-        data_cli.download_cifar10(
+        download.download_cifar10(
             tmp_path / "other",
             mirrors=[url],
             sha256=hashlib.sha256(bad).hexdigest(),

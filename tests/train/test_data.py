@@ -12,7 +12,7 @@ import pytest
 
 from draco.cli import data as data_cli
 from draco.errors import ConfigError, DataError
-from draco.tasks.torch import data
+from draco.tasks.torch import data, download
 from draco.tasks.torch.data import (
     IDX_FILES,
     IMAGES_MAGIC,
@@ -304,7 +304,7 @@ def test_download_verifies_and_is_idempotent(tmp_path: Path, http_root: tuple[Pa
     sums = write_fake_dataset(served)
     out = tmp_path / "data"
     lines: list[str] = []
-    folder = data_cli.download_dataset(
+    folder = download.download_dataset(
         "mnist", out, mirrors=[url + "missing/", url], sha256=sums, timeout=10, log=lines.append
     )
     assert folder == out / "mnist"
@@ -312,7 +312,7 @@ def test_download_verifies_and_is_idempotent(tmp_path: Path, http_root: tuple[Pa
         assert (folder / (base + ".gz")).read_bytes() == (served / (base + ".gz")).read_bytes()
     assert sum("downloaded" in line for line in lines) == 4
     lines.clear()
-    data_cli.download_dataset("mnist", out, mirrors=[url], sha256=sums, log=lines.append)
+    download.download_dataset("mnist", out, mirrors=[url], sha256=sums, log=lines.append)
     assert sum("present and verified" in line for line in lines) == 4
 
 
@@ -321,7 +321,7 @@ def test_download_rejects_checksum_mismatch(tmp_path: Path, http_root: tuple[Pat
     write_fake_dataset(served)  # not the real MNIST: the built-in SHA-256 values refuse it
     out = tmp_path / "data"
     with pytest.raises(DataError, match="SHA-256"):
-        data_cli.download_dataset("mnist", out, mirrors=[url], timeout=10, log=lambda s: None)
+        download.download_dataset("mnist", out, mirrors=[url], timeout=10, log=lambda s: None)
     assert list((out / "mnist").iterdir()) == []  # nothing unverified kept
     status = data_cli.main(["mnist", "--dir", str(out), "--mirror", url, "--timeout", "10"])
     assert status == 1

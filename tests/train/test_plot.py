@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from draco.cli import plot
+from draco.experiment.curves import load_curve
 from draco.ps.rundir import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,7 +27,7 @@ def fake_run(path: Path, rounds: int, seconds_per_round: float, final_acc: float
 
 
 def test_load_curve(tmp_path: Path) -> None:
-    curve = plot.load_curve(fake_run(tmp_path / "draco", 20, 0.5, 0.9))
+    curve = load_curve(fake_run(tmp_path / "draco", 20, 0.5, 0.9))
     assert curve.label == "draco"
     assert curve.rounds == [5, 10, 15, 20]
     assert curve.seconds == pytest.approx([2.5, 5.0, 7.5, 10.0])

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from draco.cli import bench_net as bn
+from draco.bench import net as bn
 from draco.net import messages as m
 from draco.net.frames import ArrayPool, encode_frame
 from draco.net.server import PAYLOAD_POOL_SLACK, Peer

@@ -49,28 +49,6 @@ from draco.errors import ConfigError
 SECRET = bytes(range(32))  # a benchmark's own cluster secret (never a real one)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The round benchmark's flags (``draco-bench net`` adds them to its own)."""
-    p.add_argument(
-        "--vote",
-        choices=("full", "digest"),
-        default=None,
-        help="benchmark whole PS rounds with this vote instead of raw ingest",
-    )
-    p.add_argument("--adversaries", type=int, default=5, help="s (with --vote)")
-    p.add_argument("--rounds", type=int, default=6, help="rounds per run (with --vote)")
-    p.add_argument("--warmup", type=int, default=1, help="rounds left out of the figures")
-    p.add_argument(
-        "--link",
-        default=None,
-        metavar="RATE",
-        help="shape the PS's ingress to RATE (tc tbf, e.g. 1gbit) between network namespaces",
-    )
-    p.add_argument(
-        "--link-both", action="store_true", help="with --link: shape the PS's egress too"
-    )
-
-
 # ----------------------------------------------------------------------------- workers
 
 
@@ -270,7 +248,7 @@ async def _serve(args: argparse.Namespace, host: str, netns: str | None) -> dict
     argv = [
         sys.executable,
         "-c",
-        "import sys; from draco.cli.bench_vote import worker_main; worker_main(sys.argv[1:])",
+        "import sys; from draco.bench.vote import worker_main; worker_main(sys.argv[1:])",
         host,
         str(port),
         str(n),

@@ -1,6 +1,6 @@
 """``draco-experiment``'s file: the TOML grid read into the runs it names (``load_experiment``).
 
-The file's format and the run names: ``draco.cli.experiment`` (the command's help). A method
+The file's format and the run names: ``cli/experiment.py`` (``draco.cli.experiment``). A method
 named like a DRACO code (repetition, cyclic) runs ``--code NAME``; one named like an
 aggregator runs ``--code none --aggregator NAME``; a ``[methods.NAME]`` table overrides both.
 """
@@ -157,3 +157,14 @@ def load_experiment(path: Path, out: Path | None = None) -> Experiment:
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
+
+
+def matches(spec: RunSpec, only: list[str]) -> bool:
+    """Whether ``spec`` is in every ``--only KEY=V[,V]`` slice (keys method, attack, s, seed)."""
+    values = {"method": spec.method, "attack": spec.attack, "s": str(spec.s)}
+    values["seed"] = str(spec.seed)
+    for cond in only:
+        key, _, want = cond.partition("=")
+        if values.get(key.strip()) not in want.split(","):
+            return False
+    return True
