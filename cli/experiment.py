@@ -40,12 +40,13 @@ A method named like a DRACO code (repetition, cyclic) runs ``--code NAME``; one 
 aggregator runs ``--code none --aggregator NAME``; a ``[methods.NAME]`` table overrides both.
 
 Each run goes to ``RESULTS/runs/<method>-<attack>-s<S>-seed<K>/`` (its output in ``.log`` next
-to it). A run whose ``summary.json`` exists is finished and skipped; a run directory without
+to it). A run whose ``summary.json`` exists is done and skipped (finished, or diverged: the model
+went NaN/Inf, draco-ps exit status 3, a result shown as such); a run directory without
 one is continued with ``draco-run --resume`` (from its last checkpoint). One progress line per
 run. At the end: ``RESULTS/table.json``, ``RESULTS/table.md`` and one PNG per (attack, s) in
 the style of the paper's Figure 1 (test accuracy vs round and vs cluster seconds, one line per
-method; needs matplotlib, the ``plot`` extra). Exit status: 0 when every run finished, 1 when
-one failed (the others still ran), 2 for a bad experiment file.
+method; needs matplotlib, the ``plot`` extra). Exit status: 0 when every run finished or
+diverged, 1 when one failed (the others still ran), 2 for a bad experiment file.
 """
 
 from __future__ import annotations

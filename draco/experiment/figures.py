@@ -1,6 +1,6 @@
 """``draco-experiment``'s figures: one PNG per (attack, s) in the style of the paper's
 Figure 1: test accuracy (%) vs round and vs cluster seconds (docs/cluster_time.md), a line per
-finished run. matplotlib is optional (the ``plot`` extra): imported only here, lazily.
+finished or diverged run. matplotlib is optional (the ``plot`` extra): imported only here, lazily.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ def write_figures(exp: Experiment, rows: list[dict[str, Any]]) -> list[Path]:
     written = []
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
-        if r["status"] == "finished":
-            groups.setdefault((r["attack"], r["s"]), []).append(r)
+        groups.setdefault((r["attack"], r["s"]), []).append(r)
     for (attack, s), group in sorted(groups.items()):
         fig, (ax_r, ax_t) = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
         for r in group:

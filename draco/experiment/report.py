@@ -23,18 +23,27 @@ from draco.ps.rundir import (
     read_metrics,
 )
 
+#: Statuses of a run that has ended for good: never run again.
+DONE = frozenset({"finished", "diverged"})
+
 
 def run_status(run_dir: Path) -> str:
-    """finished (summary.json), partial (config.json, no summary) or new."""
-    if (run_dir / "summary.json").is_file():
-        return "finished"
+    """finished (summary.json), diverged (summary.json with status "diverged": the model
+    went NaN/Inf, a final outcome), partial (config.json, no summary) or new."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            status = json.loads(summary.read_text(encoding="utf-8")).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        return "diverged" if status == "diverged" else "finished"
     if (run_dir / "config.json").is_file():
         return "partial"
     return "new"
 
 
 def run_row(exp: Experiment, spec: RunSpec) -> dict[str, Any]:
-    """One table row from a run directory (``status`` says whether it finished)."""
+    """One table row from a run directory (``status`` says whether it ended, and how)."""
     run_dir = exp.results / "runs" / spec.name
     row: dict[str, Any] = {
         "run": spec.name,
@@ -44,7 +53,7 @@ def run_row(exp: Experiment, spec: RunSpec) -> dict[str, Any]:
         "seed": spec.seed,
         "status": run_status(run_dir),
     }
-    if row["status"] != "finished":
+    if row["status"] not in DONE:
         return row
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     records = read_metrics(run_dir)
@@ -87,6 +96,8 @@ def run_row(exp: Experiment, spec: RunSpec) -> dict[str, Any]:
             "median_ps_decode_update_cpu_seconds": ps_cpu[len(ps_cpu) // 2] if ps_cpu else None,
         }
     )
+    if row["status"] == "diverged":
+        row["diverged"] = summary.get("diverged")
     return row
 
 
@@ -104,6 +115,7 @@ def add_comparisons(exp: Experiment, rows: list[dict[str, Any]]) -> None:
         if (
             clean is not None
             and clean is not r
+            and r["status"] == clean["status"] == "finished"
             and clean.get("model_sha256")
             and r.get("model_sha256")
         ):
@@ -190,12 +202,17 @@ def table_markdown(exp: Experiment, rows: list[dict[str, Any]]) -> str:
 
 def _run_line(r: dict[str, Any]) -> str:
     """One run's line of the first table (13 columns)."""
-    if r["status"] != "finished":
+    if r["status"] not in DONE:
         return f"| {r['run']} | {r['status']} (not run to the end) |" + " |" * 11
     acc = r.get("final_accuracy")
+    final = (
+        "diverged (NaN/Inf)"
+        if r["status"] == "diverged"
+        else fmt(None if acc is None else 100 * acc, ".2f")
+    )
     return (
         f"| {r['run']} | {fmt(r['rounds'])} | "
-        f"{fmt(None if acc is None else 100 * acc, '.2f')} | "
+        f"{final} | "
         f"{fmt(r['rounds_to_target'])} | {fmt(r['cluster_seconds_to_target'], '.4g')} | "
         f"{fmt(r['shared_link_seconds_to_target'], '.4g')} | "
         f"{fmt(r['cpu_ps_cluster_seconds_to_target'], '.4g')} | "
@@ -225,8 +242,7 @@ def _attack_table(rows: list[dict[str, Any]], attacks: list[str], s: int, tgt: s
             hit = [
                 r
                 for r in rows
-                if (r["method"], r["attack"], r["s"]) == (method, a, s)
-                and r["status"] == "finished"
+                if (r["method"], r["attack"], r["s"]) == (method, a, s) and r["status"] in DONE
             ]
             cells.append(_attack_cell(hit[0]) if hit else "–")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -235,6 +251,8 @@ def _attack_table(rows: list[dict[str, Any]], attacks: list[str], s: int, tgt: s
 
 def _attack_cell(r: dict[str, Any]) -> str:
     """``acc (cluster s)`` and ``= clean`` or ``Δ distance`` for one finished run."""
+    if r["status"] == "diverged":
+        return f"diverged at round {fmt(r['rounds'])}"
     acc = r.get("final_accuracy")
     cell = fmt(None if acc is None else 100 * acc, ".1f")
     cell += f" ({fmt(r['cluster_seconds_to_target'], '.3g')})"
@@ -261,5 +279,6 @@ def report(exp: Experiment) -> list[dict[str, Any]]:
         },
     )
     atomic_write_text(exp.results / "table.md", table_markdown(exp, rows))
-    write_figures(exp, rows)
+    # Finished and diverged runs (a diverged run's curve up to its divergence).
+    write_figures(exp, [r for r in rows if r["status"] in DONE])
     return rows

@@ -1,6 +1,7 @@
 """``draco-experiment``'s runner: each run of the grid through the real ``draco-run``.
 
-A run whose ``summary.json`` exists is finished and skipped; a run directory with a
+A run whose ``summary.json`` exists is done and skipped: finished, or diverged (the model
+went NaN/Inf: draco-ps exit status 3, a result like any other); a run directory with a
 ``config.json`` but no summary is continued with ``draco-run --resume``; anything else is
 started afresh in ``RESULTS/runs/<name>/`` (its output appended to ``RESULTS/runs/<name>.log``).
 Timeouts are in seconds; a run stopped by one gets exit status 124.
@@ -16,7 +17,9 @@ import time
 from typing import Any
 
 from draco.experiment.grid import Experiment, RunSpec
-from draco.experiment.report import fmt, run_row, run_status
+from draco.experiment.report import DONE, fmt, run_row, run_status
+
+EXIT_DIVERGED = 3  # draco-ps (and so draco-run): the model diverged, summary.json says so
 
 
 def run_one(exp: Experiment, spec: RunSpec, timeout: float | None) -> tuple[int, float]:
@@ -62,16 +65,25 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 def run_all(exp: Experiment, todo: list[RunSpec], timeout: float | None = None) -> int:
     """Run (or continue) every run of ``todo`` not finished yet, one progress line per run;
-    the number of runs that failed (exit status != 0; the others still ran)."""
+    the number of runs that failed (exit status other than 0 and 3, the diverged; the others
+    still ran)."""
     failed = 0
     for i, spec in enumerate(todo, 1):
         head = f"[{i}/{len(todo)}] {spec.name}"
         status = run_status(exp.results / "runs" / spec.name)
-        if status == "finished":
-            print(f"{head}: finished earlier, skipped", flush=True)
+        if status in DONE:
+            print(f"{head}: {status} earlier, skipped", flush=True)
             continue
         print(f"{head}: {'resuming' if status == 'partial' else 'running'} ...", flush=True)
         rc, wall = run_one(exp, spec, timeout)
+        if rc == EXIT_DIVERGED and run_status(exp.results / "runs" / spec.name) == "diverged":
+            row = run_row(exp, spec)
+            print(
+                f"{head}: DIVERGED at round {row.get('rounds')} after {wall:.0f} s: "
+                + str(row.get("diverged")),
+                flush=True,
+            )
+            continue
         if rc != 0:
             failed += 1
             print(f"{head}: FAILED (exit {rc}) after {wall:.0f} s, see runs/{spec.name}.log")

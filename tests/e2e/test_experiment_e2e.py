@@ -165,3 +165,38 @@ def test_distance_to_clean_from_checkpoints_then_from_its_cache(tmp_path: Path) 
     RunDir(runs / "m-none", resume=True).save_checkpoint(2, clean_params, {}, {})
     RunDir(runs / "m-ipm", resume=True).save_checkpoint(3, attacked_params, {}, {})
     assert distance_to_clean(runs, {**row, "model_sha256": "dd"}, clean) is None
+
+
+DIVERGING = """
+[experiment]
+name = "diverging"
+results = "out"
+worker_procs = 1
+
+[flags]
+workers = 5
+model = "lstsq"
+rounds = 200
+lr = 50
+
+[grid]
+method = ["mean"]
+attack = ["none"]
+adversaries = [1]
+seed = [0]
+"""
+
+
+def test_a_diverged_run_is_a_result_not_rerun(tmp_path: Path) -> None:
+    """draco-ps exits 3 with a "diverged" summary: the experiment counts the run as done
+    (exit 0), shows it as diverged, and a second invocation does not run it again."""
+    (tmp_path / "exp.toml").write_text(DIVERGING)
+    first = run("experiment", tmp_path / "exp.toml")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "DIVERGED at round" in first.stdout
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "diverged (NaN/Inf)" in table
+    [row] = json.loads((tmp_path / "out" / "table.json").read_text())["runs"]
+    assert row["status"] == "diverged" and row["final_accuracy"] is None and row["rounds"] > 0
+    again = run("experiment", tmp_path / "exp.toml")
+    assert again.returncode == 0 and "diverged earlier, skipped" in again.stdout
