@@ -101,32 +101,32 @@ class State(enum.Enum):
     ERROR = "error"  # a protocol error happened; only one Error message may still be sent
 
 
-class NeedData:
+class _Sentinel:
+    """A type with one instance, shown by its constant's name (h11's sentinels)."""
+
+    _name = ""
+
+    def __new__(cls) -> _Sentinel:
+        instance = cls.__dict__.get("_instance")
+        if instance is None:
+            instance = super().__new__(cls)
+            cls._instance = instance
+        return instance
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+class NeedData(_Sentinel):
     """Sentinel type: :meth:`Connection.next_event` needs more bytes."""
 
-    _instance: NeedData | None = None
-
-    def __new__(cls) -> NeedData:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
+    _name = "NEED_DATA"
 
 
-class Closed:
+class Closed(_Sentinel):
     """Sentinel type: the connection is over (peer EOF between frames, or Bye/Error)."""
 
-    _instance: Closed | None = None
-
-    def __new__(cls) -> Closed:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "CLOSED"
+    _name = "CLOSED"
 
 
 NEED_DATA: Final = NeedData()
