@@ -414,7 +414,8 @@ class RoundEngine:
         if result is not None and not error:
             # Step 3: the decoded SUM over partitions -> the mean over the global batch.
             mean_grad = gradient.astype(np.float32, copy=False) / np.float32(self.code.n_partitions)
-            stepped = self.sgd.step(self.params, mean_grad)
+            with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                stepped = self.sgd.step(self.params, mean_grad)
             if all_finite(stepped):
                 self.params = stepped
             else:
