@@ -17,7 +17,8 @@ What it does:
    secret and one token per worker in it (mode 0600);
 2. starts ``python -m draco.cli.ps --port 0 --ready-file ...`` and waits for the ready file;
 3. starts ``--worker-procs`` worker processes that share the logical workers;
-4. waits for the PS, returns its exit status.
+4. waits for the PS, returns its exit status (0 completed, 1 failed, 3 the model diverged:
+   ``draco-ps --help``).
 
 Ctrl-C or SIGTERM stops every child (each in its own process group: SIGTERM, then SIGKILL
 after a grace period); on Linux the children also get SIGTERM if this launcher dies.
