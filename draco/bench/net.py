@@ -35,6 +35,7 @@ import resource
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection as Pipe
 from typing import Any, NamedTuple
 
@@ -99,6 +100,40 @@ def _start_sender(port: int, n: int, dim: int, rounds: int) -> tuple[mp.process.
     proc = ctx.Process(target=_sender, args=("127.0.0.1", port, n, dim, rounds, child))
     proc.start()
     return proc, parent
+
+
+async def _timed_rounds(
+    pipe: Pipe,
+    repeats: int,
+    arm: Callable[[int], asyncio.Event],
+    offer_seconds: Callable[[], float] = lambda: 0.0,
+) -> list[Sample]:
+    """Rounds on an event-loop receiver once the sender is connected: ``repeats`` timed after
+    one untimed warm-up. Per round ``arm(r)`` readies the receiver and returns the event set
+    when its last payload is in; then "go" to the sender. ``offer_seconds()`` (called after
+    each round; it may raise on ingest errors) fills ``Sample.offer``."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, pipe.recv)  # connected
+    times = []
+    for r in range(repeats + 1):
+        done = arm(r)
+        cpu0, faults0 = _cpu_faults()
+        t0 = time.perf_counter()
+        pipe.send("go")
+        await asyncio.wait_for(done.wait(), 120)
+        wall = time.perf_counter() - t0
+        cpu1, faults1 = _cpu_faults()
+        offer = offer_seconds()
+        if r:
+            times.append(Sample(wall, cpu1 - cpu0, faults1 - faults0, offer))
+    pipe.send("close")
+    return times
+
+
+async def _join_sender(proc: mp.process.BaseProcess) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, proc.join, 10)
+    if proc.is_alive():
+        proc.kill()
 
 
 # ----------------------------------------------------------------------------- raw path
@@ -188,27 +223,17 @@ async def _bench_raw_loop_async(n: int, dim: int, repeats: int) -> list[Sample]:
     server = await loop.create_server(lambda: _RawReader(state), "127.0.0.1", 0, backlog=n)
     port = server.sockets[0].getsockname()[1]
     proc, pipe = _start_sender(port, n, dim, repeats + 1)
-    times = []
+
+    def arm(r: int) -> asyncio.Event:
+        state.left, state.done = n, asyncio.Event()
+        return state.done
+
     try:
         await state.connected.wait()
-        await loop.run_in_executor(None, pipe.recv)  # connected
-        for r in range(repeats + 1):
-            state.left, state.done = n, asyncio.Event()
-            cpu0, faults0 = _cpu_faults()
-            t0 = time.perf_counter()
-            pipe.send("go")
-            await asyncio.wait_for(state.done.wait(), 120)
-            wall = time.perf_counter() - t0
-            cpu1, faults1 = _cpu_faults()
-            if r:
-                times.append(Sample(wall, cpu1 - cpu0, faults1 - faults0))
-        pipe.send("close")
+        return await _timed_rounds(pipe, repeats, arm)
     finally:
         server.close()
-        await loop.run_in_executor(None, proc.join, 10)
-        if proc.is_alive():
-            proc.kill()
-    return times
+        await _join_sender(proc)
 
 
 def bench_raw_loop(n: int, dim: int, repeats: int, loop: str = "uvloop") -> list[Sample]:
@@ -346,32 +371,25 @@ async def _bench_project_async(n: int, dim: int, repeats: int, checks: bool) -> 
     )
     port = server.sockets[0].getsockname()[1]
     proc, pipe = _start_sender(port, n, dim, repeats + 1)
-    times = []
+
+    def arm(r: int) -> asyncio.Event:
+        sink.new_round(r)
+        assert sink.done is not None
+        return sink.done
+
+    def offer_seconds() -> float:
+        if sink.errors:
+            raise RuntimeError(f"ingest errors: {sink.errors[:3]}")
+        return sink.offer_seconds
+
     try:
         await sink.connected.wait()
-        await loop.run_in_executor(None, pipe.recv)  # connected
-        for r in range(repeats + 1):
-            sink.new_round(r)
-            assert sink.done is not None
-            cpu0, faults0 = _cpu_faults()
-            t0 = time.perf_counter()
-            pipe.send("go")
-            await asyncio.wait_for(sink.done.wait(), 120)
-            wall = time.perf_counter() - t0
-            cpu1, faults1 = _cpu_faults()
-            if r:
-                times.append(Sample(wall, cpu1 - cpu0, faults1 - faults0, sink.offer_seconds))
-            if sink.errors:
-                raise RuntimeError(f"ingest errors: {sink.errors[:3]}")
-        pipe.send("close")
+        return await _timed_rounds(pipe, repeats, arm, offer_seconds)
     finally:
         for peer in sink.peers:
             peer.abort()
         server.close()
-        await loop.run_in_executor(None, proc.join, 10)
-        if proc.is_alive():
-            proc.kill()
-    return times
+        await _join_sender(proc)
 
 
 def bench_project(
