@@ -266,16 +266,12 @@ async def serve(config: PSConfig, out: TextIO = sys.stdout) -> RunResult:
     evals = await loop.run_in_executor(
         None, lambda: recorder.close(engine, final_eval=outcome.completed)
     )
-    if outcome.diverged:
-        # A final outcome, kept like a completed run's (draco-experiment does not rerun it);
-        # no checkpoint: resuming would retrace the same steps (``prepare`` refuses it).
-        summary = _summary(config, engine, recorder, evals, server.admission.counters)
-        if state.rundir is not None:
-            state.rundir.write_summary(summary)
-        return RunResult(outcome.exit_code, outcome.reason, summary)
-    if not outcome.completed:
+    if not (outcome.completed or outcome.diverged):
         return RunResult(outcome.exit_code, outcome.reason, None)
-    await loop.run_in_executor(None, recorder.save_checkpoint, engine)
+    # A diverged run is a final outcome too (draco-experiment does not rerun it), with no
+    # checkpoint: resuming would retrace the same steps (``prepare`` refuses it).
+    if outcome.completed:
+        await loop.run_in_executor(None, recorder.save_checkpoint, engine)
     summary = _summary(config, engine, recorder, evals, server.admission.counters)
     if state.rundir is not None:
         state.rundir.write_summary(summary)
